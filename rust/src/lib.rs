@@ -1,0 +1,10 @@
+//! ssetally core: incremental Server-Sent Events framing and token-usage
+//! extraction for streaming LLM APIs. Pure Rust; the Python bindings live in
+//! the `python` module behind the `python` cargo feature.
+
+pub mod sse;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use sse::{Decoder, DecoderConfig, EventRef, FeedStatus, FinishStatus};

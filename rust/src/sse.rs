@@ -1,0 +1,451 @@
+//! Incremental Server-Sent Events framing, as the WHATWG HTML standard
+//! ("Parsing an event stream", "Interpreting an event stream") defines it.
+//!
+//! The decoder works on raw bytes cut anywhere. Line terminators (CR, LF,
+//! CRLF), the colon and the field names are ASCII, so framing on bytes and
+//! decoding each field as UTF-8 afterwards gives the same result as decoding
+//! the whole stream first. Events are handed to a callback as borrowed slices,
+//! so a consumer that only inspects them allocates nothing per event.
+
+use memchr::{memchr, memchr2};
+
+const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
+/// Default limit on the bytes one event may buffer (16 MiB).
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
+
+/// Options of a [`Decoder`].
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    /// Bytes one event (its data buffer plus the line being read) may hold
+    /// before it is discarded and reported as oversized.
+    pub max_event_size: usize,
+    /// Dispatch a block that set a valid `retry` but no data as an event with
+    /// empty data. Browsers dispatch nothing there; httpx-sse yields an event.
+    pub retry_only_events: bool,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        Self {
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            retry_only_events: false,
+        }
+    }
+}
+
+/// One dispatched event, borrowed from the decoder's buffers.
+///
+/// `event` is empty when the stream gave no type (the default type is
+/// `message`). Fields are raw bytes: decode them as UTF-8 with replacement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event: &'a [u8],
+    pub data: &'a [u8],
+    pub id: &'a [u8],
+    pub retry: Option<u64>,
+}
+
+/// What one `feed` call noticed besides the events it dispatched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// Events discarded in this call because they exceeded `max_event_size`.
+    pub oversized_events: u32,
+}
+
+/// What `finish` found at the end of the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FinishStatus {
+    /// An event had begun but its blank line never came, so it was dropped.
+    pub dropped_partial: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bom {
+    /// This many bytes of a leading BOM have been matched so far.
+    Matching(u8),
+    Done,
+}
+
+/// Incremental SSE decoder: feed it byte chunks, get events back.
+#[derive(Debug)]
+pub struct Decoder {
+    config: DecoderConfig,
+    bom: Bom,
+    /// The previous chunk ended with CR: an LF at the start of the next chunk
+    /// belongs to that CR.
+    pending_cr: bool,
+    /// Bytes of an unterminated line carried over from earlier chunks.
+    line: Vec<u8>,
+    /// The rest of the current line is dropped (its event was oversized).
+    skip_line: bool,
+    /// Fields are ignored until the next blank line (the event was oversized).
+    skip_event: bool,
+    /// Fields of the current block have been seen.
+    block_started: bool,
+    data: Vec<u8>,
+    event_type: Vec<u8>,
+    last_id: Vec<u8>,
+    retry: Option<u64>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(DecoderConfig::default())
+    }
+}
+
+impl Decoder {
+    #[must_use]
+    pub fn new(config: DecoderConfig) -> Self {
+        Self {
+            config,
+            bom: Bom::Matching(0),
+            pending_cr: false,
+            line: Vec::new(),
+            skip_line: false,
+            skip_event: false,
+            block_started: false,
+            data: Vec::new(),
+            event_type: Vec::new(),
+            last_id: Vec::new(),
+            retry: None,
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The last event ID string (persists across events, as the spec says).
+    #[must_use]
+    pub fn last_event_id(&self) -> &[u8] {
+        &self.last_id
+    }
+
+    /// Decode `chunk`, calling `on_event` for every event it completes.
+    pub fn feed<F: FnMut(EventRef<'_>)>(&mut self, chunk: &[u8], mut on_event: F) -> FeedStatus {
+        let mut status = FeedStatus::default();
+        let mut input = self.strip_bom(chunk);
+        if self.pending_cr && !input.is_empty() {
+            self.pending_cr = false;
+            if input[0] == b'\n' {
+                input = &input[1..];
+            }
+        }
+        while let Some(end) = memchr2(b'\n', b'\r', input) {
+            let part = &input[..end];
+            if self.skip_line {
+                self.skip_line = false;
+            } else if self.line.is_empty() {
+                self.process_line(part, &mut on_event, &mut status);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(part);
+                self.process_line(&line, &mut on_event, &mut status);
+                line.clear();
+                self.line = line;
+            }
+            let rest = &input[end + 1..];
+            input = if input[end] == b'\r' {
+                match rest.first() {
+                    Some(b'\n') => &rest[1..],
+                    Some(_) => rest,
+                    None => {
+                        self.pending_cr = true;
+                        rest
+                    }
+                }
+            } else {
+                rest
+            };
+        }
+        if !input.is_empty() && !self.skip_line {
+            self.line.extend_from_slice(input);
+            if self.buffered() > self.config.max_event_size {
+                self.line.clear();
+                self.skip_line = true;
+                self.overflow(&mut status);
+            }
+        }
+        status
+    }
+
+    /// End of stream: drop any unterminated event and reset for a new stream.
+    pub fn finish(&mut self) -> FinishStatus {
+        let dropped_partial = self.block_started
+            || self.skip_event
+            || self.skip_line
+            || !self.line.is_empty()
+            || matches!(self.bom, Bom::Matching(n) if n > 0);
+        let config = self.config.clone();
+        *self = Self::new(config);
+        FinishStatus { dropped_partial }
+    }
+
+    /// Strips one leading UTF-8 BOM, even when it is split across chunks.
+    fn strip_bom<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        let Bom::Matching(mut matched) = self.bom else {
+            return chunk;
+        };
+        let mut input = chunk;
+        while (matched as usize) < BOM.len() {
+            match input.first() {
+                None => {
+                    self.bom = Bom::Matching(matched);
+                    return input;
+                }
+                Some(&b) if b == BOM[matched as usize] => {
+                    matched += 1;
+                    input = &input[1..];
+                }
+                Some(_) => {
+                    // Not a BOM after all: the bytes matched so far are content.
+                    self.line.extend_from_slice(&BOM[..matched as usize]);
+                    break;
+                }
+            }
+        }
+        self.bom = Bom::Done;
+        input
+    }
+
+    fn buffered(&self) -> usize {
+        self.line.len() + self.data.len() + self.event_type.len()
+    }
+
+    fn overflow(&mut self, status: &mut FeedStatus) {
+        if !self.skip_event {
+            status.oversized_events += 1;
+        }
+        self.skip_event = true;
+        self.block_started = true;
+        self.data = Vec::new();
+        self.event_type.clear();
+        self.retry = None;
+    }
+
+    fn process_line<F: FnMut(EventRef<'_>)>(
+        &mut self,
+        line: &[u8],
+        on_event: &mut F,
+        status: &mut FeedStatus,
+    ) {
+        if line.is_empty() {
+            self.dispatch(on_event);
+            return;
+        }
+        if self.skip_event || line[0] == b':' {
+            return;
+        }
+        let (name, value) = match memchr(b':', line) {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &line[line.len()..]),
+        };
+        self.block_started = true;
+        match name {
+            b"data" => {
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+                if self.buffered() > self.config.max_event_size {
+                    self.overflow(status);
+                }
+            }
+            b"event" => {
+                self.event_type.clear();
+                self.event_type.extend_from_slice(value);
+                if self.buffered() > self.config.max_event_size {
+                    self.overflow(status);
+                }
+            }
+            b"id" => {
+                if memchr(0, value).is_none() {
+                    self.last_id.clear();
+                    self.last_id.extend_from_slice(value);
+                }
+            }
+            b"retry" => {
+                if let Some(ms) = parse_retry(value) {
+                    self.retry = Some(ms);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch<F: FnMut(EventRef<'_>)>(&mut self, on_event: &mut F) {
+        let retry = self.retry.take();
+        let skipped = std::mem::replace(&mut self.skip_event, false);
+        self.block_started = false;
+        if !skipped {
+            if let Some((_, data)) = self.data.split_last() {
+                on_event(EventRef {
+                    event: &self.event_type,
+                    data,
+                    id: &self.last_id,
+                    retry,
+                });
+            } else if retry.is_some() && self.config.retry_only_events {
+                on_event(EventRef {
+                    event: &self.event_type,
+                    data: b"",
+                    id: &self.last_id,
+                    retry,
+                });
+            }
+        }
+        self.data.clear();
+        self.event_type.clear();
+    }
+}
+
+/// A `retry` value counts only if it is one or more ASCII digits (no sign,
+/// no spaces) that fit in a `u64`.
+fn parse_retry(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct Ev(String, String, String, Option<u64>);
+
+    fn run(chunks: &[&[u8]], config: DecoderConfig) -> (Vec<Ev>, FinishStatus) {
+        let mut d = Decoder::new(config);
+        let mut out = Vec::new();
+        for c in chunks {
+            d.feed(c, |e| {
+                out.push(Ev(
+                    String::from_utf8_lossy(e.event).into_owned(),
+                    String::from_utf8_lossy(e.data).into_owned(),
+                    String::from_utf8_lossy(e.id).into_owned(),
+                    e.retry,
+                ));
+            });
+        }
+        let fin = d.finish();
+        (out, fin)
+    }
+
+    fn ev(event: &str, data: &str, id: &str, retry: Option<u64>) -> Ev {
+        Ev(event.into(), data.into(), id.into(), retry)
+    }
+
+    fn every_split(input: &[u8]) -> Vec<Vec<&[u8]>> {
+        let mut out = vec![vec![input]];
+        for i in 0..=input.len() {
+            out.push(vec![&input[..i], &input[i..]]);
+        }
+        out.push(input.chunks(1).collect());
+        out
+    }
+
+    fn check(input: &[u8], expected: &[Ev]) {
+        for chunks in every_split(input) {
+            let (got, _) = run(&chunks, DecoderConfig::default());
+            assert_eq!(got, expected, "chunks {chunks:?}");
+        }
+    }
+
+    #[test]
+    fn spec_examples() {
+        check(
+            b"data: YHOO\ndata: +2\ndata: 10\n\n",
+            &[ev("", "YHOO\n+2\n10", "", None)],
+        );
+        check(
+            b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
+            &[
+                ev("", "first event", "1", None),
+                ev("", "second event", "", None),
+                ev("", " third event", "", None),
+            ],
+        );
+        check(
+            b"data\n\ndata\ndata\n\ndata:",
+            &[ev("", "", "", None), ev("", "\n", "", None)],
+        );
+    }
+
+    #[test]
+    fn line_endings_and_bom() {
+        check(
+            b"\xEF\xBB\xBFdata:1\r\n\r\n\xEF\xBB\xBFdata:2\r\rdata:3\n\n",
+            &[ev("", "1", "", None), ev("", "3", "", None)],
+        );
+        check(b"\xEF\xBB\xBF\xEF\xBB\xBFdata:1\n\ndata:2\n\n", &[ev("", "2", "", None)]);
+        check(b"\xEF\xBBdata:1\n\n", &[]);
+    }
+
+    #[test]
+    fn cr_dispatches_without_waiting() {
+        let mut d = Decoder::default();
+        let mut n = 0;
+        d.feed(b"data: x\r\r", |_| n += 1);
+        assert_eq!(n, 1);
+        d.feed(b"\ndata: y\n\n", |_| n += 1);
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn fields() {
+        check(
+            b"retry:2000\nretry:1000x\nid: a\0b\nid: 7\ndata:x\n\nevent: e\n\ndata:y\n\n",
+            &[ev("", "x", "7", Some(2000)), ev("", "y", "7", None)],
+        );
+        check(b"retry: 10000\n\ndata: z\n\n", &[ev("", "z", "", None)]);
+        let (got, _) = run(
+            &[b"retry: 10000\n\n"],
+            DecoderConfig {
+                retry_only_events: true,
+                ..DecoderConfig::default()
+            },
+        );
+        assert_eq!(got, vec![ev("", "", "", Some(10000))]);
+        assert_eq!(parse_retry(b"99999999999999999999999"), None);
+        assert_eq!(parse_retry(b"+5"), None);
+    }
+
+    #[test]
+    fn finish_reports_partial() {
+        assert!(run(&[b"data: x\n"], DecoderConfig::default()).1.dropped_partial);
+        assert!(run(&[b"dat"], DecoderConfig::default()).1.dropped_partial);
+        assert!(!run(&[b"data: x\n\n"], DecoderConfig::default()).1.dropped_partial);
+    }
+
+    #[test]
+    fn oversized_event_is_skipped_and_decoding_recovers() {
+        let config = DecoderConfig {
+            max_event_size: 16,
+            ..DecoderConfig::default()
+        };
+        let mut d = Decoder::new(config);
+        let mut got = Vec::new();
+        let mut status = d.feed(b"data: 0123456789abcdefghij\n\ndata: ok\n\n", |e| {
+            got.push(e.data.to_vec());
+        });
+        assert_eq!(status.oversized_events, 1);
+        // A line that never ends is cut off too, across chunks.
+        for _ in 0..10 {
+            status = d.feed(b"data: xxxxxxxxxxxx", |_| panic!("no event expected"));
+        }
+        d.feed(b"\n\ndata: after\n\n", |e| got.push(e.data.to_vec()));
+        assert_eq!(got, vec![b"ok".to_vec(), b"after".to_vec()]);
+        assert_eq!(status.oversized_events, 0);
+    }
+}
