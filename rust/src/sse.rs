@@ -388,7 +388,10 @@ mod tests {
             b"\xEF\xBB\xBFdata:1\r\n\r\n\xEF\xBB\xBFdata:2\r\rdata:3\n\n",
             &[ev("", "1", "", None), ev("", "3", "", None)],
         );
-        check(b"\xEF\xBB\xBF\xEF\xBB\xBFdata:1\n\ndata:2\n\n", &[ev("", "2", "", None)]);
+        check(
+            b"\xEF\xBB\xBF\xEF\xBB\xBFdata:1\n\ndata:2\n\n",
+            &[ev("", "2", "", None)],
+        );
         check(b"\xEF\xBBdata:1\n\n", &[]);
     }
 
@@ -423,9 +426,17 @@ mod tests {
 
     #[test]
     fn finish_reports_partial() {
-        assert!(run(&[b"data: x\n"], DecoderConfig::default()).1.dropped_partial);
+        assert!(
+            run(&[b"data: x\n"], DecoderConfig::default())
+                .1
+                .dropped_partial
+        );
         assert!(run(&[b"dat"], DecoderConfig::default()).1.dropped_partial);
-        assert!(!run(&[b"data: x\n\n"], DecoderConfig::default()).1.dropped_partial);
+        assert!(
+            !run(&[b"data: x\n\n"], DecoderConfig::default())
+                .1
+                .dropped_partial
+        );
     }
 
     #[test]

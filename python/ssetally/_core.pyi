@@ -1,0 +1,81 @@
+"""Type stubs of the native extension ``ssetally._core``."""
+
+from typing import Any, final
+
+__all__ = [
+    "EventTooLargeError",
+    "ServerSentEvent",
+    "SSEDecoder",
+    "LineDecoder",
+    "__version__",
+    "DEFAULT_MAX_EVENT_SIZE_BYTES",
+]
+__version__: str
+DEFAULT_MAX_EVENT_SIZE_BYTES: int
+
+class EventTooLargeError(ValueError):
+    """An event exceeded the decoder's ``max_event_size`` and was discarded.
+
+    ``events`` holds the events the same ``feed`` call decoded successfully.
+    """
+
+    events: list[ServerSentEvent]
+
+@final
+class ServerSentEvent:
+    """One Server-Sent Event: immutable, comparable, hashable."""
+
+    def __new__(
+        cls,
+        event: str | None = None,
+        data: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> ServerSentEvent: ...
+    @property
+    def event(self) -> str:
+        """The event type; ``"message"`` when the stream named none."""
+    @property
+    def data(self) -> str:
+        """The data lines of the event, joined with LF."""
+    @property
+    def id(self) -> str:
+        """The last event ID at dispatch (it persists across events)."""
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in milliseconds set in this event's block."""
+    def json(self) -> Any:
+        """The data parsed as JSON."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class SSEDecoder:
+    """Incremental WHATWG Server-Sent Events decoder over byte chunks cut anywhere."""
+
+    def __new__(
+        cls, *, max_event_size: int = ..., retry_only_events: bool = False
+    ) -> SSEDecoder: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
+        """Decode a chunk; returns the events it completed.
+
+        Raises ``EventTooLargeError`` (carrying the chunk's other events) when an event
+        exceeded ``max_event_size``; decoding goes on after it.
+        """
+    def finish(self) -> bool:
+        """End of stream: drop an unterminated event and reset. True when one was dropped."""
+    @property
+    def last_event_id(self) -> str:
+        """The last event ID seen, for a ``Last-Event-ID`` reconnect header."""
+    @property
+    def max_event_size(self) -> int: ...
+
+@final
+class LineDecoder:
+    """Splits bytes into lines at CR, LF or CRLF (the SSE line rule)."""
+
+    def __new__(cls) -> LineDecoder: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
+        """The lines ``data`` completes, without their terminators."""
+    def finish(self) -> list[str]:
+        """End of input: the unterminated last line, if any."""

@@ -1,0 +1,354 @@
+//! PyO3 bindings: the `ssetally._core` extension module. All Python glue of
+//! the crate lives here; the modules it wraps know nothing of Python.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+create_exception!(
+    ssetally._core,
+    EventTooLargeError,
+    PyValueError,
+    "An event exceeded the decoder's max_event_size and was discarded."
+);
+
+#[pymodule(gil_used = false)]
+mod _core {
+    use pyo3::exceptions::{PyTypeError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::pybacked::PyBackedBytes;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::{PyList, PyString};
+    use pyo3::{intern, IntoPyObjectExt};
+
+    use crate::lines::LineSplitter;
+    use crate::sse::{Decoder, DecoderConfig, EventRef, DEFAULT_MAX_EVENT_SIZE};
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)]
+    const __version__: &str = env!("CARGO_PKG_VERSION");
+
+    #[pymodule_export]
+    const DEFAULT_MAX_EVENT_SIZE_BYTES: usize = DEFAULT_MAX_EVENT_SIZE;
+
+    #[pymodule_export]
+    use super::EventTooLargeError;
+
+    /// Chunks at least this large are decoded with the interpreter released.
+    const DETACH_THRESHOLD: usize = 64 * 1024;
+
+    fn json_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+        static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        LOADS
+            .get_or_try_init(py, || {
+                Ok::<_, PyErr>(py.import("json")?.getattr("loads")?.unbind())
+            })
+            .map(|f| f.bind(py))
+    }
+
+    fn text<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+        PyString::new(py, &String::from_utf8_lossy(bytes))
+    }
+
+    /// One Server-Sent Event.
+    #[pyclass(frozen, module = "ssetally._core")]
+    pub struct ServerSentEvent {
+        event: Py<PyString>,
+        data: Py<PyString>,
+        id: Py<PyString>,
+        retry: Option<u64>,
+    }
+
+    #[pymethods]
+    impl ServerSentEvent {
+        #[new]
+        #[pyo3(signature = (event=None, data=None, id=None, retry=None))]
+        fn new(
+            py: Python<'_>,
+            event: Option<Bound<'_, PyString>>,
+            data: Option<Bound<'_, PyString>>,
+            id: Option<Bound<'_, PyString>>,
+            retry: Option<u64>,
+        ) -> Self {
+            let empty = || PyString::new(py, "").unbind();
+            Self {
+                event: match event {
+                    Some(e) if e.len().unwrap_or(0) > 0 => e.unbind(),
+                    _ => intern!(py, "message").clone().unbind(),
+                },
+                data: data.map_or_else(empty, Bound::unbind),
+                id: id.map_or_else(empty, Bound::unbind),
+                retry,
+            }
+        }
+
+        /// The event type; `"message"` when the stream named none.
+        #[getter]
+        fn event(&self, py: Python<'_>) -> Py<PyString> {
+            self.event.clone_ref(py)
+        }
+
+        /// The data lines of the event, joined with LF.
+        #[getter]
+        fn data(&self, py: Python<'_>) -> Py<PyString> {
+            self.data.clone_ref(py)
+        }
+
+        /// The last event ID at dispatch (it persists across events).
+        #[getter]
+        fn id(&self, py: Python<'_>) -> Py<PyString> {
+            self.id.clone_ref(py)
+        }
+
+        /// The reconnection time in milliseconds set in this event's block.
+        #[getter]
+        fn retry(&self) -> Option<u64> {
+            self.retry
+        }
+
+        /// The data parsed as JSON (`json.loads`).
+        fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+            json_loads(py)?.call1((self.data.bind(py),))
+        }
+
+        fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+            let mut out = format!("ServerSentEvent(event={}", self.event.bind(py).repr()?);
+            for (name, value) in [("data", &self.data), ("id", &self.id)] {
+                let value = value.bind(py);
+                if value.len()? > 0 {
+                    out.push_str(&format!(", {name}={}", value.repr()?));
+                }
+            }
+            if let Some(retry) = self.retry {
+                out.push_str(&format!(", retry={retry}"));
+            }
+            out.push(')');
+            Ok(out)
+        }
+
+        fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+            let Ok(other) = other.cast::<ServerSentEvent>() else {
+                return Ok(py.NotImplemented());
+            };
+            let other = other.get();
+            let equal = self.retry == other.retry
+                && PyAnyMethods::eq(self.event.bind(py).as_any(), other.event.bind(py))?
+                && PyAnyMethods::eq(self.data.bind(py).as_any(), other.data.bind(py))?
+                && PyAnyMethods::eq(self.id.bind(py).as_any(), other.id.bind(py))?;
+            equal.into_py_any(py)
+        }
+
+        fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+            (
+                self.event.bind(py),
+                self.data.bind(py),
+                self.id.bind(py),
+                self.retry,
+            )
+                .into_pyobject(py)?
+                .hash()
+        }
+    }
+
+    /// An event decoded with the interpreter released, built into a Python
+    /// object afterwards.
+    struct OwnedEvent {
+        event: Vec<u8>,
+        data: Vec<u8>,
+        id: Vec<u8>,
+        retry: Option<u64>,
+    }
+
+    /// The Python strings of the last event type and ID, reused while the
+    /// stream repeats them (IDs persist, types repeat).
+    #[derive(Default)]
+    struct StringCache {
+        event: Option<(Vec<u8>, Py<PyString>)>,
+        id: Option<(Vec<u8>, Py<PyString>)>,
+    }
+
+    fn cached(
+        py: Python<'_>,
+        slot: &mut Option<(Vec<u8>, Py<PyString>)>,
+        bytes: &[u8],
+    ) -> Py<PyString> {
+        if let Some((key, value)) = slot {
+            if key == bytes {
+                return value.clone_ref(py);
+            }
+        }
+        let value = text(py, bytes).unbind();
+        *slot = Some((bytes.to_vec(), value.clone_ref(py)));
+        value
+    }
+
+    impl StringCache {
+        fn build(&mut self, py: Python<'_>, ev: EventRef<'_>) -> ServerSentEvent {
+            let event = if ev.event.is_empty() {
+                intern!(py, "message").clone().unbind()
+            } else {
+                cached(py, &mut self.event, ev.event)
+            };
+            ServerSentEvent {
+                event,
+                data: text(py, ev.data).unbind(),
+                id: cached(py, &mut self.id, ev.id),
+                retry: ev.retry,
+            }
+        }
+    }
+
+    /// Incremental WHATWG Server-Sent Events decoder.
+    #[pyclass(module = "ssetally._core")]
+    pub struct SSEDecoder {
+        inner: Decoder,
+        cache: StringCache,
+    }
+
+    #[pymethods]
+    impl SSEDecoder {
+        #[new]
+        #[pyo3(signature = (*, max_event_size=DEFAULT_MAX_EVENT_SIZE, retry_only_events=false))]
+        fn new(max_event_size: usize, retry_only_events: bool) -> PyResult<Self> {
+            if max_event_size == 0 {
+                return Err(PyValueError::new_err("max_event_size must be positive"));
+            }
+            Ok(Self {
+                inner: Decoder::new(DecoderConfig {
+                    max_event_size,
+                    retry_only_events,
+                }),
+                cache: StringCache::default(),
+            })
+        }
+
+        /// Decode a chunk of bytes; returns the events it completed.
+        fn feed<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyList>> {
+            let chunk = chunk_bytes(data)?;
+            let mut events: Vec<ServerSentEvent> = Vec::new();
+            let status = if chunk.len() >= DETACH_THRESHOLD {
+                let inner = &mut self.inner;
+                let mut owned = Vec::new();
+                let status =
+                    py.detach(|| inner.feed(&chunk, |ev| owned.push(OwnedEvent::from(ev))));
+                for ev in &owned {
+                    events.push(self.cache.build(py, ev.as_ref()));
+                }
+                status
+            } else {
+                let cache = &mut self.cache;
+                self.inner
+                    .feed(&chunk, |ev| events.push(cache.build(py, ev)))
+            };
+            let list = PyList::new(py, events)?;
+            if status.oversized_events > 0 {
+                let err = EventTooLargeError::new_err(format!(
+                    "{} event(s) exceeded max_event_size={} bytes and were discarded",
+                    status.oversized_events,
+                    self.inner.config().max_event_size
+                ));
+                err.value(py).setattr("events", &list)?;
+                return Err(err);
+            }
+            Ok(list)
+        }
+
+        /// End of stream: discards an unterminated event and resets the
+        /// decoder. Returns True when such a partial event was dropped.
+        fn finish(&mut self) -> bool {
+            self.cache = StringCache::default();
+            self.inner.finish().dropped_partial
+        }
+
+        /// The last event ID seen, for a `Last-Event-ID` reconnect header.
+        #[getter]
+        fn last_event_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+            text(py, self.inner.last_event_id())
+        }
+
+        #[getter]
+        fn max_event_size(&self) -> usize {
+            self.inner.config().max_event_size
+        }
+    }
+
+    impl From<EventRef<'_>> for OwnedEvent {
+        fn from(ev: EventRef<'_>) -> Self {
+            Self {
+                event: ev.event.to_vec(),
+                data: ev.data.to_vec(),
+                id: ev.id.to_vec(),
+                retry: ev.retry,
+            }
+        }
+    }
+
+    impl OwnedEvent {
+        fn as_ref(&self) -> EventRef<'_> {
+            EventRef {
+                event: &self.event,
+                data: &self.data,
+                id: &self.id,
+                retry: self.retry,
+            }
+        }
+    }
+
+    /// Accepts `bytes` without a copy, and `bytearray`/`memoryview` with one.
+    fn chunk_bytes(data: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
+        data.extract::<PyBackedBytes>().or_else(|_| {
+            if let Ok(view) = data.cast::<pyo3::types::PyMemoryView>() {
+                let bytes = view.call_method0(intern!(data.py(), "tobytes"))?;
+                return bytes.extract::<PyBackedBytes>().map_err(Into::into);
+            }
+            Err(PyTypeError::new_err(format!(
+                "feed() takes bytes, got {}",
+                data.get_type().name()?
+            )))
+        })
+    }
+
+    /// Splits bytes into lines at CR, LF or CRLF (the SSE line rule).
+    #[pyclass(module = "ssetally._core")]
+    pub struct LineDecoder {
+        inner: LineSplitter,
+    }
+
+    #[pymethods]
+    impl LineDecoder {
+        #[new]
+        fn new() -> Self {
+            Self {
+                inner: LineSplitter::new(),
+            }
+        }
+
+        /// Returns the lines `data` completes, without their terminators.
+        fn feed<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyList>> {
+            let chunk = chunk_bytes(data)?;
+            let list = PyList::empty(py);
+            let mut result = Ok(());
+            self.inner.feed(&chunk, |line| {
+                if result.is_ok() {
+                    result = list.append(text(py, line));
+                }
+            });
+            result.map(|()| list)
+        }
+
+        /// End of input: returns the unterminated last line, if any.
+        fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let lines: Vec<Bound<'py, PyString>> =
+                self.inner.finish().iter().map(|l| text(py, l)).collect();
+            PyList::new(py, lines)
+        }
+    }
+}
