@@ -3,12 +3,12 @@
 from typing import Any, final
 
 __all__ = [
-    "EventTooLargeError",
-    "ServerSentEvent",
-    "SSEDecoder",
-    "LineDecoder",
-    "__version__",
     "DEFAULT_MAX_EVENT_SIZE_BYTES",
+    "EventTooLargeError",
+    "LineDecoder",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "__version__",
 ]
 __version__: str
 DEFAULT_MAX_EVENT_SIZE_BYTES: int

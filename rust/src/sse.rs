@@ -262,11 +262,9 @@ impl Decoder {
                     self.overflow(status);
                 }
             }
-            b"id" => {
-                if memchr(0, value).is_none() {
-                    self.last_id.clear();
-                    self.last_id.extend_from_slice(value);
-                }
+            b"id" if memchr(0, value).is_none() => {
+                self.last_id.clear();
+                self.last_id.extend_from_slice(value);
             }
             b"retry" => {
                 if let Some(ms) = parse_retry(value) {
