@@ -3,6 +3,7 @@
 //! the `python` module behind the `python` cargo feature.
 
 pub mod lines;
+pub mod reassemble;
 pub mod sse;
 
 #[cfg(feature = "python")]

@@ -1,0 +1,130 @@
+"""The immutable results of tallying a stream: ``Usage`` and ``StreamReport``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Where a usage record came from: read from the stream, fetched from the API afterwards,
+#: or counted with a tokenizer because neither was possible.
+USAGE_SOURCES = ("stream", "retrieval", "estimate")
+
+#: How a stream ended.
+STATUSES = ("completed", "incomplete", "failed", "cancelled", "truncated")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage normalised across providers.
+
+    ``output_tokens`` always includes reasoning tokens (some providers report them apart;
+    they are added back). ``input_tokens`` always includes cached and cache-written tokens.
+    A field is None when the provider does not say. ``raw`` is the provider's own usage object,
+    untouched, so nothing it reported is lost.
+    """
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    source: str = "stream"
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        out = dataclasses.asdict(self)
+        out["raw"] = dict(self.raw)
+        return out
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What one streamed response cost and how it ended.
+
+    ``status`` is one of ``completed``, ``incomplete`` (the model stopped at a limit or a
+    filter), ``failed`` (an error event), ``cancelled`` or ``truncated`` (the stream ended with
+    no terminal event). ``delta_chunks`` counts events that carried output text: it is not a
+    token count.
+    """
+
+    usage: Usage | None
+    api: str = "unknown"
+    response_id: str | None = None
+    model: str | None = None
+    status: str = "truncated"
+    finish_reason: str | None = None
+    incomplete_reason: str | None = None
+    error: Any = None
+    events: int = 0
+    delta_chunks: int = 0
+    bytes: int = 0
+    done: bool = False
+    oversized_events: int = 0
+    invalid_json_events: int = 0
+    warnings: tuple[str, ...] = ()
+    step_usages: tuple[Usage, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``usage`` is a dict too (or None)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["usage"] = None if self.usage is None else self.usage.to_dict()
+        out["warnings"] = list(self.warnings)
+        out["step_usages"] = [u.to_dict() for u in self.step_usages]
+        return out
+
+    def replace(self, **changes: Any) -> StreamReport:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def usage_from_core(data: Mapping[str, Any], source: str = "stream") -> Usage:
+    """Build a ``Usage`` from the plain dict the native extension returns."""
+    raw = _parse_json(data.get("raw"))
+    return Usage(
+        input_tokens=data.get("input_tokens"),
+        output_tokens=data.get("output_tokens"),
+        total_tokens=data.get("total_tokens"),
+        cached_input_tokens=data.get("cached_input_tokens"),
+        cache_write_tokens=data.get("cache_write_tokens"),
+        reasoning_tokens=data.get("reasoning_tokens"),
+        source=source,
+        raw=raw if isinstance(raw, dict) else {},
+    )
+
+
+def report_from_core(data: Mapping[str, Any]) -> StreamReport:
+    """Build a ``StreamReport`` from the plain dict the native extension returns."""
+    usage = data.get("usage")
+    return StreamReport(
+        usage=None if usage is None else usage_from_core(usage),
+        api=data["api"],
+        response_id=data.get("response_id"),
+        model=data.get("model"),
+        status=data["status"],
+        finish_reason=data.get("finish_reason"),
+        incomplete_reason=data.get("incomplete_reason"),
+        error=_parse_json(data.get("error")),
+        events=data["events"],
+        delta_chunks=data["delta_chunks"],
+        bytes=data["bytes"],
+        done=data["done"],
+        oversized_events=data["oversized_events"],
+        invalid_json_events=data["invalid_json_events"],
+        warnings=tuple(data["warnings"]),
+        step_usages=tuple(usage_from_core(u) for u in data["step_usages"]),
+    )
