@@ -57,9 +57,11 @@ class EventSource:
                 await aclose()
 
 
-def _sse_headers(kwargs: dict[str, Any]) -> Any:
-    headers = kwargs.pop("headers", None)
-    headers = {} if headers is None else headers
+def _sse_headers(kwargs: dict[str, Any]) -> dict[str, str]:
+    """The caller's headers (never mutated) with the two SSE request headers set."""
+    given = kwargs.pop("headers", None) or {}
+    items = given.items() if hasattr(given, "items") else given
+    headers = {k: v for k, v in items if k.lower() not in ("accept", "cache-control")}
     headers["Accept"] = "text/event-stream"
     headers["Cache-Control"] = "no-store"
     return headers

@@ -1,0 +1,7 @@
+import httpx
+
+from ssetally import SSEError
+
+
+def test_sse_error() -> None:
+    assert issubclass(SSEError, httpx.TransportError)
