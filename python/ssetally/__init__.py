@@ -9,6 +9,8 @@ from ._core import (
     __version__,
 )
 from ._exceptions import SSEError
+from ._report import StreamReport, Usage
+from ._tap import UsageTap
 
 __all__ = [
     "EventSource",
@@ -17,6 +19,9 @@ __all__ = [
     "SSEDecoder",
     "SSEError",
     "ServerSentEvent",
+    "StreamReport",
+    "Usage",
+    "UsageTap",
     "__version__",
     "aconnect_sse",
     "connect_sse",

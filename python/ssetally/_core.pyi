@@ -8,6 +8,7 @@ __all__ = [
     "LineDecoder",
     "SSEDecoder",
     "ServerSentEvent",
+    "UsageTap",
     "__version__",
 ]
 __version__: str
@@ -79,3 +80,30 @@ class LineDecoder:
         """The lines ``data`` completes, without their terminators."""
     def finish(self) -> list[str]:
         """End of input: the unterminated last line, if any."""
+
+@final
+class UsageTap:
+    """Native usage extractor: frames the stream and reads usage with no Python object per
+    event. The public ``ssetally.UsageTap`` wraps it with typed reports."""
+
+    def __new__(
+        cls, api: str = "auto", *, max_event_size: int = ..., collect_output: bool = False
+    ) -> UsageTap: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Tap one chunk of the stream. Never raises on any bytes."""
+    def finish(self) -> list[dict[str, Any]]:
+        """End of stream: a report dict per response (at least one); resets the tap."""
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The reports so far, without ending the stream."""
+    def output(self) -> dict[str, Any] | None:
+        """The reassembled output, or None unless ``collect_output`` was set."""
+    def clear_output(self) -> None:
+        """Clear the reassembled output."""
+    @property
+    def bytes_fed(self) -> int: ...
+    @property
+    def delta_chunks(self) -> int: ...
+    @property
+    def response_id(self) -> str | None: ...
+    @property
+    def api(self) -> str: ...

@@ -5,8 +5,10 @@
 pub mod lines;
 pub mod reassemble;
 pub mod sse;
+pub mod usage;
 
 #[cfg(feature = "python")]
 mod python;
 
 pub use sse::{Decoder, DecoderConfig, EventRef, FeedStatus, FinishStatus};
+pub use usage::{Api, ApiHint, Report, Status, Usage, UsageTap};

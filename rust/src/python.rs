@@ -18,11 +18,13 @@ mod _core {
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedBytes;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyList, PyString};
+    use pyo3::types::{PyDict, PyList, PyString};
     use pyo3::{intern, IntoPyObjectExt};
 
     use crate::lines::LineSplitter;
+    use crate::reassemble::Output;
     use crate::sse::{Decoder, DecoderConfig, EventRef, DEFAULT_MAX_EVENT_SIZE};
+    use crate::usage::{ApiHint, Report, Usage, UsageTap as CoreTap};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)]
@@ -349,6 +351,174 @@ mod _core {
             let lines: Vec<Bound<'py, PyString>> =
                 self.inner.finish().iter().map(|l| text(py, l)).collect();
             PyList::new(py, lines)
+        }
+    }
+
+    /// The usage extractor: frames the stream and reads usage natively,
+    /// creating no Python object per event.
+    #[pyclass(module = "ssetally._core")]
+    pub struct UsageTap {
+        inner: CoreTap,
+        bytes_fed: u64,
+    }
+
+    fn usage_dict<'py>(py: Python<'py>, u: &Usage) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("input_tokens", u.input_tokens)?;
+        d.set_item("output_tokens", u.output_tokens)?;
+        d.set_item("total_tokens", u.total_tokens)?;
+        d.set_item("cached_input_tokens", u.cached_input_tokens)?;
+        d.set_item("cache_write_tokens", u.cache_write_tokens)?;
+        d.set_item("reasoning_tokens", u.reasoning_tokens)?;
+        d.set_item("raw", &u.raw)?;
+        Ok(d)
+    }
+
+    fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        match &r.usage {
+            Some(u) => d.set_item("usage", usage_dict(py, u)?)?,
+            None => d.set_item("usage", py.None())?,
+        }
+        d.set_item("api", r.api.as_str())?;
+        d.set_item("response_id", &r.response_id)?;
+        d.set_item("model", &r.model)?;
+        d.set_item("status", r.status.as_str())?;
+        d.set_item("finish_reason", &r.finish_reason)?;
+        d.set_item("incomplete_reason", &r.incomplete_reason)?;
+        d.set_item("error", &r.error)?;
+        d.set_item("events", r.events)?;
+        d.set_item("delta_chunks", r.delta_chunks)?;
+        d.set_item("bytes", r.bytes)?;
+        d.set_item("done", r.done)?;
+        d.set_item("oversized_events", r.oversized_events)?;
+        d.set_item("invalid_json_events", r.invalid_json_events)?;
+        d.set_item("warnings", &r.warnings)?;
+        let steps = r
+            .step_usages
+            .iter()
+            .map(|u| usage_dict(py, u))
+            .collect::<PyResult<Vec<_>>>()?;
+        d.set_item("step_usages", steps)?;
+        Ok(d)
+    }
+
+    fn output_dict<'py>(py: Python<'py>, out: &Output) -> PyResult<Bound<'py, PyDict>> {
+        let choices = PyList::empty(py);
+        for (index, choice) in &out.choices {
+            let c = PyDict::new(py);
+            c.set_item("index", index)?;
+            c.set_item("text", &choice.text)?;
+            c.set_item("refusal", &choice.refusal)?;
+            c.set_item("reasoning", &choice.reasoning)?;
+            let calls = PyList::empty(py);
+            for (call_index, call) in &choice.tool_calls {
+                let t = PyDict::new(py);
+                t.set_item("index", call_index)?;
+                t.set_item("id", &call.id)?;
+                t.set_item("name", &call.name)?;
+                t.set_item("arguments", &call.arguments)?;
+                calls.append(t)?;
+            }
+            c.set_item("tool_calls", calls)?;
+            choices.append(c)?;
+        }
+        let d = PyDict::new(py);
+        d.set_item("choices", choices)?;
+        Ok(d)
+    }
+
+    #[pymethods]
+    impl UsageTap {
+        #[new]
+        #[pyo3(signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false))]
+        fn new(api: &str, max_event_size: usize, collect_output: bool) -> PyResult<Self> {
+            let hint: ApiHint = api
+                .parse()
+                .map_err(|e: crate::usage::UnknownApiHint| PyValueError::new_err(e.to_string()))?;
+            if max_event_size == 0 {
+                return Err(PyValueError::new_err("max_event_size must be positive"));
+            }
+            let config = DecoderConfig {
+                max_event_size,
+                retry_only_events: false,
+            };
+            let mut inner = CoreTap::new(hint, config);
+            if collect_output {
+                inner = inner.collecting_output();
+            }
+            Ok(Self {
+                inner,
+                bytes_fed: 0,
+            })
+        }
+
+        /// Tap one chunk of the stream. Never raises on any bytes.
+        fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+            let chunk = chunk_bytes(data)?;
+            self.bytes_fed += chunk.len() as u64;
+            if chunk.len() >= DETACH_THRESHOLD {
+                let inner = &mut self.inner;
+                py.detach(|| inner.feed(&chunk));
+            } else {
+                self.inner.feed(&chunk);
+            }
+            Ok(())
+        }
+
+        /// End of stream: a report dict per response in it (at least one).
+        /// The tap is reset for a new stream; the output stays readable.
+        fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            self.bytes_fed = 0;
+            let reports = self
+                .inner
+                .finish()
+                .iter()
+                .map(|r| report_dict(py, r))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, reports)
+        }
+
+        /// The reports so far, without ending the stream.
+        fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let reports = self
+                .inner
+                .snapshot()
+                .iter()
+                .map(|r| report_dict(py, r))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, reports)
+        }
+
+        /// The reassembled output (`{"choices": [...]}`), or None when the tap
+        /// was not asked to collect it.
+        fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+            self.inner.output().map(|o| output_dict(py, o)).transpose()
+        }
+
+        /// Clears the reassembled output (for reusing the tap).
+        fn clear_output(&mut self) {
+            self.inner.take_output();
+        }
+
+        #[getter]
+        fn bytes_fed(&self) -> u64 {
+            self.bytes_fed
+        }
+
+        #[getter]
+        fn delta_chunks(&self) -> u64 {
+            self.inner.delta_chunks()
+        }
+
+        #[getter]
+        fn response_id(&self) -> Option<String> {
+            self.inner.response_id()
+        }
+
+        #[getter]
+        fn api(&self) -> &'static str {
+            self.inner.api().as_str()
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct FeedStatus {
 pub struct FinishStatus {
     /// An event had begun but its blank line never came, so it was dropped.
     pub dropped_partial: bool,
+    /// The last event lacked its blank line and was dispatched anyway (only
+    /// [`Decoder::finish_flushing`] does this).
+    pub flushed_partial: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +184,31 @@ impl Decoder {
             || matches!(self.bom, Bom::Matching(n) if n > 0);
         let config = self.config.clone();
         *self = Self::new(config);
-        FinishStatus { dropped_partial }
+        FinishStatus {
+            dropped_partial,
+            flushed_partial: false,
+        }
+    }
+
+    /// End of stream for a consumer that would rather read a last event
+    /// whose blank line never came (a server that closed right after it)
+    /// than drop it: the unterminated line and block are dispatched, then the
+    /// decoder resets. Browsers discard such an event; [`Decoder::finish`]
+    /// does too.
+    pub fn finish_flushing<F: FnMut(EventRef<'_>)>(&mut self, mut on_event: F) -> FinishStatus {
+        let mut status = FeedStatus::default();
+        if !self.skip_line && !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.process_line(&line, &mut on_event, &mut status);
+        }
+        let flushed = !self.data.is_empty() && !self.skip_event;
+        if self.block_started {
+            self.dispatch(&mut on_event);
+        }
+        let mut finished = self.finish();
+        finished.flushed_partial = flushed;
+        finished.dropped_partial &= !flushed;
+        finished
     }
 
     /// Strips one leading UTF-8 BOM, even when it is split across chunks.
@@ -434,6 +461,25 @@ mod tests {
             !run(&[b"data: x\n\n"], DecoderConfig::default())
                 .1
                 .dropped_partial
+        );
+    }
+
+    #[test]
+    fn finish_flushing_reads_an_unterminated_last_event() {
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        d.feed(b"data: a\n\nevent: stop\ndata: {\"x\"", |e| {
+            got.push(e.data.to_vec())
+        });
+        let status = d.finish_flushing(|e| {
+            assert_eq!(e.event, b"stop");
+            got.push(e.data.to_vec());
+        });
+        assert_eq!(got, vec![b"a".to_vec(), b"{\"x\"".to_vec()]);
+        assert!(status.flushed_partial && !status.dropped_partial);
+        assert!(
+            !d.finish_flushing(|_| panic!("nothing pending"))
+                .flushed_partial
         );
     }
 

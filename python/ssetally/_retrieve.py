@@ -1,0 +1,165 @@
+"""Retrieval fallback: read a Responses stream's usage with ``GET /responses/{id}``.
+
+A Responses stream that ended without its terminal event (cut, truncated, the client stopped
+reading) may still have its usage server-side when it was created with ``store=true``. The
+sync and async functions share one policy; only the waiting and the HTTP call differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._report import StreamReport
+from ._tap import UsageTap
+
+#: Request headers that carry credentials or routing and must go with the retrieval.
+_FORWARDED_HEADERS = (
+    "authorization",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "x-api-key",
+    "user-agent",
+)
+_PENDING = ("queued", "in_progress")
+
+
+@dataclass(frozen=True)
+class RetrievalPolicy:
+    """How hard to try: total deadline in seconds, first poll delay, backoff factor,
+    the longest single wait, and how many 5xx answers in a row to accept."""
+
+    deadline: float = 30.0
+    first_delay: float = 0.25
+    backoff: float = 2.0
+    max_delay: float = 5.0
+    max_server_errors: int = 3
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """The terminal response's report, or why none could be had."""
+
+    report: StreamReport | None
+    reason: str
+
+
+def retrieval_url(request_url: str, response_id: str) -> str:
+    """``{base}/responses/{id}`` for a request that went to ``{base}/responses``."""
+    base = request_url.split("?", 1)[0].rstrip("/")
+    base = base.removesuffix("/responses")
+    return f"{base}/responses/{response_id}"
+
+
+def retrieval_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
+    """The credentials and routing headers of the original request."""
+    return {k: v for k, v in request_headers.items() if k.lower() in _FORWARDED_HEADERS}
+
+
+def _report_of(response_object: Mapping[str, Any]) -> StreamReport:
+    """Normalise a Response object with the same native code that reads streams."""
+    event = {"type": "response.completed", "response": response_object}
+    tap = UsageTap("responses")
+    tap.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    return tap.finish()
+
+
+class _Attempts:
+    """The retry policy as a state machine: given each HTTP answer, say what to do next."""
+
+    def __init__(self, policy: RetrievalPolicy) -> None:
+        self.policy = policy
+        self.started = time.monotonic()
+        self.delay = policy.first_delay
+        self.server_errors = 0
+
+    def answer(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> RetrievalResult | float:
+        """A final result, or the seconds to wait before asking again."""
+        if status == 200:
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                return RetrievalResult(None, "retrieval returned a body that is not JSON")
+            if not isinstance(obj, dict):
+                return RetrievalResult(None, "retrieval returned JSON that is not a response")
+            if obj.get("status") in _PENDING:
+                return self._wait(f"response still {obj.get('status')}")
+            report = _report_of(obj)
+            if report.usage is None:
+                return RetrievalResult(report, "retrieved response carries no usage")
+            return RetrievalResult(report, "ok")
+        if status == 404:
+            return RetrievalResult(
+                None, "retrieval got 404: the response was not stored (store=false?)"
+            )
+        if status == 429:
+            return self._wait("rate limited (429)", _retry_after(headers))
+        if status >= 500:
+            self.server_errors += 1
+            if self.server_errors >= self.policy.max_server_errors:
+                return RetrievalResult(
+                    None, f"retrieval failed: {self.server_errors} server errors, last {status}"
+                )
+            return self._wait(f"server error {status}")
+        return RetrievalResult(None, f"retrieval failed with HTTP {status}: {body[:200]!r}")
+
+    def failure(self, exc: BaseException) -> RetrievalResult | float:
+        self.server_errors += 1
+        if self.server_errors >= self.policy.max_server_errors:
+            return RetrievalResult(None, f"retrieval failed: {type(exc).__name__}: {exc}")
+        return self._wait(type(exc).__name__)
+
+    def _wait(self, why: str, hint: float | None = None) -> RetrievalResult | float:
+        delay = min(hint if hint is not None else self.delay, self.policy.max_delay)
+        self.delay = min(self.delay * self.policy.backoff, self.policy.max_delay)
+        if time.monotonic() - self.started + delay > self.policy.deadline:
+            return RetrievalResult(
+                None, f"retrieval deadline of {self.policy.deadline}s passed ({why})"
+            )
+        return delay
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def retrieve(
+    client: Any, url: str, headers: Mapping[str, str], policy: RetrievalPolicy
+) -> RetrievalResult:
+    """Fetch the stored response with a sync httpx/httpx2 client; never raises."""
+    attempts = _Attempts(policy)
+    while True:
+        try:
+            response = client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)
+            step = attempts.answer(response.status_code, response.content, response.headers)
+        except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
+            step = attempts.failure(exc)
+        if isinstance(step, RetrievalResult):
+            return step
+        time.sleep(step)
+
+
+async def aretrieve(
+    client: Any, url: str, headers: Mapping[str, str], policy: RetrievalPolicy
+) -> RetrievalResult:
+    """Async twin of ``retrieve``."""
+    attempts = _Attempts(policy)
+    while True:
+        try:
+            response = await client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)
+            step = attempts.answer(response.status_code, response.content, response.headers)
+        except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
+            step = attempts.failure(exc)
+        if isinstance(step, RetrievalResult):
+            return step
+        await asyncio.sleep(step)

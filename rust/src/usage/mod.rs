@@ -1,0 +1,193 @@
+//! Token usage extraction from LLM streams ("UsageTap").
+//!
+//! [`UsageTap`] takes the raw bytes of a streaming response in chunks of any
+//! size, frames them as Server-Sent Events and reads, per response in the
+//! stream, what it cost ([`Usage`]) and how it ended ([`Status`]). Events
+//! are read lazily with jiter: only the fields that matter are looked at,
+//! everything else is skipped, and usage is found only by its JSON path in
+//! each API (never a `"usage"` inside text, tool arguments or metadata).
+//!
+//! Supported: OpenAI Chat Completions and legacy Completions (and the
+//! OpenAI-compatible servers: Azure, DeepSeek, Groq, Mistral, xAI,
+//! Perplexity, Cerebras, Moonshot, Alibaba, vLLM, Ollama), OpenAI Responses
+//! (and Azure, xAI, LM Studio), OpenAI Assistants runs, Anthropic Messages,
+//! Gemini `streamGenerateContent`, Gemini Interactions and Cohere v2.
+//! How each provider's usage object maps onto [`Usage`] (and the rules
+//! chosen where providers disagree, such as xAI's reasoning tokens or
+//! Cohere's billed units) is documented at the top of `normalize.rs`.
+
+mod anthropic;
+mod assistants;
+mod builder;
+mod chat;
+mod cohere;
+mod detect;
+mod event;
+mod gemini;
+mod interactions;
+mod json;
+mod merge;
+mod normalize;
+mod responses;
+mod scan;
+mod tap;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
+
+use crate::reassemble::Output;
+use crate::sse::{Decoder, DecoderConfig, EventRef};
+use tap::Tap;
+
+/// Incremental usage extractor over a byte stream.
+///
+/// ```
+/// use ssetally::usage::{ApiHint, Status, UsageTap};
+/// use ssetally::DecoderConfig;
+///
+/// let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
+/// tap.feed(b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",");
+/// tap.feed(b"\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n");
+/// tap.feed(b"data: [DONE]\n\n");
+/// let reports = tap.finish();
+/// assert_eq!(reports[0].usage.as_ref().unwrap().total_tokens, Some(5));
+/// assert_eq!(reports[0].status, Status::Completed);
+/// ```
+#[derive(Debug)]
+pub struct UsageTap {
+    decoder: Decoder,
+    tap: Tap,
+    /// Reassembled output, when the caller asked for it.
+    output: Option<Output>,
+}
+
+impl UsageTap {
+    #[must_use]
+    pub fn new(api: ApiHint, config: DecoderConfig) -> Self {
+        let tap = Tap::new(api, config.max_event_size);
+        Self {
+            decoder: Decoder::new(config),
+            tap,
+            output: None,
+        }
+    }
+
+    /// Also reassemble the output (text, tool calls, per choice). This parses
+    /// every event fully, so it is off unless asked for.
+    #[must_use]
+    pub fn collecting_output(mut self) -> Self {
+        self.output = Some(Output::default());
+        self
+    }
+
+    /// The output reassembled so far (None unless collecting).
+    #[must_use]
+    pub fn output(&self) -> Option<&Output> {
+        self.output.as_ref()
+    }
+
+    /// Output-bearing events seen so far, over all responses of the stream.
+    #[must_use]
+    pub fn delta_chunks(&self) -> u64 {
+        self.tap.delta_chunks()
+    }
+
+    /// The id of the response being read (the first one of the stream).
+    #[must_use]
+    pub fn response_id(&self) -> Option<String> {
+        self.tap.response_id()
+    }
+
+    /// Feeds the next bytes of the stream. Never panics, whatever the bytes.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let Self {
+            decoder,
+            tap,
+            output,
+        } = self;
+        // Bytes go to the report that is current when the chunk begins.
+        tap.add_bytes(chunk.len() as u64);
+        let status = decoder.feed(chunk, |ev| {
+            tap.on_event(ev);
+            if let Some(out) = output.as_mut() {
+                out.on_event(ev.data);
+            }
+        });
+        if status.oversized_events > 0 {
+            tap.add_oversized(u64::from(status.oversized_events));
+        }
+    }
+
+    /// Ends the stream: one report per response seen, in order, and always
+    /// at least one (an empty stream gives a truncated report without
+    /// usage). The tap is reset and can take a new stream.
+    ///
+    /// A last event whose blank line never came is still read (servers that
+    /// close right after it exist), with a warning; an unfinished line that
+    /// is not valid JSON is counted as invalid.
+    pub fn finish(&mut self) -> Vec<Report> {
+        let Self {
+            decoder,
+            tap,
+            output,
+        } = self;
+        let status = decoder.finish_flushing(|ev| {
+            tap.on_event(ev);
+            if let Some(out) = output.as_mut() {
+                out.on_event(ev.data);
+            }
+        });
+        if status.flushed_partial {
+            tap.warn(
+                "the stream ended without the blank line after its last event; it was read anyway"
+                    .to_owned(),
+            );
+        }
+        if status.dropped_partial {
+            tap.warn("the stream ended inside an event; the partial event was dropped".to_owned());
+        }
+        tap.finish()
+    }
+
+    /// Takes the reassembled output (after `finish`), leaving an empty one.
+    pub fn take_output(&mut self) -> Option<Output> {
+        self.output.as_mut().map(std::mem::take)
+    }
+
+    /// The per-event step, for callers that frame SSE themselves.
+    pub fn on_event(&mut self, ev: EventRef<'_>) {
+        self.tap.on_event(ev);
+    }
+
+    /// Counts `n` bytes towards the current report (for callers that use
+    /// [`UsageTap::on_event`] directly).
+    pub fn add_bytes(&mut self, n: u64) {
+        self.tap.add_bytes(n);
+    }
+
+    /// The API detected so far (or the one given as hint).
+    #[must_use]
+    pub fn api(&self) -> Api {
+        self.tap.api()
+    }
+
+    /// The reports so far, the open one included, without ending the
+    /// stream.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<Report> {
+        self.tap.snapshot()
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &DecoderConfig {
+        self.decoder.config()
+    }
+}
+
+// The Python binding moves taps between threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<UsageTap>();
+};

@@ -1,0 +1,173 @@
+//! The per-event step: detect the API, hand the event to its parser, and
+//! keep one report per response, starting a new one when the stream moves
+//! on to another response.
+
+use super::builder::{Builder, Relation};
+use super::event::EventInfo;
+use super::json::{decode, fields, non_null, str_body, Invalid};
+use super::scan::Needles;
+use super::types::{Api, ApiHint, Report};
+use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
+use crate::sse::EventRef;
+
+#[derive(Debug)]
+pub(crate) struct Tap {
+    hint: ApiHint,
+    api: Api,
+    needles: Needles,
+    max_event_size: usize,
+    cur: Builder,
+    reports: Vec<Report>,
+}
+
+impl Tap {
+    pub(crate) fn new(hint: ApiHint, max_event_size: usize) -> Self {
+        Self {
+            hint,
+            api: Api::from(hint),
+            needles: Needles::new(),
+            max_event_size,
+            cur: Builder::default(),
+            reports: Vec::new(),
+        }
+    }
+
+    pub(crate) fn api(&self) -> Api {
+        self.api
+    }
+
+    pub(crate) fn delta_chunks(&self) -> u64 {
+        let closed: u64 = self.reports.iter().map(|r| r.delta_chunks).sum();
+        closed + self.cur.report.delta_chunks
+    }
+
+    pub(crate) fn response_id(&self) -> Option<String> {
+        self.reports
+            .first()
+            .and_then(|r| r.response_id.clone())
+            .or_else(|| {
+                (!self.cur.id().is_empty())
+                    .then(|| String::from_utf8_lossy(self.cur.id()).into_owned())
+            })
+    }
+
+    pub(crate) fn add_bytes(&mut self, n: u64) {
+        let bytes = &mut self.cur.report.bytes;
+        *bytes = bytes.saturating_add(n);
+    }
+
+    pub(crate) fn add_oversized(&mut self, n: u64) {
+        let oversized = &mut self.cur.report.oversized_events;
+        *oversized = oversized.saturating_add(n);
+    }
+
+    pub(crate) fn warn(&mut self, warning: String) {
+        self.cur.report.warnings.push(warning);
+    }
+
+    pub(crate) fn on_event(&mut self, ev: EventRef<'_>) {
+        let data = ev.data.trim_ascii();
+        if data == b"[DONE]" {
+            self.cur.on_done(self.api);
+        } else if let Some(delta) = self.fast_chat(data) {
+            self.cur.report.delta_chunks += u64::from(delta);
+        } else if !data.is_empty() {
+            // Empty data (a bare `data:` keep-alive) carries nothing.
+            match self.parse(ev.event, data) {
+                Ok(info) => self.apply(&info),
+                Err(Invalid) => self.cur.report.invalid_json_events += 1,
+            }
+        }
+        self.cur.report.events += 1;
+    }
+
+    /// The chat hot path: a plain content chunk only bumps the counters.
+    fn fast_chat(&self, data: &[u8]) -> Option<bool> {
+        let chat_like = matches!(self.api, Api::ChatCompletions | Api::Completions);
+        if chat_like && self.cur.fast_ok() {
+            chat::fast(data, self.api, &self.needles)
+        } else {
+            None
+        }
+    }
+
+    fn parse<'a>(&mut self, name: &'a [u8], data: &'a [u8]) -> Result<EventInfo<'a>, Invalid> {
+        if self.api == Api::Unknown {
+            match detect::detect(name, data)? {
+                Some(api) => self.api = api,
+                None => return unknown(data),
+            }
+        }
+        match self.api {
+            Api::ChatCompletions | Api::Completions => chat::parse(data, self.api),
+            Api::Responses => responses::parse(name, data, &self.needles),
+            Api::Assistants => assistants::parse(name, data),
+            Api::AnthropicMessages => anthropic::parse(name, data),
+            Api::Gemini => gemini::parse(data),
+            Api::GeminiInteractions => interactions::parse(data),
+            Api::Cohere => cohere::parse(name, data),
+            Api::Unknown => unknown(data),
+        }
+    }
+
+    fn apply(&mut self, info: &EventInfo<'_>) {
+        match self.cur.relation(info) {
+            Relation::Same => {}
+            Relation::Duplicate => return,
+            Relation::Next => self.rotate(None),
+            Relation::Spliced => {
+                let new = info.id.map(decode).unwrap_or_default();
+                let old = String::from_utf8_lossy(self.cur.id()).into_owned();
+                let warning = format!(
+                    "response {new} started before response {old} finished; they are reported separately"
+                );
+                self.rotate(Some(warning));
+            }
+        }
+        self.cur.apply(self.api, info);
+    }
+
+    /// Closes the current report and starts the next one.
+    fn rotate(&mut self, warning: Option<String>) {
+        let mut old = std::mem::take(&mut self.cur);
+        if let Some(w) = warning {
+            old.report.warnings.push(w.clone());
+            self.cur.report.warnings.push(w);
+        }
+        self.reports.push(old.finish(self.api, self.max_event_size));
+    }
+
+    /// All reports so far, the open one included, without resetting.
+    pub(crate) fn snapshot(&self) -> Vec<Report> {
+        let mut out = self.reports.clone();
+        if out.is_empty() || !self.cur.is_empty() {
+            out.push(self.cur.clone().finish(self.api, self.max_event_size));
+        }
+        out
+    }
+
+    /// Closes the stream: every report, in order (at least one), and a
+    /// fresh state for the next stream.
+    pub(crate) fn finish(&mut self) -> Vec<Report> {
+        let cur = std::mem::take(&mut self.cur);
+        let mut reports = std::mem::take(&mut self.reports);
+        if reports.is_empty() || !cur.is_empty() {
+            reports.push(cur.finish(self.api, self.max_event_size));
+        }
+        self.api = Api::from(self.hint);
+        reports
+    }
+}
+
+/// Before the API is known, only a top-level error is understood (for
+/// example Anthropic's `event: error` sent before `message_start`).
+fn unknown(data: &[u8]) -> Result<EventInfo<'_>, Invalid> {
+    let [error, ty] = fields(data, [b"error", b"type"])?;
+    let mut info = EventInfo::default();
+    if let Some(error) = non_null(error) {
+        info.fail(error);
+    } else if ty.and_then(str_body) == Some(b"error") {
+        info.fail(data);
+    }
+    Ok(info)
+}
