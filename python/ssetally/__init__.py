@@ -1,6 +1,13 @@
 """ssetally: a Rust-accelerated Server-Sent Events parser that tallies LLM token usage."""
 
 from ._api import EventSource, aconnect_sse, connect_sse
+from ._client import (
+    APIStatusError,
+    AsyncUsageStream,
+    UsageStream,
+    aconnect_usage,
+    connect_usage,
+)
 from ._core import (
     EventTooLargeError,
     LineDecoder,
@@ -9,20 +16,29 @@ from ._core import (
     __version__,
 )
 from ._exceptions import SSEError
-from ._report import StreamReport, Usage
+from ._report import Attempt, StreamReport, Timings, Usage
+from ._retrieve import RetrievalPolicy
 from ._tap import UsageTap
 
 __all__ = [
+    "APIStatusError",
+    "AsyncUsageStream",
+    "Attempt",
     "EventSource",
     "EventTooLargeError",
     "LineDecoder",
+    "RetrievalPolicy",
     "SSEDecoder",
     "SSEError",
     "ServerSentEvent",
     "StreamReport",
+    "Timings",
     "Usage",
+    "UsageStream",
     "UsageTap",
     "__version__",
     "aconnect_sse",
+    "aconnect_usage",
     "connect_sse",
+    "connect_usage",
 ]

@@ -353,8 +353,9 @@ class Served:
 
     ``usage`` is in the wire shape of the endpoint (``prompt_tokens``... for Chat and legacy
     Completions, ``input_tokens``... for Responses) and is set even when the stream did not
-    carry it (``usage_sent`` False); it is None for replayed captures. The counters at the
-    end are updated while the answer is being written.
+    carry it (``usage_sent`` False). For a replayed capture it is the usage of the capture's
+    last Responses terminal event, else None. The counters at the end are updated while the
+    answer is being written.
     """
 
     endpoint: str
@@ -674,7 +675,6 @@ class _Cut(Exception):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ssetally-replay"
-    sys_version = ""
     # Idle keep-alive connections give their thread back after this many seconds.
     timeout = 60
 
@@ -686,6 +686,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         # No Nagle: each event (or trickled byte) leaves when written, as a real server paces.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.owner.log:
@@ -768,7 +771,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if method == "POST":
             replay = owner._next_replay()
             if replay is not None:
-                self._run(owner._replay_plan(replay, body), opts)
+                self._run(owner._replay_plan(replay, body, opts.poll_in_progress), opts)
                 return
             if bad_json or (raw.strip() and not isinstance(body, dict)):
                 self._send_json(400, _error(_BAD_JSON_MESSAGE, "invalid_request_error"))
@@ -1007,11 +1010,37 @@ class _BadRequest(Exception):
         self.param = param
 
 
+_TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
+
+
 @dataclass
 class _Replay:
     name: str
     data: bytes
     events: list[bytes]
+    #: Its events carry ``event:`` lines (Responses, Anthropic...): errors are typed too.
+    typed: bool = False
+    #: The Response objects of its terminal Responses events.
+    final_responses: list[JSON] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, source: StreamSource) -> _Replay:
+        name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+        data = load_stream(source)
+        replay = cls(name, data, split_events(data))
+        replay.typed = any(e.lstrip().startswith(b"event:") for e in replay.events[:3])
+        for event in replay.events:
+            for payload in _sse_data_payloads(event):
+                try:
+                    obj = json.loads(payload)
+                except ValueError:
+                    continue
+                if not isinstance(obj, dict) or obj.get("type") not in _TERMINAL_TYPES:
+                    continue
+                response = obj.get("response")
+                if isinstance(response, dict) and isinstance(response.get("id"), str):
+                    replay.final_responses.append(response)
+        return replay
 
 
 # --------------------------------------------------------------------------- the server
@@ -1219,11 +1248,7 @@ class ReplayServer:
 
     def add_streams(self, *sources: StreamSource) -> None:
         """Queue more captures to replay."""
-        loaded = []
-        for source in sources:
-            name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
-            data = load_stream(source)
-            loaded.append(_Replay(name, data, split_events(data)))
+        loaded = [_Replay.load(source) for source in sources]
         with self._lock:
             self._replays.extend(loaded)
 
@@ -1391,7 +1416,7 @@ class ReplayServer:
             return self._plan_completions(body)
         return self._plan_responses(body, opts)
 
-    def _replay_plan(self, replay: _Replay, body: Any) -> _Plan:
+    def _replay_plan(self, replay: _Replay, body: Any, polls: int) -> _Plan:
         model = body.get("model") if isinstance(body, dict) else None
         served = Served(
             "replay",
@@ -1401,23 +1426,11 @@ class ReplayServer:
             source=replay.name,
         )
         self._add_served(served)
-        # Keep the Responses objects the capture ends with, so retrieval works on replays.
-        for event in replay.events:
-            for payload in _sse_data_payloads(event):
-                try:
-                    obj = json.loads(payload)
-                except ValueError:
-                    continue
-                response = obj.get("response") if isinstance(obj, dict) else None
-                if (
-                    obj.get("type")
-                    in ("response.completed", "response.incomplete", "response.failed")
-                    and isinstance(response, dict)
-                    and isinstance(response.get("id"), str)
-                ):
-                    self._store_response(response, self.poll_in_progress)
-                    served.usage = response.get("usage")
-        is_typed = any(e.lstrip().startswith(b"event:") for e in replay.events[:3])
+        # The capture's final Response objects become retrievable, as after a live stream.
+        for response in replay.final_responses:
+            self._store_response(response, polls)
+            served.usage = response.get("usage")
+        is_typed = replay.typed
 
         def on_error(position: int) -> list[bytes]:
             if is_typed:

@@ -44,6 +44,72 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One way of getting usage that was tried: its ``source`` (``stream``, ``retrieval``,
+    ``estimate``), whether it gave usage, and why it ran or why it failed."""
+
+    source: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Monotonic clock readings (``time.monotonic()`` seconds) of one streamed request, and the
+    latencies derived from them with the true output token count.
+
+    ``first_content`` is the first event that carried output (TTFT); ``last_content`` the last.
+    Rates use ``output_tokens`` from the usage record, never chunk counts. Hidden reasoning
+    tokens are generated before the first visible delta, so for reasoning models the decode
+    rate over the visible window is an upper bound.
+    """
+
+    request_sent: float
+    first_byte: float | None = None
+    first_content: float | None = None
+    last_content: float | None = None
+    end: float | None = None
+    output_tokens: int | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from sending the request to the first output delta."""
+        return None if self.first_content is None else self.first_content - self.request_sent
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from sending the request to the end of the stream."""
+        return None if self.end is None else self.end - self.request_sent
+
+    @property
+    def inter_token_latency(self) -> float | None:
+        """Mean seconds between output tokens after the first one."""
+        n = self.output_tokens
+        if n is None or n < 2 or self.first_content is None or self.last_content is None:
+            return None
+        return (self.last_content - self.first_content) / (n - 1)
+
+    @property
+    def output_tokens_per_s(self) -> float | None:
+        """Output tokens per second over the whole request (TTFT included)."""
+        span = self.duration
+        if self.output_tokens is None or not span:
+            return None
+        return self.output_tokens / span
+
+    def to_dict(self) -> dict[str, Any]:
+        """Clock readings and derived latencies as a JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out.update(
+            ttft=self.ttft,
+            duration=self.duration,
+            inter_token_latency=self.inter_token_latency,
+            output_tokens_per_s=self.output_tokens_per_s,
+        )
+        return out
+
+
+@dataclass(frozen=True)
 class StreamReport:
     """What one streamed response cost and how it ended.
 
@@ -69,6 +135,9 @@ class StreamReport:
     invalid_json_events: int = 0
     warnings: tuple[str, ...] = ()
     step_usages: tuple[Usage, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
+    timings: Timings | None = None
+    output: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``usage`` is a dict too (or None)."""
@@ -76,6 +145,9 @@ class StreamReport:
         out["usage"] = None if self.usage is None else self.usage.to_dict()
         out["warnings"] = list(self.warnings)
         out["step_usages"] = [u.to_dict() for u in self.step_usages]
+        out["attempts"] = [dataclasses.asdict(a) for a in self.attempts]
+        out["timings"] = None if self.timings is None else self.timings.to_dict()
+        out["output"] = None if self.output is None else dict(self.output)
         return out
 
     def replace(self, **changes: Any) -> StreamReport:
