@@ -1,0 +1,152 @@
+"""The ``ssetally`` command: ``report`` on a captured stream, ``stream`` a live call,
+``replay`` a local OpenAI-compatible server, ``proxy`` a metering gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+from typing import Any, TextIO
+
+from ._meter import Meter
+from ._report import StreamReport
+from ._tap import APIS, UsageTap
+
+SAMPLE = "chat_stream.sse"
+
+
+def _read_input(source: str | None) -> tuple[bytes, str]:
+    if source is None:
+        sample = resources.files("ssetally").joinpath("samples", SAMPLE)
+        return sample.read_bytes(), f"bundled sample {SAMPLE}"
+    if source == "-":
+        return sys.stdin.buffer.read(), "standard input"
+    with open(source, "rb") as f:
+        return f.read(), source
+
+
+def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:
+    """Tally a captured stream, estimating with tiktoken when it carries no usage."""
+    tap = UsageTap(api, collect_output=True)
+    tap.feed(data)
+    report = tap.finish().replace(output=tap.output())
+    if report.usage is None and estimate:
+        report = Meter(None, hide_usage_chunk=False).with_estimate(report)
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def print_report(report: StreamReport, source: str, out: TextIO) -> None:
+    """The human-readable summary of a report."""
+    choices = (report.output or {}).get("choices", [])
+    for choice in choices:
+        label = f"choice {choice['index']}" if len(choices) > 1 else "text"
+        print(f"--- {label} ---", file=out)
+        print(choice["text"] or choice["refusal"], file=out)
+        for call in choice["tool_calls"]:
+            print(f"[tool call {call['name']}({call['arguments']})]", file=out)
+    print("---", file=out)
+    usage = report.usage
+    rows = [
+        ("source", source),
+        ("api", report.api),
+        ("model", report.model),
+        ("response id", report.response_id),
+        ("status", report.status),
+        ("finish reason", report.finish_reason or report.incomplete_reason),
+        ("events", report.events),
+        ("delta chunks", report.delta_chunks),
+        ("input tokens", usage and usage.input_tokens),
+        ("  cached", usage and usage.cached_input_tokens),
+        ("output tokens", usage and usage.output_tokens),
+        ("  reasoning", usage and usage.reasoning_tokens),
+        ("total tokens", usage and usage.total_tokens),
+        ("usage source", usage.source if usage else "none"),
+    ]
+    for name, value in rows:
+        print(f"{name:>14}: {_fmt(value)}", file=out)
+    tokens = None if usage is None else usage.output_tokens
+    if tokens is not None and tokens != report.delta_chunks:
+        print(
+            f"note: {report.delta_chunks} delta chunks carried {tokens} "
+            "output tokens; chunks are not tokens.",
+            file=out,
+        )
+    if usage is not None and usage.note:
+        print(f"note: {usage.note}", file=out)
+    for attempt in report.attempts:
+        if not attempt.ok:
+            print(f"note: {attempt.source} failed: {attempt.reason}", file=out)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=out)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        data, source = _read_input(args.file)
+    except OSError as exc:
+        print(f"ssetally: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    report = report_bytes(data, args.api, estimate=not args.no_estimate)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print_report(report, source, sys.stdout)
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from ._live import run_stream
+
+    return run_stream(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ._replay import serve
+
+    serve(host=args.host, port=args.port, files=args.files, delay=args.delay)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ssetally`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ssetally", description="Tally token usage of streaming LLM APIs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    report = sub.add_parser("report", help="report on a captured SSE stream")
+    report.add_argument("file", nargs="?", help="capture file, - for stdin (default: sample)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--api", default="auto", choices=APIS)
+    report.add_argument("--no-estimate", action="store_true", help="never estimate usage")
+    report.set_defaults(func=_cmd_report)
+
+    stream = sub.add_parser("stream", help="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)")
+    stream.add_argument("prompt")
+    stream.add_argument("--api", choices=("responses", "chat"), default="responses")
+    stream.add_argument("--model", default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
+    stream.add_argument("--max-output-tokens", type=int)
+    stream.add_argument("--json", action="store_true", help="print the report as JSON")
+    stream.set_defaults(func=_cmd_stream)
+
+    replay = sub.add_parser("replay", help="serve a local OpenAI-compatible replay server")
+    replay.add_argument("files", nargs="*", help="SSE captures to replay (default: generate)")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=8000)
+    replay.add_argument("--delay", type=float, default=0.02, help="seconds between events")
+    replay.set_defaults(func=_cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ssetally`` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
