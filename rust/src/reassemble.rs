@@ -29,6 +29,10 @@ pub struct Choice {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
     pub choices: BTreeMap<u64, Choice>,
+    /// Anthropic tool blocks' initial `input`, used when no delta fills it.
+    initial_inputs: BTreeMap<u64, String>,
+    /// Responses outputs whose text arrived in deltas (so `.done` repeats it).
+    text_deltas_seen: bool,
 }
 
 type Obj<'a> = [(std::borrow::Cow<'a, str>, JsonValue<'a>)];
@@ -126,7 +130,19 @@ impl Output {
         let output_index = index(get(root, "output_index"));
         match kind {
             "response.output_text.delta" => {
-                push(&mut self.choice(0).text, text(get(root, "delta")))
+                self.text_deltas_seen = true;
+                push(&mut self.choice(0).text, text(get(root, "delta")));
+            }
+            // Some servers send only the final text or arguments, without deltas.
+            "response.output_text.done" if !self.text_deltas_seen => {
+                push(&mut self.choice(0).text, text(get(root, "text")));
+            }
+            "response.function_call_arguments.done" | "response.custom_tool_call_input.done" => {
+                let slot = self.choice(0).tool_calls.entry(output_index).or_default();
+                if slot.arguments.is_empty() {
+                    let done = text(get(root, "arguments")).or_else(|| text(get(root, "input")));
+                    push(&mut slot.arguments, done);
+                }
             }
             "response.refusal.delta" => push(&mut self.choice(0).refusal, text(get(root, "delta"))),
             "response.reasoning_text.delta" | "response.reasoning_summary_text.delta" => {
@@ -157,13 +173,23 @@ impl Output {
                     text(get(block, "type")),
                     Some("tool_use" | "server_tool_use")
                 ) {
-                    let slot = self
-                        .choice(0)
-                        .tool_calls
-                        .entry(index(get(root, "index")))
-                        .or_default();
+                    let block_index = index(get(root, "index"));
+                    let slot = self.choice(0).tool_calls.entry(block_index).or_default();
                     push(&mut slot.id, text(get(block, "id")));
                     push(&mut slot.name, text(get(block, "name")));
+                    if let Some(input) = get(block, "input") {
+                        self.initial_inputs.insert(block_index, json_text(input));
+                    }
+                }
+            }
+            "content_block_stop" => {
+                let block_index = index(get(root, "index"));
+                if let Some(initial) = self.initial_inputs.remove(&block_index) {
+                    if let Some(slot) = self.choice(0).tool_calls.get_mut(&block_index) {
+                        if slot.arguments.is_empty() {
+                            slot.arguments = initial;
+                        }
+                    }
                 }
             }
             "content_block_delta" => {
@@ -329,6 +355,19 @@ mod tests {
         ]);
         assert_eq!(out.choices[&0].text, "A");
         assert_eq!(out.choices[&0].tool_calls[&1].arguments, "{\"q\":2}");
+        let out = run(&[
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"n","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+        ]);
+        assert_eq!(out.choices[&0].tool_calls[&0].arguments, "{}");
+        let out = run(&[
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"function_call","call_id":"k","name":"g"}}"#,
+            r#"{"type":"response.function_call_arguments.done","output_index":0,"arguments":"{\"a\":1}"}"#,
+            r#"{"type":"response.output_text.done","output_index":1,"text":"T"}"#,
+        ]);
+        assert_eq!(out.choices[&0].tool_calls[&0].arguments, "{\"a\":1}");
+        assert_eq!(out.choices[&0].text, "T");
         let out = run(&[
             r#"{"candidates":[{"content":{"parts":[{"text":"x","thought":true},{"text":"y"},{"functionCall":{"name":"f","args":{"k":"v\n"}}}]}}]}"#,
         ]);

@@ -61,6 +61,9 @@ pub struct UsageTap {
     tap: Tap,
     /// Reassembled output, when the caller asked for it.
     output: Option<Output>,
+    /// `finish` was called: the output stays readable until the next stream
+    /// begins.
+    finished: bool,
 }
 
 impl UsageTap {
@@ -71,6 +74,7 @@ impl UsageTap {
             decoder: Decoder::new(config),
             tap,
             output: None,
+            finished: false,
         }
     }
 
@@ -102,10 +106,14 @@ impl UsageTap {
 
     /// Feeds the next bytes of the stream. Never panics, whatever the bytes.
     pub fn feed(&mut self, chunk: &[u8]) {
+        if std::mem::take(&mut self.finished) {
+            self.take_output();
+        }
         let Self {
             decoder,
             tap,
             output,
+            ..
         } = self;
         // Bytes go to the report that is current when the chunk begins.
         tap.add_bytes(chunk.len() as u64);
@@ -128,10 +136,12 @@ impl UsageTap {
     /// close right after it exist), with a warning; an unfinished line that
     /// is not valid JSON is counted as invalid.
     pub fn finish(&mut self) -> Vec<Report> {
+        self.finished = true;
         let Self {
             decoder,
             tap,
             output,
+            ..
         } = self;
         let status = decoder.finish_flushing(|ev| {
             tap.on_event(ev);
@@ -151,7 +161,8 @@ impl UsageTap {
         tap.finish()
     }
 
-    /// Takes the reassembled output (after `finish`), leaving an empty one.
+    /// Takes the reassembled output, leaving an empty one. The output of a
+    /// finished stream is also dropped when the next stream's bytes arrive.
     pub fn take_output(&mut self) -> Option<Output> {
         self.output.as_mut().map(std::mem::take)
     }
