@@ -8,6 +8,7 @@ __all__ = [
     "LineDecoder",
     "SSEDecoder",
     "ServerSentEvent",
+    "UsageChunkStripper",
     "UsageTap",
     "__version__",
 ]
@@ -107,3 +108,17 @@ class UsageTap:
     def response_id(self) -> str | None: ...
     @property
     def api(self) -> str: ...
+
+@final
+class UsageChunkStripper:
+    """Removes the usage-only chunk a metering layer requested on the caller's behalf; every
+    other byte is forwarded unchanged (held back only until its event block ends)."""
+
+    def __new__(cls) -> UsageChunkStripper: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The bytes that can be forwarded now."""
+    def finish(self) -> bytes:
+        """End of stream: whatever is still held back, unchanged."""
+    @property
+    def stripped(self) -> int:
+        """How many usage chunks were removed."""

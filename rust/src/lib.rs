@@ -5,6 +5,7 @@
 pub mod lines;
 pub mod reassemble;
 pub mod sse;
+pub mod strip;
 pub mod usage;
 
 #[cfg(feature = "python")]

@@ -18,12 +18,13 @@ mod _core {
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedBytes;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyDict, PyList, PyString};
+    use pyo3::types::{PyBytes, PyDict, PyList, PyString};
     use pyo3::{intern, IntoPyObjectExt};
 
     use crate::lines::LineSplitter;
     use crate::reassemble::Output;
     use crate::sse::{Decoder, DecoderConfig, EventRef, DEFAULT_MAX_EVENT_SIZE};
+    use crate::strip::UsageChunkStripper as CoreStripper;
     use crate::usage::{ApiHint, Report, Usage, UsageTap as CoreTap};
 
     #[pymodule_export]
@@ -519,6 +520,52 @@ mod _core {
         #[getter]
         fn api(&self) -> &'static str {
             self.inner.api().as_str()
+        }
+    }
+
+    /// Removes the usage-only chunk (`choices: []` plus `usage`) that a
+    /// metering layer requested on the caller's behalf; every other byte is
+    /// forwarded unchanged.
+    #[pyclass(module = "ssetally._core")]
+    pub struct UsageChunkStripper {
+        inner: CoreStripper,
+        out: Vec<u8>,
+    }
+
+    #[pymethods]
+    impl UsageChunkStripper {
+        #[new]
+        fn new() -> Self {
+            Self {
+                inner: CoreStripper::new(),
+                out: Vec::new(),
+            }
+        }
+
+        /// The bytes that can be forwarded now (held-back bytes of an
+        /// unfinished event block come later).
+        fn feed<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyBytes>> {
+            let chunk = chunk_bytes(data)?;
+            self.out.clear();
+            self.inner.feed(&chunk, &mut self.out);
+            Ok(PyBytes::new(py, &self.out))
+        }
+
+        /// End of stream: whatever is still held back, unchanged.
+        fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            self.out.clear();
+            self.inner.finish(&mut self.out);
+            PyBytes::new(py, &self.out)
+        }
+
+        /// How many usage chunks were removed.
+        #[getter]
+        fn stripped(&self) -> u64 {
+            self.inner.stripped
         }
     }
 }
