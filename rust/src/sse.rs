@@ -137,12 +137,28 @@ impl Decoder {
                 input = &input[1..];
             }
         }
+        // The value of a lone `data:` line still inside `chunk`: if its blank
+        // line follows in the same chunk, the event is dispatched without
+        // copying it (the common one-line event).
+        let mut borrowed: Option<&[u8]> = None;
         while let Some(end) = memchr2(b'\n', b'\r', input) {
             let part = &input[..end];
             if self.skip_line {
                 self.skip_line = false;
             } else if self.line.is_empty() {
-                self.process_line(part, &mut on_event, &mut status);
+                if let Some(data) = borrowed.take() {
+                    if part.is_empty() {
+                        self.dispatch_borrowed(data, &mut on_event);
+                    } else {
+                        self.append_data(data, &mut status);
+                        self.process_line(part, &mut on_event, &mut status);
+                    }
+                } else if let Some(value) = self.borrowable_data(part) {
+                    self.block_started = true;
+                    borrowed = Some(value);
+                } else {
+                    self.process_line(part, &mut on_event, &mut status);
+                }
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(part);
@@ -163,6 +179,9 @@ impl Decoder {
             } else {
                 rest
             };
+        }
+        if let Some(data) = borrowed {
+            self.append_data(data, &mut status);
         }
         if !input.is_empty() && !self.skip_line {
             self.line.extend_from_slice(input);
@@ -275,13 +294,7 @@ impl Decoder {
         };
         self.block_started = true;
         match name {
-            b"data" => {
-                self.data.extend_from_slice(value);
-                self.data.push(b'\n');
-                if self.buffered() > self.config.max_event_size {
-                    self.overflow(status);
-                }
-            }
+            b"data" => self.append_data(value, status),
             b"event" => {
                 self.event_type.clear();
                 self.event_type.extend_from_slice(value);
@@ -300,6 +313,40 @@ impl Decoder {
             }
             _ => {}
         }
+    }
+
+    /// The value of `line` if it is a `data` field that can start an event
+    /// without being copied: nothing else of the block buffered yet.
+    fn borrowable_data<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
+        if self.skip_event || !self.data.is_empty() {
+            return None;
+        }
+        let value = match line.strip_prefix(b"data")? {
+            [] => &[][..],
+            [b':', rest @ ..] => rest.strip_prefix(b" ").unwrap_or(rest),
+            _ => return None,
+        };
+        (value.len() + self.event_type.len() < self.config.max_event_size).then_some(value)
+    }
+
+    fn append_data(&mut self, value: &[u8], status: &mut FeedStatus) {
+        self.data.extend_from_slice(value);
+        self.data.push(b'\n');
+        if self.buffered() > self.config.max_event_size {
+            self.overflow(status);
+        }
+    }
+
+    /// Dispatch a one-line event whose data was never copied.
+    fn dispatch_borrowed<F: FnMut(EventRef<'_>)>(&mut self, data: &[u8], on_event: &mut F) {
+        on_event(EventRef {
+            event: &self.event_type,
+            data,
+            id: &self.last_id,
+            retry: self.retry.take(),
+        });
+        self.block_started = false;
+        self.event_type.clear();
     }
 
     fn dispatch<F: FnMut(EventRef<'_>)>(&mut self, on_event: &mut F) {
