@@ -111,6 +111,12 @@ impl Tap {
     }
 
     fn apply(&mut self, info: &EventInfo<'_>) {
+        // Nothing follows `[DONE]` in a chat stream: a chunk after it starts
+        // the next stream, even one that reuses the id.
+        let chat_like = matches!(self.api, Api::ChatCompletions | Api::Completions);
+        if chat_like && self.cur.report.done && info.id.is_some() {
+            self.rotate(None);
+        }
         match self.cur.relation(info) {
             Relation::Same => {}
             Relation::Duplicate => return,

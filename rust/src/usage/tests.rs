@@ -271,6 +271,10 @@ fn chat_streams_split_on_new_id_after_finish() {
     // A new id while the first is still streaming is not a new response.
     let reports = run(&sse(&[CHUNK, b]));
     assert_eq!(reports.len(), 1);
+    // After `[DONE]` a chunk starts the next stream even with the same id.
+    let reports = run(&sse(&[CHUNK, "[DONE]", CHUNK, CHUNK, "[DONE]"]));
+    assert_eq!(reports.len(), 2);
+    assert_eq!((reports[0].events, reports[1].events), (2, 3));
 }
 
 #[test]
