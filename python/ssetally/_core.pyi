@@ -92,9 +92,10 @@ class UsageTap:
     ) -> UsageTap: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes."""
-    def finish(self) -> list[dict[str, Any]]:
-        """End of stream: a report dict per response (at least one); resets the tap."""
-    def snapshot(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[tuple[Any, ...]]:
+        """End of stream: a report per response (at least one), as tuples in the field order
+        of ``StreamReport``; resets the tap."""
+    def snapshot(self) -> list[tuple[Any, ...]]:
         """The reports so far, without ending the stream."""
     def output(self) -> dict[str, Any] | None:
         """The reassembled output, or None unless ``collect_output`` was set."""

@@ -3,7 +3,6 @@ and deciding which fallbacks a finished stream needs. No I/O happens here."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -90,7 +89,7 @@ class Meter:
         if not ok or got is None or got.usage is None:
             return report.replace(attempts=attempts)
         return report.replace(
-            usage=dataclasses.replace(got.usage, source="retrieval"),
+            usage=got.usage.replace(source="retrieval"),
             status=got.status,
             incomplete_reason=got.incomplete_reason,
             error=report.error if got.error is None else got.error,

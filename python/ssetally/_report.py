@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 #: Where a usage record came from: read from the stream, fetched from the API afterwards,
 #: or counted with a tokenizer because neither was possible.
@@ -16,8 +15,7 @@ USAGE_SOURCES = ("stream", "retrieval", "estimate")
 STATUSES = ("completed", "incomplete", "failed", "cancelled", "truncated")
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """Token usage normalised across providers.
 
     ``output_tokens`` always includes reasoning tokens (some providers report them apart;
@@ -33,18 +31,21 @@ class Usage:
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     source: str = "stream"
-    raw: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = MappingProxyType({})
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
-        out = dataclasses.asdict(self)
+        out = self._asdict()
         out["raw"] = dict(self.raw)
         return out
 
+    def replace(self, **changes: Any) -> Usage:
+        """A copy with some fields changed."""
+        return self._replace(**changes)
 
-@dataclass(frozen=True)
-class Attempt:
+
+class Attempt(NamedTuple):
     """One way of getting usage that was tried: its ``source`` (``stream``, ``retrieval``,
     ``estimate``), whether it gave usage, and why it ran or why it failed."""
 
@@ -53,8 +54,7 @@ class Attempt:
     reason: str
 
 
-@dataclass(frozen=True)
-class Timings:
+class Timings(NamedTuple):
     """Monotonic clock readings (``time.monotonic()`` seconds) of one streamed request, and the
     latencies derived from them with the true output token count.
 
@@ -99,7 +99,7 @@ class Timings:
 
     def to_dict(self) -> dict[str, Any]:
         """Clock readings and derived latencies as a JSON-ready dict."""
-        out = dataclasses.asdict(self)
+        out = self._asdict()
         out.update(
             ttft=self.ttft,
             duration=self.duration,
@@ -109,8 +109,7 @@ class Timings:
         return out
 
 
-@dataclass(frozen=True)
-class StreamReport:
+class StreamReport(NamedTuple):
     """What one streamed response cost and how it ended.
 
     ``status`` is one of ``completed``, ``incomplete`` (the model stopped at a limit or a
@@ -119,7 +118,7 @@ class StreamReport:
     token count.
     """
 
-    usage: Usage | None
+    usage: Usage | None = None
     api: str = "unknown"
     response_id: str | None = None
     model: str | None = None
@@ -141,18 +140,18 @@ class StreamReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``usage`` is a dict too (or None)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = self._asdict()
         out["usage"] = None if self.usage is None else self.usage.to_dict()
         out["warnings"] = list(self.warnings)
         out["step_usages"] = [u.to_dict() for u in self.step_usages]
-        out["attempts"] = [dataclasses.asdict(a) for a in self.attempts]
+        out["attempts"] = [a._asdict() for a in self.attempts]
         out["timings"] = None if self.timings is None else self.timings.to_dict()
         out["output"] = None if self.output is None else dict(self.output)
         return out
 
     def replace(self, **changes: Any) -> StreamReport:
         """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        return self._replace(**changes)
 
 
 def _parse_json(text: str | None) -> Any:
@@ -164,39 +163,20 @@ def _parse_json(text: str | None) -> Any:
         return text
 
 
-def usage_from_core(data: Mapping[str, Any], source: str = "stream") -> Usage:
-    """Build a ``Usage`` from the plain dict the native extension returns."""
-    raw = _parse_json(data.get("raw"))
+def usage_from_core(data: tuple[Any, ...], source: str = "stream") -> Usage:
+    """Build a ``Usage`` from the tuple the native extension returns (field order)."""
+    raw = _parse_json(data[6])
     return Usage(
-        input_tokens=data.get("input_tokens"),
-        output_tokens=data.get("output_tokens"),
-        total_tokens=data.get("total_tokens"),
-        cached_input_tokens=data.get("cached_input_tokens"),
-        cache_write_tokens=data.get("cache_write_tokens"),
-        reasoning_tokens=data.get("reasoning_tokens"),
-        source=source,
-        raw=raw if isinstance(raw, dict) else {},
-    )
+        data[0], data[1], data[2], data[3], data[4], data[5], source,
+        raw if isinstance(raw, dict) else {},
+    )  # fmt: skip
 
 
-def report_from_core(data: Mapping[str, Any]) -> StreamReport:
-    """Build a ``StreamReport`` from the plain dict the native extension returns."""
-    usage = data.get("usage")
+def report_from_core(d: tuple[Any, ...]) -> StreamReport:
+    """Build a ``StreamReport`` from the tuple the native extension returns (field order)."""
+    usage = None if d[0] is None else usage_from_core(d[0])
     return StreamReport(
-        usage=None if usage is None else usage_from_core(usage),
-        api=data["api"],
-        response_id=data.get("response_id"),
-        model=data.get("model"),
-        status=data["status"],
-        finish_reason=data.get("finish_reason"),
-        incomplete_reason=data.get("incomplete_reason"),
-        error=_parse_json(data.get("error")),
-        events=data["events"],
-        delta_chunks=data["delta_chunks"],
-        bytes=data["bytes"],
-        done=data["done"],
-        oversized_events=data["oversized_events"],
-        invalid_json_events=data["invalid_json_events"],
-        warnings=tuple(data["warnings"]),
-        step_usages=tuple(usage_from_core(u) for u in data["step_usages"]),
-    )
+        usage, d[1], d[2], d[3], d[4], d[5], d[6], _parse_json(d[7]),
+        d[8], d[9], d[10], d[11], d[12], d[13],
+        tuple(d[14]), tuple(usage_from_core(u) for u in d[15]),
+    )  # fmt: skip

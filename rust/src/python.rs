@@ -18,7 +18,7 @@ mod _core {
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedBytes;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+    use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
     use crate::lines::LineSplitter;
@@ -363,45 +363,53 @@ mod _core {
         bytes_fed: u64,
     }
 
-    fn usage_dict<'py>(py: Python<'py>, u: &Usage) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("input_tokens", u.input_tokens)?;
-        d.set_item("output_tokens", u.output_tokens)?;
-        d.set_item("total_tokens", u.total_tokens)?;
-        d.set_item("cached_input_tokens", u.cached_input_tokens)?;
-        d.set_item("cache_write_tokens", u.cache_write_tokens)?;
-        d.set_item("reasoning_tokens", u.reasoning_tokens)?;
-        d.set_item("raw", &u.raw)?;
-        Ok(d)
+    /// A usage record as a tuple in the field order of Python's `Usage`.
+    fn usage_tuple<'py>(py: Python<'py>, u: &Usage) -> PyResult<Bound<'py, PyTuple>> {
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.total_tokens,
+            u.cached_input_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+            &u.raw,
+        )
+            .into_pyobject(py)
     }
 
-    fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        match &r.usage {
-            Some(u) => d.set_item("usage", usage_dict(py, u)?)?,
-            None => d.set_item("usage", py.None())?,
-        }
-        d.set_item("api", r.api.as_str())?;
-        d.set_item("response_id", &r.response_id)?;
-        d.set_item("model", &r.model)?;
-        d.set_item("status", r.status.as_str())?;
-        d.set_item("finish_reason", &r.finish_reason)?;
-        d.set_item("incomplete_reason", &r.incomplete_reason)?;
-        d.set_item("error", &r.error)?;
-        d.set_item("events", r.events)?;
-        d.set_item("delta_chunks", r.delta_chunks)?;
-        d.set_item("bytes", r.bytes)?;
-        d.set_item("done", r.done)?;
-        d.set_item("oversized_events", r.oversized_events)?;
-        d.set_item("invalid_json_events", r.invalid_json_events)?;
-        d.set_item("warnings", &r.warnings)?;
+    /// A report as a tuple in the field order of Python's `StreamReport`
+    /// (built positionally there: much cheaper than a dict).
+    fn report_tuple<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyTuple>> {
+        let usage = r.usage.as_ref().map(|u| usage_tuple(py, u)).transpose()?;
         let steps = r
             .step_usages
             .iter()
-            .map(|u| usage_dict(py, u))
+            .map(|u| usage_tuple(py, u))
             .collect::<PyResult<Vec<_>>>()?;
-        d.set_item("step_usages", steps)?;
-        Ok(d)
+        let head = (
+            usage,
+            r.api.as_str(),
+            r.response_id.as_deref(),
+            r.model.as_deref(),
+            r.status.as_str(),
+            r.finish_reason.as_deref(),
+            r.incomplete_reason.as_deref(),
+            r.error.as_deref(),
+        )
+            .into_pyobject(py)?;
+        let tail = (
+            r.events,
+            r.delta_chunks,
+            r.bytes,
+            r.done,
+            r.oversized_events,
+            r.invalid_json_events,
+            PyList::new(py, &r.warnings)?,
+            PyList::new(py, steps)?,
+        )
+            .into_pyobject(py)?;
+        let all: Vec<Bound<'py, PyAny>> = head.iter().chain(tail.iter()).collect();
+        PyTuple::new(py, all)
     }
 
     fn output_dict<'py>(py: Python<'py>, out: &Output) -> PyResult<Bound<'py, PyDict>> {
@@ -475,7 +483,7 @@ mod _core {
                 .inner
                 .finish()
                 .iter()
-                .map(|r| report_dict(py, r))
+                .map(|r| report_tuple(py, r))
                 .collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, reports)
         }
@@ -486,7 +494,7 @@ mod _core {
                 .inner
                 .snapshot()
                 .iter()
-                .map(|r| report_dict(py, r))
+                .map(|r| report_tuple(py, r))
                 .collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, reports)
         }
