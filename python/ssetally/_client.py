@@ -82,6 +82,9 @@ class _Base:
         self._retrieve = retrieve
         self._estimate = estimate
         self._response: Any = None
+        # Set when the stream or the block was interrupted by a cancellation (asyncio, trio,
+        # anyio), KeyboardInterrupt or SystemExit: the fallbacks must not wait on the network.
+        self._interrupted: str | None = None
         self.report: StreamReport | None = None
         """The final report, set when the stream ends or the ``with`` block exits."""
 
@@ -89,6 +92,11 @@ class _Base:
     def response(self) -> Any:
         """The streaming HTTP response."""
         return self._response
+
+    def _note_interruption(self, exc: BaseException) -> None:
+        """Remember a cancellation (any ``BaseException`` that is not an ``Exception``)."""
+        if not isinstance(exc, Exception) and self._interrupted is None:
+            self._interrupted = type(exc).__name__
 
     def _retrieval_args(self, report: StreamReport) -> tuple[str, dict[str, str]]:
         request = self._response.request
@@ -103,7 +111,10 @@ class UsageStream(_Base):
         try:
             for chunk in self._response.iter_bytes():
                 yield from self._meter.on_chunk(chunk)
-        except Exception as exc:
+        except GeneratorExit:
+            raise  # the caller stopped reading: "closed early"
+        except BaseException as exc:
+            self._note_interruption(exc)
             self._meter.on_end(f"{type(exc).__name__}: {exc}")
             raise
         self._meter.on_end("eof")
@@ -112,8 +123,14 @@ class UsageStream(_Base):
         meter = self._meter
         report = meter.stream_report()
         if self._retrieve and meter.needs_retrieval(report):
-            url, headers = self._retrieval_args(report)
-            report = meter.with_retrieval(report, retrieve(client, url, headers, self._policy))
+            if self._interrupted is not None:
+                result = RetrievalResult(
+                    None, f"interrupted ({self._interrupted}); retrieval skipped"
+                )
+            else:
+                url, headers = self._retrieval_args(report)
+                result = retrieve(client, url, headers, self._policy)
+            report = meter.with_retrieval(report, result)
         if self._estimate:
             report = meter.with_estimate(report)
         self.report = meter.with_timings(report)
@@ -128,7 +145,10 @@ class AsyncUsageStream(_Base):
             async for chunk in self._response.aiter_bytes():
                 for event in self._meter.on_chunk(chunk):
                     yield event
+        except GeneratorExit:
+            raise  # the caller stopped reading: "closed early"
         except BaseException as exc:
+            self._note_interruption(exc)
             self._meter.on_end(f"{type(exc).__name__}: {exc}")
             raise
         self._meter.on_end("eof")
@@ -137,9 +157,12 @@ class AsyncUsageStream(_Base):
         meter = self._meter
         report = meter.stream_report()
         if self._retrieve and meter.needs_retrieval(report):
-            if meter.ended_by is not None and meter.ended_by.startswith("CancelledError"):
-                # A cancelled task must not wait on the network.
-                result = RetrievalResult(None, "task cancelled; retrieval skipped")
+            if self._interrupted is not None:
+                # A cancelled task must not wait on the network (and, under trio or an anyio
+                # cancel scope, could not: every await would raise again).
+                result = RetrievalResult(
+                    None, f"interrupted ({self._interrupted}); retrieval skipped"
+                )
             else:
                 url, headers = self._retrieval_args(report)
                 result = await aretrieve(client, url, headers, self._policy)
@@ -182,9 +205,14 @@ def connect_usage(
         _check_response(response, error_body)
         try:
             yield stream
+        except BaseException as exc:
+            stream._note_interruption(exc)
+            raise
         finally:
-            response.close()
-            stream._finalize(client)
+            try:
+                response.close()
+            finally:
+                stream._finalize(client)
 
 
 @asynccontextmanager
@@ -209,6 +237,15 @@ async def aconnect_usage(
         _check_response(response, error_body)
         try:
             yield stream
+        except BaseException as exc:
+            stream._note_interruption(exc)
+            raise
         finally:
-            await response.aclose()
-            await stream._finalize(client)
+            try:
+                await response.aclose()
+            except BaseException as exc:
+                # A cancel scope still in force cancels this await too; the report is still due.
+                stream._note_interruption(exc)
+                raise
+            finally:
+                await stream._finalize(client)

@@ -80,7 +80,8 @@ def run_stream(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"ssetally: {type(exc).__name__}: {exc}", file=sys.stderr)
         if stream is not None and stream.report is not None:
-            print_report(stream.report, base + path, sys.stderr)
+            # The text was already printed as it arrived.
+            print_report(stream.report.replace(output=None), base + path, sys.stderr)
         return 1
     report = stream.report
     assert report is not None

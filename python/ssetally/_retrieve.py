@@ -32,7 +32,10 @@ _PENDING = ("queued", "in_progress")
 @dataclass(frozen=True)
 class RetrievalPolicy:
     """How hard to try: total deadline in seconds, first poll delay, backoff factor,
-    the longest single wait, and how many 5xx answers in a row to accept."""
+    the longest backoff wait, and how many 5xx answers in a row to accept.
+
+    A ``Retry-After`` sent with a 429 is honoured as given, even beyond ``max_delay``, as long
+    as it ends within the deadline (asking earlier would only be refused again)."""
 
     deadline: float = 30.0
     first_delay: float = 0.25
@@ -117,7 +120,7 @@ class _Attempts:
         return self._wait(type(exc).__name__)
 
     def _wait(self, why: str, hint: float | None = None) -> RetrievalResult | float:
-        delay = min(hint if hint is not None else self.delay, self.policy.max_delay)
+        delay = min(self.delay, self.policy.max_delay) if hint is None else hint
         self.delay = min(self.delay * self.policy.backoff, self.policy.max_delay)
         if time.monotonic() - self.started + delay > self.policy.deadline:
             return RetrievalResult(
