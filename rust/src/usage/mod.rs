@@ -31,6 +31,7 @@ mod normalize;
 mod responses;
 mod scan;
 mod tap;
+mod template;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -6,6 +6,7 @@ use super::builder::{Builder, Relation};
 use super::event::EventInfo;
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
+use super::template::ChunkTemplate;
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
 use crate::sse::EventRef;
@@ -18,7 +19,14 @@ pub(crate) struct Tap {
     max_event_size: usize,
     cur: Builder,
     reports: Vec<Report>,
+    /// The learned shape of this stream's content chunks (chat only).
+    template: Option<ChunkTemplate>,
+    /// How many more times a template may be learned (a stream whose chunks
+    /// never repeat their shape must not pay for learning on every chunk).
+    relearn_budget: u8,
 }
+
+const RELEARN_BUDGET: u8 = 8;
 
 impl Tap {
     pub(crate) fn new(hint: ApiHint, max_event_size: usize) -> Self {
@@ -29,6 +37,8 @@ impl Tap {
             max_event_size,
             cur: Builder::default(),
             reports: Vec::new(),
+            template: None,
+            relearn_budget: RELEARN_BUDGET,
         }
     }
 
@@ -82,13 +92,20 @@ impl Tap {
     }
 
     /// The chat hot path: a plain content chunk only bumps the counters.
-    fn fast_chat(&self, data: &[u8]) -> Option<bool> {
+    fn fast_chat(&mut self, data: &[u8]) -> Option<bool> {
         let chat_like = matches!(self.api, Api::ChatCompletions | Api::Completions);
-        if chat_like && self.cur.fast_ok() {
-            chat::fast(data, self.api, &self.needles)
-        } else {
-            None
+        if !chat_like || !self.cur.fast_ok() {
+            return None;
         }
+        if let Some(delta) = self.template.as_ref().and_then(|t| t.matches(data)) {
+            return Some(delta);
+        }
+        let delta = chat::fast(data, self.api, &self.needles)?;
+        if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
+            self.relearn_budget -= 1;
+            self.template = ChunkTemplate::learn(data);
+        }
+        Some(delta)
     }
 
     fn parse<'a>(&mut self, name: &'a [u8], data: &'a [u8]) -> Result<EventInfo<'a>, Invalid> {
@@ -141,6 +158,8 @@ impl Tap {
             self.cur.report.warnings.push(w);
         }
         self.reports.push(old.finish(self.api, self.max_event_size));
+        self.template = None;
+        self.relearn_budget = RELEARN_BUDGET;
     }
 
     /// All reports so far, the open one included, without resetting.
@@ -161,6 +180,8 @@ impl Tap {
             reports.push(cur.finish(self.api, self.max_event_size));
         }
         self.api = Api::from(self.hint);
+        self.template = None;
+        self.relearn_budget = RELEARN_BUDGET;
         reports
     }
 }
