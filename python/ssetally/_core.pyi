@@ -2,6 +2,8 @@
 
 from typing import Any, final
 
+from typing_extensions import Self, disjoint_base
+
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE_BYTES",
     "EventTooLargeError",
@@ -82,20 +84,20 @@ class LineDecoder:
     def finish(self) -> list[str]:
         """End of input: the unterminated last line, if any."""
 
-@final
+@disjoint_base
 class UsageTap:
     """Native usage extractor: frames the stream and reads usage with no Python object per
     event. The public ``ssetally.UsageTap`` wraps it with typed reports."""
 
     def __new__(
         cls, api: str = "auto", *, max_event_size: int = ..., collect_output: bool = False
-    ) -> UsageTap: ...
+    ) -> Self: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes."""
-    def finish(self) -> list[tuple[Any, ...]]:
+    def finish_raw(self) -> list[tuple[Any, ...]]:
         """End of stream: a report per response (at least one), as tuples in the field order
         of ``StreamReport``; resets the tap."""
-    def snapshot(self) -> list[tuple[Any, ...]]:
+    def snapshot_raw(self) -> list[tuple[Any, ...]]:
         """The reports so far, without ending the stream."""
     def output(self) -> dict[str, Any] | None:
         """The reassembled output, or None unless ``collect_output`` was set."""

@@ -21,19 +21,23 @@ APIS = (
 )
 
 
-class UsageTap:
+class UsageTap(_core.UsageTap):
     """Feed it the raw bytes of an LLM stream, in chunks of any size; ``finish()`` says what
     the stream cost and how it ended.
 
-    ``feed`` frames events and extracts usage in native code and creates no Python object per
-    event. ``api="auto"`` detects the API from the first event. Bad input never raises: it is
-    counted and flagged in the report. ``collect_output=True`` also reassembles the streamed
-    text and tool calls (``output()``), which parses every event and costs more.
+    ``UsageTap(api="auto", *, max_event_size=16 MiB, collect_output=False)``. ``feed(data)``
+    frames events and extracts usage in native code and creates no Python object per event
+    (``bytes`` is read without a copy). ``api="auto"`` detects the API from the first event;
+    an unknown name raises ``ValueError``. Bad input never raises: it is counted and flagged in
+    the report. ``collect_output=True`` also reassembles the streamed text and tool calls
+    (``output()``), which parses every event and costs more.
 
-    One tap meters one stream at a time and is not for sharing between threads.
+    One tap meters one stream at a time and is not for sharing between threads. Besides the
+    methods below it has ``bytes_fed``, ``delta_chunks`` (output-bearing events so far: not a
+    token count), ``response_id`` and ``api`` (detected so far, or ``"unknown"``).
     """
 
-    __slots__ = ("_core", "_reports")
+    __slots__ = ("_reports",)
 
     def __init__(
         self,
@@ -42,28 +46,20 @@ class UsageTap:
         max_event_size: int = _core.DEFAULT_MAX_EVENT_SIZE_BYTES,
         collect_output: bool = False,
     ) -> None:
-        if api not in APIS:
-            raise ValueError(f"unknown api {api!r}; expected one of {', '.join(APIS)}")
-        self._core = _core.UsageTap(
-            api, max_event_size=max_event_size, collect_output=collect_output
-        )
         self._reports: tuple[StreamReport, ...] = ()
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Tap one chunk of the stream (``bytes`` is read without a copy)."""
-        self._core.feed(data)
 
     def finish(self) -> StreamReport:
         """End of stream: the report of the last response in it (see ``reports``).
 
-        The tap is reset and can meter another stream.
+        The tap is reset and can meter another stream; ``output()`` stays readable until the
+        next stream's bytes arrive.
         """
-        self._reports = tuple(report_from_core(r) for r in self._core.finish())
+        self._reports = tuple(report_from_core(r) for r in self.finish_raw())
         return self._reports[-1]
 
     def snapshot(self) -> StreamReport:
         """The report of the response being read, without ending the stream."""
-        return report_from_core(self._core.snapshot()[-1])
+        return report_from_core(self.snapshot_raw()[-1])
 
     @property
     def reports(self) -> tuple[StreamReport, ...]:
@@ -75,24 +71,4 @@ class UsageTap:
         """The reassembled output ``{"choices": [{"index", "text", "refusal", "reasoning",
         "tool_calls": [{"index", "id", "name", "arguments"}]}]}``, or None unless
         ``collect_output`` was set."""
-        return self._core.output()
-
-    @property
-    def bytes_fed(self) -> int:
-        """Bytes fed since the stream began."""
-        return self._core.bytes_fed
-
-    @property
-    def delta_chunks(self) -> int:
-        """Output-bearing events so far (not a token count)."""
-        return self._core.delta_chunks
-
-    @property
-    def response_id(self) -> str | None:
-        """The id of the (first) response in the stream, once seen."""
-        return self._core.response_id
-
-    @property
-    def api(self) -> str:
-        """The API detected so far, or ``"unknown"``."""
-        return self._core.api
+        return super().output()

@@ -356,8 +356,9 @@ mod _core {
     }
 
     /// The usage extractor: frames the stream and reads usage natively,
-    /// creating no Python object per event.
-    #[pyclass(module = "ssetally._core")]
+    /// creating no Python object per event. `ssetally.UsageTap` subclasses
+    /// it, so `feed` is called with no Python frame in between.
+    #[pyclass(subclass, module = "ssetally._core")]
     pub struct UsageTap {
         inner: CoreTap,
         bytes_fed: u64,
@@ -475,9 +476,9 @@ mod _core {
             Ok(())
         }
 
-        /// End of stream: a report dict per response in it (at least one).
+        /// End of stream: a report tuple per response in it (at least one).
         /// The tap is reset for a new stream; the output stays readable.
-        fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        fn finish_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
             self.bytes_fed = 0;
             let reports = self
                 .inner
@@ -489,7 +490,7 @@ mod _core {
         }
 
         /// The reports so far, without ending the stream.
-        fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        fn snapshot_raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
             let reports = self
                 .inner
                 .snapshot()
