@@ -49,8 +49,28 @@ mod _core {
             .map(|f| f.bind(py))
     }
 
+    /// Decodes UTF-8 with U+FFFD for invalid bytes, in one pass (CPython's
+    /// decoder, which replaces maximal invalid subparts as WHATWG does).
     fn text<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-        PyString::new(py, &String::from_utf8_lossy(bytes))
+        let Ok(len) = isize::try_from(bytes.len()) else {
+            return PyString::new(py, &String::from_utf8_lossy(bytes));
+        };
+        // SAFETY: `bytes` is a live slice of `len` bytes that CPython only reads
+        // (it copies them into the new string) while we hold the interpreter;
+        // the error handler name is a NUL-terminated static string. The call
+        // returns a new reference or NULL with an exception set, which
+        // `from_owned_ptr_or_err` takes over.
+        let decoded = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), len, c"replace".as_ptr()),
+            )
+        };
+        match decoded.map(|obj| obj.cast_into::<PyString>()) {
+            Ok(Ok(s)) => s,
+            // Only memory exhaustion can get here; fall back to the safe path.
+            _ => PyString::new(py, &String::from_utf8_lossy(bytes)),
+        }
     }
 
     /// One Server-Sent Event.
