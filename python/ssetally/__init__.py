@@ -19,14 +19,17 @@ from ._exceptions import SSEError
 from ._report import Attempt, StreamReport, Timings, Usage
 from ._retrieve import RetrievalPolicy
 from ._tap import UsageTap
+from ._transport import AsyncMeteringTransport, MeteringTransport
 
 __all__ = [
     "APIStatusError",
+    "AsyncMeteringTransport",
     "AsyncUsageStream",
     "Attempt",
     "EventSource",
     "EventTooLargeError",
     "LineDecoder",
+    "MeteringTransport",
     "RetrievalPolicy",
     "SSEDecoder",
     "SSEError",

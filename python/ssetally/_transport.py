@@ -1,0 +1,665 @@
+"""``MeteringTransport`` / ``AsyncMeteringTransport``: usage metering as an httpx transport.
+
+Put one under any ``httpx`` or ``httpx2`` client (so under the OpenAI SDK, or any SDK that
+takes an ``http_client``) and every ``text/event-stream`` response is metered as the caller
+reads it; ``on_report(report, request)`` is called once per stream with its ``StreamReport``.
+
+The same class works in both libraries: it subclasses ``httpx.BaseTransport`` and, when
+``httpx2`` is installed, ``httpx2.BaseTransport``. With no ``inner`` transport given, it
+creates the default transport of the library of the first request it sees
+(``httpx.HTTPTransport()`` or ``httpx2.HTTPTransport()``). Client-level settings that a
+client only applies to its own default transport (``verify``, ``limits``, ``http2``,
+``proxy``...) then need an explicit ``inner``, as with any custom transport.
+
+The caller's path gets the same ``bytes`` objects the inner transport produced, each fed to a
+native ``UsageTap`` on the way (no copy, no Python object per event). Fallbacks (retrieval of
+a cut Responses stream, the tiktoken estimate) run off the caller's path: in a worker thread
+(sync) or a task on the running asyncio loop (async), after which ``on_report`` is called
+from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import httpx
+
+from ._core import UsageChunkStripper
+from ._mime import is_event_stream
+from ._report import StreamReport
+from ._request import wants_usage_injection, with_usage_requested
+from ._retrieve import (
+    RetrievalPolicy,
+    RetrievalResult,
+    aretrieve,
+    retrieval_headers,
+    retrieval_url,
+    retrieve,
+)
+from ._tally import StreamTally, parse_json_object, skipped
+
+if TYPE_CHECKING:
+    from httpx2 import AsyncBaseTransport as _AsyncBaseTransport2
+    from httpx2 import AsyncByteStream as _AsyncByteStream2
+    from httpx2 import BaseTransport as _BaseTransport2
+    from httpx2 import SyncByteStream as _SyncByteStream2
+    from typing_extensions import Self
+else:
+    try:
+        from httpx2 import AsyncBaseTransport as _AsyncBaseTransport2
+        from httpx2 import AsyncByteStream as _AsyncByteStream2
+        from httpx2 import BaseTransport as _BaseTransport2
+        from httpx2 import SyncByteStream as _SyncByteStream2
+    except ImportError:  # httpx2 is optional: the classes then serve httpx alone
+
+        class _BaseTransport2:
+            pass
+
+        class _AsyncBaseTransport2:
+            pass
+
+        class _SyncByteStream2:
+            pass
+
+        class _AsyncByteStream2:
+            pass
+
+
+__all__ = ["AsyncMeteringTransport", "MeteringTransport", "OnReport"]
+
+logger = logging.getLogger("ssetally")
+
+#: ``on_report(report, request)``: called once per metered stream. ``request`` is the request
+#: the caller sent (an ``httpx.Request`` or ``httpx2.Request``). Its return value is ignored
+#: (the async transport awaits it when it is awaitable). Exceptions are logged, never raised.
+OnReport = Callable[[StreamReport, Any], Optional[object]]
+
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+def _log_report(report: StreamReport, request: Any) -> None:
+    usage = report.usage
+    logger.info(
+        "%s %s: %s, %s input / %s output tokens (%s)",
+        request.method,
+        request.url,
+        report.status,
+        None if usage is None else usage.input_tokens,
+        None if usage is None else usage.output_tokens,
+        "no usage" if usage is None else usage.source,
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    on_report: OnReport
+    include_usage: bool
+    retrieve: bool
+    estimate: bool
+    policy: RetrievalPolicy
+
+
+def _library(request: Any) -> Any:
+    """The ``httpx`` or ``httpx2`` module a request object belongs to."""
+    name = type(request).__module__.split(".", 1)[0]
+    if name not in ("httpx", "httpx2"):
+        name = "httpx"
+    return importlib.import_module(name)
+
+
+def _request_content(request: Any) -> bytes | None:
+    """The request body when it is already in memory (never reads a streaming body)."""
+    try:
+        content = request.content
+    except Exception:  # noqa: BLE001 - RequestNotRead: a streaming body, left alone
+        return None
+    return content if isinstance(content, bytes) else None
+
+
+def _prepare(request: Any, include_usage: bool) -> tuple[Any, bytes | None, bool]:
+    """The request to send, its body, and whether ``include_usage`` was added to it.
+
+    Never raises: a body that cannot be rewritten is sent as it is (fail-open)."""
+    content = _request_content(request)
+    if not include_usage or request.method != "POST" or not content:
+        return request, content, False
+    try:
+        return _inject(request, content)
+    except Exception:
+        logger.exception("ssetally: include_usage could not be added; request sent unchanged")
+        return request, content, False
+
+
+def _inject(request: Any, content: bytes) -> tuple[Any, bytes | None, bool]:
+    path = request.url.path
+    if not path.rstrip("/").endswith("completions"):
+        return request, content, False
+    body = parse_json_object(content)
+    if not wants_usage_injection(path, body):
+        return request, content, False
+    assert body is not None
+    new = json.dumps(with_usage_requested(body), separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+    headers = request.headers.copy()
+    headers["content-length"] = str(len(new))
+    # The usage chunk is removed from the raw bytes: they must not be compressed.
+    headers["accept-encoding"] = "identity"
+    lib = _library(request)
+    sent = lib.Request(
+        request.method, request.url, headers=headers, content=new, extensions=request.extensions
+    )
+    return sent, new, True
+
+
+def _timeout_extension(seconds: float) -> dict[str, float]:
+    return dict.fromkeys(_TIMEOUT_KEYS, seconds)
+
+
+class _SyncGetter:
+    """The ``client.get`` that ``retrieve`` needs, over a bare transport."""
+
+    def __init__(self, transport: Any, lib: Any) -> None:
+        self._transport = transport
+        self._lib = lib
+
+    def get(self, url: str, *, headers: dict[str, str], timeout: float) -> Any:
+        request = self._lib.Request(
+            "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
+        )
+        response = self._transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
+
+
+class _AsyncGetter:
+    """The ``client.get`` that ``aretrieve`` needs, over a bare async transport."""
+
+    def __init__(self, transport: Any, lib: Any) -> None:
+        self._transport = transport
+        self._lib = lib
+
+    async def get(self, url: str, *, headers: dict[str, str], timeout: float) -> Any:
+        request = self._lib.Request(
+            "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+
+class _Stream:
+    """What the sync and async stream wrappers share: the tally, the stripper, and the
+    exactly-once end of the stream."""
+
+    def __init__(
+        self,
+        inner: Any,
+        tally: StreamTally,
+        stripper: UsageChunkStripper | None,
+        end: Callable[[str], None],
+    ) -> None:
+        self._inner = inner
+        self._tally = tally
+        self._stripper = stripper
+        self._end = end
+
+
+class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
+    def __iter__(self) -> Iterator[bytes]:
+        feed = self._tally.feed
+        stripper = self._stripper
+        try:
+            if stripper is None:
+                for chunk in self._inner:
+                    feed(chunk)
+                    yield chunk
+            else:
+                for chunk in self._inner:
+                    feed(chunk)
+                    out = stripper.feed(chunk)
+                    if out:
+                        yield out
+        except GeneratorExit:
+            self._end("closed early")
+            raise
+        except BaseException as exc:
+            self._end(f"{type(exc).__name__}: {exc}")
+            if stripper is not None:
+                # What the caller would have read before the failure, held bytes included.
+                tail = stripper.finish()
+                if tail:
+                    yield tail
+            raise
+        if stripper is not None:
+            tail = stripper.finish()
+            if tail:
+                yield tail
+        self._end("eof")
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._end("closed early")
+
+
+class _AsyncTapStream(_Stream, httpx.AsyncByteStream, _AsyncByteStream2):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        feed = self._tally.feed
+        stripper = self._stripper
+        try:
+            if stripper is None:
+                async for chunk in self._inner:
+                    feed(chunk)
+                    yield chunk
+            else:
+                async for chunk in self._inner:
+                    feed(chunk)
+                    out = stripper.feed(chunk)
+                    if out:
+                        yield out
+        except GeneratorExit:
+            self._end("closed early")
+            raise
+        except BaseException as exc:
+            self._end(f"{type(exc).__name__}: {exc}")
+            if stripper is not None and not isinstance(exc, asyncio.CancelledError):
+                tail = stripper.finish()
+                if tail:
+                    yield tail
+            raise
+        if stripper is not None:
+            tail = stripper.finish()
+            if tail:
+                yield tail
+        self._end("eof")
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._end("closed early")
+
+
+class _Base:
+    """Options, the lazily created default inner transports, and report delivery."""
+
+    def __init__(
+        self,
+        inner: Any,
+        on_report: OnReport | None,
+        include_usage: bool,
+        retrieve: bool,
+        estimate: bool,
+        retrieval: RetrievalPolicy | None,
+    ) -> None:
+        self._inner = inner
+        self._defaults: dict[str, Any] = {}
+        self._defaults_lock = threading.Lock()
+        self._options = _Options(
+            on_report=on_report or _log_report,
+            include_usage=include_usage,
+            retrieve=retrieve,
+            estimate=estimate,
+            policy=retrieval or RetrievalPolicy(),
+        )
+
+    def _inner_for(self, lib: Any, kind: str) -> Any:
+        if self._inner is not None:
+            return self._inner
+        with self._defaults_lock:
+            transport = self._defaults.get(lib.__name__)
+            if transport is None:
+                transport = getattr(lib, kind)()
+                self._defaults[lib.__name__] = transport
+            return transport
+
+    def _transports(self) -> list[Any]:
+        if self._inner is not None:
+            return [self._inner]
+        with self._defaults_lock:
+            return list(self._defaults.values())
+
+    def _deliver(self, report: StreamReport, request: Any) -> object:
+        try:
+            return self._options.on_report(report, request)
+        except Exception:
+            logger.exception("ssetally: on_report raised; the stream was not affected")
+            return None
+
+    def _new_tally(self, response: Any) -> StreamTally:
+        return StreamTally(
+            estimate=self._options.estimate,
+            content_encoding=response.headers.get("content-encoding", ""),
+        )
+
+
+class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
+    """A sync httpx/httpx2 transport that meters every event-stream response.
+
+    :param inner: the transport that does the I/O (default: the library's ``HTTPTransport()``,
+        created on the first request).
+    :param on_report: ``on_report(report, request)``, called exactly once per event stream when
+        it ends, is closed early, or fails (default: log the report on the ``ssetally``
+        logger). Exceptions it raises are logged. It runs on the thread that ended the stream,
+        or on a worker thread when a fallback ran.
+    :param include_usage: ask Chat/legacy Completions streams for usage when the body did not
+        (``stream_options.include_usage``); the usage-only chunk this adds is removed
+        byte-exactly from what the caller reads.
+    :param retrieve: a Responses stream that ended without its terminal event has its usage
+        fetched with ``GET /responses/{id}`` through the inner transport, in a worker thread.
+    :param estimate: when no usage can be had, count tokens with tiktoken (worker thread).
+    :param retrieval: the retrieval's deadline and backoff.
+    :param max_workers: worker threads for the fallbacks.
+
+    Responses that are not event streams pass through untouched.
+    """
+
+    def __init__(
+        self,
+        inner: Any = None,
+        on_report: OnReport | None = None,
+        *,
+        include_usage: bool = False,
+        retrieve: bool = False,
+        estimate: bool = False,
+        retrieval: RetrievalPolicy | None = None,
+        max_workers: int = 4,
+    ) -> None:
+        super().__init__(inner, on_report, include_usage, retrieve, estimate, retrieval)
+        self._max_workers = max_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[Future[None]] = set()
+        self._pending_lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
+    def handle_request(self, request: Any) -> Any:
+        """Send the request through the inner transport; meter an event-stream answer."""
+        sent, body, injected = _prepare(request, self._options.include_usage)
+        lib = _library(request)
+        inner = self._inner_for(lib, "HTTPTransport")
+        response = inner.handle_request(sent)
+        if not is_event_stream(response.headers.get("content-type", "")):
+            return response
+        if getattr(response, "is_stream_consumed", False):
+            # The inner transport read the body already (e.g. a mock): meter what it read.
+            tally = StreamTally(estimate=self._options.estimate)
+            tally.feed(response.content)
+            _SyncEnd(self, request, sent, body, tally, inner, lib)("eof")
+            return response
+        tally = self._new_tally(response)
+        stripper = UsageChunkStripper() if injected and tally.metering else None
+        end = _SyncEnd(self, request, sent, body, tally, inner, lib)
+        response.stream = _SyncTapStream(response.stream, tally, stripper, end)
+        return response
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._pending_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="ssetally-report"
+                )
+            future = self._executor.submit(job)
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the reports whose fallbacks are still running; True when none is left."""
+        with self._pending_lock:
+            pending = set(self._pending)
+        if not pending:
+            return True
+        _, not_done = wait_futures(pending, timeout)
+        return not not_done
+
+    def close(self) -> None:
+        """Wait for pending reports, then close the inner transport(s)."""
+        with self._pending_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        for transport in self._transports():
+            transport.close()
+
+
+class _SyncEnd:
+    """The end of one sync stream: builds the report once and delivers it."""
+
+    def __init__(
+        self,
+        owner: MeteringTransport,
+        request: Any,
+        sent: Any,
+        body: bytes | None,
+        tally: StreamTally,
+        inner: Any,
+        lib: Any,
+    ) -> None:
+        self._owner = owner
+        self._request = request
+        self._sent = sent
+        self._body = body
+        self._tally = tally
+        self._inner = inner
+        self._lib = lib
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def __call__(self, how: str) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            report = self._tally.finish(how)
+            options = self._owner._options
+            if self._tally.needs_fallback(
+                report, retrieve=options.retrieve, estimate=options.estimate
+            ):
+                self._owner._submit(lambda: self._complete(report))
+                return
+            self._owner._deliver(self._tally.final(report), self._request)
+        except Exception:
+            logger.exception("ssetally: metering failed; the stream was not affected")
+
+    def _complete(self, report: StreamReport) -> None:
+        try:
+            options = self._owner._options
+            tally = self._tally
+            if options.retrieve and tally.needs_retrieval(report):
+                url = retrieval_url(str(self._sent.url), report.response_id or "")
+                headers = retrieval_headers(self._sent.headers)
+                getter = _SyncGetter(self._inner, self._lib)
+                report = tally.with_retrieval(
+                    report, retrieve(getter, url, headers, options.policy)
+                )
+            if options.estimate:
+                report = tally.with_estimate(report, self._body)
+        except Exception as exc:
+            logger.exception("ssetally: a usage fallback failed")
+            report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
+        self._owner._deliver(self._tally.final(report), self._request)
+
+
+class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTransport2):
+    """Async twin of ``MeteringTransport`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
+
+    ``on_report`` runs on the event loop (keep it quick); when it returns an awaitable, the
+    awaitable is run as a task. Fallbacks run as tasks on the running asyncio loop (the
+    estimate in a worker thread); ``await transport.wait()`` waits for them, ``aclose()`` too.
+    """
+
+    def __init__(
+        self,
+        inner: Any = None,
+        on_report: OnReport | None = None,
+        *,
+        include_usage: bool = False,
+        retrieve: bool = False,
+        estimate: bool = False,
+        retrieval: RetrievalPolicy | None = None,
+    ) -> None:
+        super().__init__(inner, on_report, include_usage, retrieve, estimate, retrieval)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        """Send the request through the inner transport; meter an event-stream answer."""
+        sent, body, injected = _prepare(request, self._options.include_usage)
+        lib = _library(request)
+        inner = self._inner_for(lib, "AsyncHTTPTransport")
+        response = await inner.handle_async_request(sent)
+        if not is_event_stream(response.headers.get("content-type", "")):
+            return response
+        if getattr(response, "is_stream_consumed", False):
+            # The inner transport read the body already (e.g. a mock): meter what it read.
+            tally = StreamTally(estimate=self._options.estimate)
+            tally.feed(response.content)
+            _AsyncEnd(self, request, sent, body, tally, inner, lib)("eof")
+            return response
+        tally = self._new_tally(response)
+        stripper = UsageChunkStripper() if injected and tally.metering else None
+        end = _AsyncEnd(self, request, sent, body, tally, inner, lib)
+        response.stream = _AsyncTapStream(response.stream, tally, stripper, end)
+        return response
+
+    def _spawn(self, coro: Awaitable[None]) -> bool:
+        """Run ``coro`` as a task on the running loop; False when there is none."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(_as_coroutine(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _deliver_async(self, report: StreamReport, request: Any) -> None:
+        result = self._deliver(report, request)
+        if inspect.isawaitable(result) and not self._spawn(_await_logged(result)):
+            logger.error("ssetally: on_report returned an awaitable outside an event loop")
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the reports whose fallbacks are still running; True when none is left."""
+        tasks = {t for t in self._tasks if not t.done()}
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
+
+    async def aclose(self) -> None:
+        """Wait for pending reports, then close the inner transport(s)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for transport in self._transports():
+            await transport.aclose()
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _await_logged(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("ssetally: on_report raised; the stream was not affected")
+
+
+class _AsyncEnd:
+    """The end of one async stream: builds the report once and delivers it."""
+
+    def __init__(
+        self,
+        owner: AsyncMeteringTransport,
+        request: Any,
+        sent: Any,
+        body: bytes | None,
+        tally: StreamTally,
+        inner: Any,
+        lib: Any,
+    ) -> None:
+        self._owner = owner
+        self._request = request
+        self._sent = sent
+        self._body = body
+        self._tally = tally
+        self._inner = inner
+        self._lib = lib
+        self._ended = False
+
+    def __call__(self, how: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            report = self._tally.finish(how)
+            options = self._owner._options
+            if self._tally.needs_fallback(
+                report, retrieve=options.retrieve, estimate=options.estimate
+            ):
+                if self._owner._spawn(self._complete(report)):
+                    return
+                report = skipped(report, "fallback", "no running event loop for the fallbacks")
+            self._owner._deliver_async(self._tally.final(report), self._request)
+        except Exception:
+            logger.exception("ssetally: metering failed; the stream was not affected")
+
+    async def _complete(self, report: StreamReport) -> None:
+        try:
+            options = self._owner._options
+            tally = self._tally
+            if options.retrieve and tally.needs_retrieval(report):
+                url = retrieval_url(str(self._sent.url), report.response_id or "")
+                headers = retrieval_headers(self._sent.headers)
+                getter = _AsyncGetter(self._inner, self._lib)
+                result: RetrievalResult = await aretrieve(getter, url, headers, options.policy)
+                report = tally.with_retrieval(report, result)
+            if options.estimate:
+                report = await asyncio.to_thread(tally.with_estimate, report, self._body)
+        except Exception as exc:
+            logger.exception("ssetally: a usage fallback failed")
+            report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
+        self._owner._deliver_async(self._tally.final(report), self._request)
