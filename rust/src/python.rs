@@ -76,9 +76,17 @@ mod _core {
     /// One Server-Sent Event.
     #[pyclass(frozen, module = "ssetally._core")]
     pub struct ServerSentEvent {
+        /// The event type; `"message"` when the stream named none.
+        #[pyo3(get)]
         event: Py<PyString>,
+        /// The data lines of the event, joined with LF.
+        #[pyo3(get)]
         data: Py<PyString>,
+        /// The last event ID at dispatch (it persists across events).
+        #[pyo3(get)]
         id: Py<PyString>,
+        /// The reconnection time in milliseconds set in this event's block.
+        #[pyo3(get)]
         retry: Option<u64>,
     }
 
@@ -103,30 +111,6 @@ mod _core {
                 id: id.map_or_else(empty, Bound::unbind),
                 retry,
             }
-        }
-
-        /// The event type; `"message"` when the stream named none.
-        #[getter]
-        fn event(&self, py: Python<'_>) -> Py<PyString> {
-            self.event.clone_ref(py)
-        }
-
-        /// The data lines of the event, joined with LF.
-        #[getter]
-        fn data(&self, py: Python<'_>) -> Py<PyString> {
-            self.data.clone_ref(py)
-        }
-
-        /// The last event ID at dispatch (it persists across events).
-        #[getter]
-        fn id(&self, py: Python<'_>) -> Py<PyString> {
-            self.id.clone_ref(py)
-        }
-
-        /// The reconnection time in milliseconds set in this event's block.
-        #[getter]
-        fn retry(&self) -> Option<u64> {
-            self.retry
         }
 
         /// The data parsed as JSON (`json.loads`).
