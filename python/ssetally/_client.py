@@ -19,6 +19,8 @@ from ._retrieve import (
     RetrievalPolicy,
     RetrievalResult,
     aretrieve,
+    redact,
+    request_secrets,
     retrieval_headers,
     retrieval_url,
     retrieve,
@@ -54,11 +56,15 @@ def _parse_body(content: bytes) -> Any:
 
 
 def _check_response(response: Any, content: bytes | None) -> None:
+    # A server or proxy may echo the credentials it got: never repeat them in an error.
+    secrets = request_secrets(response.request)
     if content is not None:
-        raise APIStatusError(response.status_code, _parse_body(content), response)
+        body = redact(_parse_body(content), secrets)
+        raise APIStatusError(response.status_code, body, response)
     content_type = response.headers.get("content-type", "")
     if not is_event_stream(content_type):
-        raise SSEError(f"Expected an event stream (text/event-stream), got {content_type!r}")
+        message = f"Expected an event stream (text/event-stream), got {content_type!r}"
+        raise SSEError(redact(message, secrets))
 
 
 def _prepare(
@@ -133,7 +139,7 @@ class UsageStream(_Base):
             report = meter.with_retrieval(report, result)
         if self._estimate:
             report = meter.with_estimate(report)
-        self.report = meter.with_timings(report)
+        self.report = meter.with_timings(meter.redacted(report))
         return self.report
 
 
@@ -169,7 +175,7 @@ class AsyncUsageStream(_Base):
             report = meter.with_retrieval(report, result)
         if self._estimate:
             report = meter.with_estimate(report)
-        self.report = meter.with_timings(report)
+        self.report = meter.with_timings(meter.redacted(report))
         return self.report
 
 
@@ -201,6 +207,7 @@ def connect_usage(
     stream = UsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
     with client.stream(method, url, **kwargs) as response:
         stream._response = response
+        meter.secrets = request_secrets(response.request)
         error_body = response.read() if response.status_code >= 300 else None
         _check_response(response, error_body)
         try:
@@ -233,6 +240,7 @@ async def aconnect_usage(
     stream = AsyncUsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
     async with client.stream(method, url, **kwargs) as response:
         stream._response = response
+        meter.secrets = request_secrets(response.request)
         error_body = await response.aread() if response.status_code >= 300 else None
         _check_response(response, error_body)
         try:

@@ -9,8 +9,8 @@ from typing import Any
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
 from ._estimate import EstimateError, estimate_usage
-from ._report import Attempt, StreamReport, Timings
-from ._retrieve import RetrievalResult
+from ._report import Attempt, StreamReport, Timings, Usage
+from ._retrieve import RetrievalResult, redact
 from ._tap import UsageTap
 
 _TERMINAL = ("completed", "incomplete", "failed", "cancelled")
@@ -31,6 +31,8 @@ class Meter:
         self.end: float | None = None
         self.ended_by: str | None = None
         self.warnings: list[str] = []
+        #: The request's credential values (``request_secrets``), kept out of the report.
+        self.secrets: tuple[str, ...] = ()
 
     def on_chunk(self, chunk: bytes) -> list[ServerSentEvent]:
         """Tap a chunk; returns the events it completed that the caller should see."""
@@ -112,6 +114,10 @@ class Meter:
             attempt = Attempt("estimate", False, f"{type(exc).__name__}: {exc}")
         return report.replace(attempts=(*report.attempts, attempt))
 
+    def redacted(self, report: StreamReport) -> StreamReport:
+        """``redact_report`` with this request's credentials."""
+        return redact_report(report, self.secrets)
+
     def with_timings(self, report: StreamReport) -> StreamReport:
         """Attach the clock readings, with the true output token count."""
         timings = Timings(
@@ -140,3 +146,32 @@ def _is_injected_usage_chunk(event: ServerSentEvent) -> bool:
     except ValueError:
         return False
     return isinstance(obj, dict) and obj.get("choices") == [] and bool(obj.get("usage"))
+
+
+def redact_report(report: StreamReport, secrets: tuple[str, ...]) -> StreamReport:
+    """The report with the request's credentials (``request_secrets``) replaced wherever the
+    server, a proxy or an error message could have echoed them: error, warnings, attempt
+    reasons, the provider's strings, usage objects and notes, and the reassembled output."""
+    if not secrets:
+        return report
+
+    def text(value: str | None) -> str | None:
+        return None if value is None else redact(value, secrets)
+
+    def usage(u: Usage | None) -> Usage | None:
+        if u is None:
+            return None
+        return u.replace(raw=redact(dict(u.raw), secrets), note=text(u.note))
+
+    return report.replace(
+        usage=usage(report.usage),
+        response_id=text(report.response_id),
+        model=text(report.model),
+        finish_reason=text(report.finish_reason),
+        incomplete_reason=text(report.incomplete_reason),
+        error=redact(report.error, secrets),
+        warnings=tuple(redact(w, secrets) for w in report.warnings),
+        step_usages=tuple(usage(u) for u in report.step_usages),
+        attempts=tuple(Attempt(a.source, a.ok, redact(a.reason, secrets)) for a in report.attempts),
+        output=None if report.output is None else redact(report.output, secrets),
+    )

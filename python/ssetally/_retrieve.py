@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from ._report import StreamReport
 from ._tap import UsageTap
@@ -27,6 +28,71 @@ _FORWARDED_HEADERS = (
     "user-agent",
 )
 _PENDING = ("queued", "in_progress")
+
+#: Request headers whose values are credentials: never repeated in reports or errors.
+_SECRET_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "cookie",
+)
+#: Query parameters that carry credentials (Gemini's ``key``, Azure SAS ``sig``, ...).
+_SECRET_PARAMS = ("key", "api-key", "api_key", "apikey", "access_token", "token", "sig")
+#: Shorter values are left alone: redacting them would blank out ordinary words.
+_MIN_SECRET_LENGTH = 8
+#: What a credential is replaced with.
+REDACTED = "[REDACTED]"
+
+
+def secrets_of(headers: Mapping[str, str], url: str = "") -> tuple[str, ...]:
+    """The credential values of a request: the secret headers (whole, and the token after an
+    auth scheme such as ``Bearer``, each cookie value) and secret query parameters. Longest
+    first, so that a value containing another is replaced whole."""
+    found: set[str] = set()
+    for name, value in headers.items():
+        name = name.lower()
+        if name not in _SECRET_HEADERS:
+            continue
+        value = value.strip()
+        found.add(value)
+        if name == "cookie":
+            found.update(part.partition("=")[2].strip() for part in value.split(";"))
+        else:
+            found.add(value.partition(" ")[2].strip())
+    query = urlsplit(url).query if url else ""
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        if name.lower() in _SECRET_PARAMS:
+            found.add(value)
+    usable = (v for v in found if len(v) >= _MIN_SECRET_LENGTH)
+    return tuple(sorted(usable, key=len, reverse=True))
+
+
+def request_secrets(request: Any) -> tuple[str, ...]:
+    """``secrets_of`` an httpx/httpx2 request (empty when there is none)."""
+    try:
+        return secrets_of(request.headers, str(request.url))
+    except (AttributeError, RuntimeError, TypeError):
+        return ()
+
+
+def redact(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` (text, or JSON-like data: dicts, lists, tuples) with every secret replaced by
+    ``[REDACTED]``; other values are returned as they are."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, Mapping):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [redact(v, secrets) for v in value]
+        return items if isinstance(value, list) else type(value)(items)
+    return value
 
 
 @dataclass(frozen=True)
@@ -53,10 +119,12 @@ class RetrievalResult:
 
 
 def retrieval_url(request_url: str, response_id: str) -> str:
-    """``{base}/responses/{id}`` for a request that went to ``{base}/responses``."""
+    """``{base}/responses/{id}`` for a request that went to ``{base}/responses``. The id
+    comes from the stream, so it is percent-encoded: it can only name ``/responses/{id}``,
+    never another path (``../``), a query or a fragment."""
     base = request_url.split("?", 1)[0].rstrip("/")
     base = base.removesuffix("/responses")
-    return f"{base}/responses/{response_id}"
+    return f"{base}/responses/{quote(response_id, safe='')}"
 
 
 def retrieval_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
@@ -75,8 +143,9 @@ def _report_of(response_object: Mapping[str, Any]) -> StreamReport:
 class _Attempts:
     """The retry policy as a state machine: given each HTTP answer, say what to do next."""
 
-    def __init__(self, policy: RetrievalPolicy) -> None:
+    def __init__(self, policy: RetrievalPolicy, secrets: Sequence[str] = ()) -> None:
         self.policy = policy
+        self.secrets = secrets
         self.started = time.monotonic()
         self.delay = policy.first_delay
         self.server_errors = 0
@@ -111,12 +180,15 @@ class _Attempts:
                     None, f"retrieval failed: {self.server_errors} server errors, last {status}"
                 )
             return self._wait(f"server error {status}")
-        return RetrievalResult(None, f"retrieval failed with HTTP {status}: {body[:200]!r}")
+        # Redacted before it is cut: a cut could keep the head of a credential.
+        excerpt = redact(body.decode("utf-8", "replace"), self.secrets)[:200]
+        return RetrievalResult(None, f"retrieval failed with HTTP {status}: {excerpt!r}")
 
     def failure(self, exc: BaseException) -> RetrievalResult | float:
         self.server_errors += 1
         if self.server_errors >= self.policy.max_server_errors:
-            return RetrievalResult(None, f"retrieval failed: {type(exc).__name__}: {exc}")
+            why = redact(f"{type(exc).__name__}: {exc}", self.secrets)
+            return RetrievalResult(None, f"retrieval failed: {why}")
         return self._wait(type(exc).__name__)
 
     def _wait(self, why: str, hint: float | None = None) -> RetrievalResult | float:
@@ -140,7 +212,7 @@ def retrieve(
     client: Any, url: str, headers: Mapping[str, str], policy: RetrievalPolicy
 ) -> RetrievalResult:
     """Fetch the stored response with a sync httpx/httpx2 client; never raises."""
-    attempts = _Attempts(policy)
+    attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
             response = client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)
@@ -156,7 +228,7 @@ async def aretrieve(
     client: Any, url: str, headers: Mapping[str, str], policy: RetrievalPolicy
 ) -> RetrievalResult:
     """Async twin of ``retrieve``."""
-    attempts = _Attempts(policy)
+    attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
             response = await client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)

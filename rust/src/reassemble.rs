@@ -25,6 +25,14 @@ pub struct Choice {
     pub tool_calls: BTreeMap<u64, ToolCall>,
 }
 
+/// Most choices an [`Output`] keeps (OpenAI's `n` is at most 128); events
+/// for further choice indexes are ignored, so a hostile stream cannot make
+/// a few bytes of `{"index":N}` cost a `Choice` each.
+pub const MAX_CHOICES: usize = 128;
+
+/// Most tool calls one choice keeps; further call indexes are ignored.
+pub const MAX_TOOL_CALLS: usize = 1024;
+
 /// The output of a stream, by choice index (0 unless the request set `n>1`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
@@ -33,6 +41,10 @@ pub struct Output {
     initial_inputs: BTreeMap<u64, String>,
     /// Responses outputs whose text arrived in deltas (so `.done` repeats it).
     text_deltas_seen: bool,
+    /// Events over the limits were ignored (see [`Output::capped`]).
+    capped: bool,
+    /// Where the pieces of an ignored choice go (emptied at each use).
+    spill: Choice,
 }
 
 type Obj<'a> = [(std::borrow::Cow<'a, str>, JsonValue<'a>)];
@@ -92,7 +104,24 @@ impl Output {
         }
     }
 
+    /// Whether the output hit a limit: more than [`MAX_CHOICES`] choices
+    /// were seen, or a choice holds [`MAX_TOOL_CALLS`] tool calls (any more
+    /// were ignored).
+    #[must_use]
+    pub fn capped(&self) -> bool {
+        self.capped
+            || self
+                .choices
+                .values()
+                .any(|c| c.tool_calls.len() >= MAX_TOOL_CALLS)
+    }
+
     fn choice(&mut self, index: u64) -> &mut Choice {
+        if self.choices.len() >= MAX_CHOICES && !self.choices.contains_key(&index) {
+            self.capped = true;
+            self.spill = Choice::default();
+            return &mut self.spill;
+        }
         self.choices.entry(index).or_default()
     }
 
@@ -115,7 +144,9 @@ impl Output {
                 let JsonValue::Object(call) = call else {
                     continue;
                 };
-                let slot = out.tool_calls.entry(index(get(call, "index"))).or_default();
+                let Some(slot) = call_slot(out, index(get(call, "index"))) else {
+                    continue;
+                };
                 push(&mut slot.id, text(get(call, "id")));
                 if let Some(function) = obj(get(call, "function")) {
                     push(&mut slot.name, text(get(function, "name")));
@@ -138,7 +169,9 @@ impl Output {
                 push(&mut self.choice(0).text, text(get(root, "text")));
             }
             "response.function_call_arguments.done" | "response.custom_tool_call_input.done" => {
-                let slot = self.choice(0).tool_calls.entry(output_index).or_default();
+                let Some(slot) = call_slot(self.choice(0), output_index) else {
+                    return;
+                };
                 if slot.arguments.is_empty() {
                     let done = text(get(root, "arguments")).or_else(|| text(get(root, "input")));
                     push(&mut slot.arguments, done);
@@ -156,14 +189,17 @@ impl Output {
                     text(get(item, "type")),
                     Some("function_call" | "custom_tool_call")
                 ) {
-                    let slot = self.choice(0).tool_calls.entry(output_index).or_default();
+                    let Some(slot) = call_slot(self.choice(0), output_index) else {
+                        return;
+                    };
                     push(&mut slot.id, text(get(item, "call_id")));
                     push(&mut slot.name, text(get(item, "name")));
                 }
             }
             "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
-                let slot = self.choice(0).tool_calls.entry(output_index).or_default();
-                push(&mut slot.arguments, text(get(root, "delta")));
+                if let Some(slot) = call_slot(self.choice(0), output_index) {
+                    push(&mut slot.arguments, text(get(root, "delta")));
+                }
             }
             "content_block_start" => {
                 let Some(block) = obj(get(root, "content_block")) else {
@@ -174,7 +210,9 @@ impl Output {
                     Some("tool_use" | "server_tool_use")
                 ) {
                     let block_index = index(get(root, "index"));
-                    let slot = self.choice(0).tool_calls.entry(block_index).or_default();
+                    let Some(slot) = call_slot(self.choice(0), block_index) else {
+                        return;
+                    };
                     push(&mut slot.id, text(get(block, "id")));
                     push(&mut slot.name, text(get(block, "name")));
                     if let Some(input) = get(block, "input") {
@@ -204,8 +242,9 @@ impl Output {
                         push(&mut out.reasoning, text(get(delta, "thinking")))
                     }
                     Some("input_json_delta") => {
-                        let slot = out.tool_calls.entry(block).or_default();
-                        push(&mut slot.arguments, text(get(delta, "partial_json")));
+                        if let Some(slot) = call_slot(out, block) {
+                            push(&mut slot.arguments, text(get(delta, "partial_json")));
+                        }
                     }
                     _ => {}
                 }
@@ -243,7 +282,9 @@ impl Output {
                 push(dst, text(get(part, "text")));
                 if let Some(call) = obj(get(part, "functionCall")) {
                     let slot = out.tool_calls.len() as u64;
-                    let entry = out.tool_calls.entry(slot).or_default();
+                    let Some(entry) = call_slot(out, slot) else {
+                        continue;
+                    };
                     push(&mut entry.name, text(get(call, "name")));
                     if let Some(args) = get(call, "args") {
                         entry.arguments = json_text(args);
@@ -252,6 +293,15 @@ impl Output {
             }
         }
     }
+}
+
+/// The tool call at `index` of `choice`, created unless the choice already
+/// holds [`MAX_TOOL_CALLS`] calls.
+fn call_slot(choice: &mut Choice, index: u64) -> Option<&mut ToolCall> {
+    if choice.tool_calls.len() >= MAX_TOOL_CALLS && !choice.tool_calls.contains_key(&index) {
+        return None;
+    }
+    Some(choice.tool_calls.entry(index).or_default())
 }
 
 /// Serialises a parsed JSON value back to compact JSON text.
@@ -374,5 +424,37 @@ mod tests {
         assert_eq!(out.choices[&0].reasoning, "x");
         assert_eq!(out.choices[&0].text, "y");
         assert_eq!(out.choices[&0].tool_calls[&0].arguments, r#"{"k":"v\n"}"#);
+    }
+
+    /// Regression (hardening review): every new choice or tool-call index
+    /// cost an entry, so `{"index":N}` items a few bytes long made the
+    /// output about ten times larger than the stream (45 times once turned
+    /// into Python objects). Both are bounded now.
+    #[test]
+    fn choices_and_tool_calls_are_bounded() {
+        let mut out = Output::default();
+        for k in 0..10u64 {
+            let items: Vec<String> = (0..100)
+                .map(|i| format!(r#"{{"index":{},"delta":{{"content":"x"}}}}"#, k * 100 + i))
+                .collect();
+            out.on_event(format!(r#"{{"choices":[{}]}}"#, items.join(",")).as_bytes());
+        }
+        assert_eq!(out.choices.len(), MAX_CHOICES);
+        assert!(out.capped());
+        out.on_event(br#"{"choices":[{"index":5,"delta":{"content":"y"}}]}"#);
+        assert_eq!(out.choices[&5].text, "xy");
+        // What an ignored choice received does not pile up.
+        assert_eq!(out.spill.text, "x");
+
+        let mut out = Output::default();
+        for k in 0..3000u64 {
+            out.on_event(
+                format!(r#"{{"type":"response.function_call_arguments.delta","output_index":{k},"delta":"a"}}"#)
+                    .as_bytes(),
+            );
+        }
+        assert_eq!(out.choices[&0].tool_calls.len(), MAX_TOOL_CALLS);
+        assert!(out.capped());
+        assert!(!run(&[r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#]).capped());
     }
 }

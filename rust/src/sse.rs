@@ -17,8 +17,10 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 /// Options of a [`Decoder`].
 #[derive(Clone, Debug)]
 pub struct DecoderConfig {
-    /// Bytes one event (its data buffer plus the line being read) may hold
-    /// before it is discarded and reported as oversized.
+    /// Bytes one event may hold (its data and type buffers plus the line
+    /// being read, whatever the field, comments included) before it is
+    /// discarded and reported as oversized. The check does not depend on how
+    /// the stream is cut into chunks.
     pub max_event_size: usize,
     /// Dispatch a block that set a valid `retry` but no data as an event with
     /// empty data. Browsers dispatch nothing there; httpx-sse yields an event.
@@ -44,6 +46,16 @@ pub struct EventRef<'a> {
     pub data: &'a [u8],
     pub id: &'a [u8],
     pub retry: Option<u64>,
+}
+
+/// What [`Decoder::feed_each`] hands its callback, in stream order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatch<'a> {
+    /// An event was dispatched.
+    Event(EventRef<'a>),
+    /// An event exceeded `max_event_size` and is being discarded (once per
+    /// event, at the point of the stream where it crossed the limit).
+    Oversized,
 }
 
 /// What one `feed` call noticed besides the events it dispatched.
@@ -129,7 +141,18 @@ impl Decoder {
 
     /// Decode `chunk`, calling `on_event` for every event it completes.
     pub fn feed<F: FnMut(EventRef<'_>)>(&mut self, chunk: &[u8], mut on_event: F) -> FeedStatus {
+        self.feed_each(chunk, |d| {
+            if let Dispatch::Event(e) = d {
+                on_event(e);
+            }
+        })
+    }
+
+    /// Like [`Decoder::feed`], and also tells `on` where each oversized
+    /// event was discarded, in order with the events.
+    pub fn feed_each<F: FnMut(Dispatch<'_>)>(&mut self, chunk: &[u8], mut on: F) -> FeedStatus {
         let mut status = FeedStatus::default();
+        let on_event = &mut on;
         let mut input = self.strip_bom(chunk);
         if self.pending_cr && !input.is_empty() {
             self.pending_cr = false;
@@ -141,28 +164,38 @@ impl Decoder {
         // line follows in the same chunk, the event is dispatched without
         // copying it (the common one-line event).
         let mut borrowed: Option<&[u8]> = None;
-        while let Some(end) = memchr2(b'\n', b'\r', input) {
+        // Most streams use LF only: one check per chunk lets the line search
+        // look for a single byte.
+        let lf_only = memchr(b'\r', input).is_none();
+        let line_end = |bytes: &[u8]| {
+            if lf_only {
+                memchr(b'\n', bytes)
+            } else {
+                memchr2(b'\n', b'\r', bytes)
+            }
+        };
+        while let Some(end) = line_end(input) {
             let part = &input[..end];
             if self.skip_line {
                 self.skip_line = false;
             } else if self.line.is_empty() {
                 if let Some(data) = borrowed.take() {
                     if part.is_empty() {
-                        self.dispatch_borrowed(data, &mut on_event);
+                        self.dispatch_borrowed(data, on_event);
                     } else {
-                        self.append_data(data, &mut status);
-                        self.process_line(part, &mut on_event, &mut status);
+                        self.append_data(data, &mut status, on_event);
+                        self.process_line(part, on_event, &mut status);
                     }
                 } else if let Some(value) = self.borrowable_data(part) {
                     self.block_started = true;
                     borrowed = Some(value);
                 } else {
-                    self.process_line(part, &mut on_event, &mut status);
+                    self.process_line(part, on_event, &mut status);
                 }
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(part);
-                self.process_line(&line, &mut on_event, &mut status);
+                self.process_line(&line, on_event, &mut status);
                 line.clear();
                 self.line = line;
             }
@@ -181,14 +214,14 @@ impl Decoder {
             };
         }
         if let Some(data) = borrowed {
-            self.append_data(data, &mut status);
+            self.append_data(data, &mut status, on_event);
         }
         if !input.is_empty() && !self.skip_line {
             self.line.extend_from_slice(input);
             if self.buffered() > self.config.max_event_size {
                 self.line.clear();
                 self.skip_line = true;
-                self.overflow(&mut status);
+                self.overflow(&mut status, on_event);
             }
         }
         status
@@ -215,14 +248,24 @@ impl Decoder {
     /// decoder resets. Browsers discard such an event; [`Decoder::finish`]
     /// does too.
     pub fn finish_flushing<F: FnMut(EventRef<'_>)>(&mut self, mut on_event: F) -> FinishStatus {
+        self.finish_flushing_each(|d| {
+            if let Dispatch::Event(e) = d {
+                on_event(e);
+            }
+        })
+    }
+
+    /// Like [`Decoder::finish_flushing`], also reporting an oversized last
+    /// event.
+    pub fn finish_flushing_each<F: FnMut(Dispatch<'_>)>(&mut self, mut on: F) -> FinishStatus {
         let mut status = FeedStatus::default();
         if !self.skip_line && !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, &mut on_event, &mut status);
+            self.process_line(&line, &mut on, &mut status);
         }
         let flushed = !self.data.is_empty() && !self.skip_event;
         if self.block_started {
-            self.dispatch(&mut on_event);
+            self.dispatch(&mut on);
         }
         let mut finished = self.finish();
         finished.flushed_partial = flushed;
@@ -261,9 +304,10 @@ impl Decoder {
         self.line.len() + self.data.len() + self.event_type.len()
     }
 
-    fn overflow(&mut self, status: &mut FeedStatus) {
+    fn overflow<F: FnMut(Dispatch<'_>)>(&mut self, status: &mut FeedStatus, on: &mut F) {
         if !self.skip_event {
             status.oversized_events += 1;
+            on(Dispatch::Oversized);
         }
         self.skip_event = true;
         self.block_started = true;
@@ -272,7 +316,7 @@ impl Decoder {
         self.retry = None;
     }
 
-    fn process_line<F: FnMut(EventRef<'_>)>(
+    fn process_line<F: FnMut(Dispatch<'_>)>(
         &mut self,
         line: &[u8],
         on_event: &mut F,
@@ -282,7 +326,17 @@ impl Decoder {
             self.dispatch(on_event);
             return;
         }
-        if self.skip_event || line[0] == b':' {
+        if self.skip_event {
+            return;
+        }
+        // A complete line counts against the limit exactly as it would have
+        // while it was still being read (`feed` checks the unterminated line
+        // the same way), so where the chunks were cut never matters.
+        if line.len() + self.data.len() + self.event_type.len() > self.config.max_event_size {
+            self.overflow(status, on_event);
+            return;
+        }
+        if line[0] == b':' {
             return;
         }
         let (name, value) = match memchr(b':', line) {
@@ -294,12 +348,12 @@ impl Decoder {
         };
         self.block_started = true;
         match name {
-            b"data" => self.append_data(value, status),
+            b"data" => self.append_data(value, status, on_event),
             b"event" => {
                 self.event_type.clear();
                 self.event_type.extend_from_slice(value);
                 if self.buffered() > self.config.max_event_size {
-                    self.overflow(status);
+                    self.overflow(status, on_event);
                 }
             }
             b"id" if memchr(0, value).is_none() => {
@@ -326,48 +380,54 @@ impl Decoder {
             [b':', rest @ ..] => rest.strip_prefix(b" ").unwrap_or(rest),
             _ => return None,
         };
-        (value.len() + self.event_type.len() < self.config.max_event_size).then_some(value)
+        // The same line check as `process_line` (data is empty here).
+        (line.len() + self.event_type.len() <= self.config.max_event_size).then_some(value)
     }
 
-    fn append_data(&mut self, value: &[u8], status: &mut FeedStatus) {
+    fn append_data<F: FnMut(Dispatch<'_>)>(
+        &mut self,
+        value: &[u8],
+        status: &mut FeedStatus,
+        on: &mut F,
+    ) {
         self.data.extend_from_slice(value);
         self.data.push(b'\n');
         if self.buffered() > self.config.max_event_size {
-            self.overflow(status);
+            self.overflow(status, on);
         }
     }
 
     /// Dispatch a one-line event whose data was never copied.
-    fn dispatch_borrowed<F: FnMut(EventRef<'_>)>(&mut self, data: &[u8], on_event: &mut F) {
-        on_event(EventRef {
+    fn dispatch_borrowed<F: FnMut(Dispatch<'_>)>(&mut self, data: &[u8], on_event: &mut F) {
+        on_event(Dispatch::Event(EventRef {
             event: &self.event_type,
             data,
             id: &self.last_id,
             retry: self.retry.take(),
-        });
+        }));
         self.block_started = false;
         self.event_type.clear();
     }
 
-    fn dispatch<F: FnMut(EventRef<'_>)>(&mut self, on_event: &mut F) {
+    fn dispatch<F: FnMut(Dispatch<'_>)>(&mut self, on_event: &mut F) {
         let retry = self.retry.take();
         let skipped = std::mem::replace(&mut self.skip_event, false);
         self.block_started = false;
         if !skipped {
             if let Some((_, data)) = self.data.split_last() {
-                on_event(EventRef {
+                on_event(Dispatch::Event(EventRef {
                     event: &self.event_type,
                     data,
                     id: &self.last_id,
                     retry,
-                });
+                }));
             } else if retry.is_some() && self.config.retry_only_events {
-                on_event(EventRef {
+                on_event(Dispatch::Event(EventRef {
                     event: &self.event_type,
                     data: b"",
                     id: &self.last_id,
                     retry,
-                });
+                }));
             }
         }
         self.data.clear();
@@ -549,5 +609,68 @@ mod tests {
         d.feed(b"\n\ndata: after\n\n", |e| got.push(e.data.to_vec()));
         assert_eq!(got, vec![b"ok".to_vec(), b"after".to_vec()]);
         assert_eq!(status.oversized_events, 0);
+    }
+
+    /// Events and oversized markers, in order, for `chunks`.
+    fn run_each(chunks: &[&[u8]], max_event_size: usize) -> Vec<Option<Vec<u8>>> {
+        let mut d = Decoder::new(DecoderConfig {
+            max_event_size,
+            ..DecoderConfig::default()
+        });
+        let mut out = Vec::new();
+        for c in chunks {
+            d.feed_each(c, |item| {
+                out.push(match item {
+                    Dispatch::Event(e) => Some(e.data.to_vec()),
+                    Dispatch::Oversized => None,
+                });
+            });
+        }
+        out
+    }
+
+    /// Regression (found by the `framing` fuzz target): a line longer than
+    /// the limit only counted while it was unterminated at the end of a
+    /// chunk, so the same stream dropped an event or not depending on where
+    /// it was cut (a long comment line dropped its event only when split; a
+    /// long `id:` line set an unbounded last event id only when whole).
+    #[test]
+    fn limit_does_not_depend_on_chunking() {
+        let stream: &[u8] = b"data: a\n: 0123456789abcdefghij\n\ndata: 0123456\n\nid: 0123456789\ndata: b\n\nevent: x\ndata: o\n\ndata: ok\n\ndata: ok1\n\n";
+        let expected = vec![
+            None,                 // the comment line overflows its event
+            None,                 // a 13-byte data line
+            None,                 // a 14-byte id line (the id is not kept)
+            Some(b"o".to_vec()),  // type + line fit: 1 + 7
+            Some(b"ok".to_vec()), // a line of exactly the limit
+            None,
+        ];
+        for chunks in every_split(stream) {
+            assert_eq!(run_each(&chunks, 8), expected, "chunks {chunks:?}");
+        }
+        let mut d = Decoder::new(DecoderConfig {
+            max_event_size: 8,
+            ..DecoderConfig::default()
+        });
+        d.feed(stream, |e| assert!(e.id.is_empty()));
+        assert!(d.last_event_id().is_empty());
+    }
+
+    #[test]
+    fn oversized_markers_come_in_stream_order() {
+        let stream: &[u8] = b"data: a\n\ndata: 0123456789\n\ndata: b\n\n";
+        let expected = vec![Some(b"a".to_vec()), None, Some(b"b".to_vec())];
+        for chunks in every_split(stream) {
+            assert_eq!(run_each(&chunks, 8), expected);
+        }
+        let mut d = Decoder::new(DecoderConfig {
+            max_event_size: 8,
+            ..DecoderConfig::default()
+        });
+        d.feed(b"data: a\n\ndata: 01", |_| {});
+        let mut seen = Vec::new();
+        let status = d.finish_flushing_each(|item| seen.push(item == Dispatch::Oversized));
+        assert_eq!(seen, vec![false]);
+        assert!(status.flushed_partial);
     }
 }

@@ -34,6 +34,10 @@ impl UsageChunkStripper {
     /// can be forwarded now.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut input = chunk;
+        if input.is_empty() {
+            // Nothing to forward, and a pending CR must wait for real bytes.
+            return;
+        }
         if let Some(decided) = self.after_cr.take() {
             if input.first() == Some(&b'\n') {
                 match decided {
@@ -152,7 +156,8 @@ fn is_usage_only_chunk(data: &[u8]) -> bool {
             Err(_) => return false,
         };
     }
-    empty_choices && usage
+    // Only a whole JSON object: trailing bytes make it something else.
+    empty_choices && usage && jiter.finish().is_ok()
 }
 
 #[cfg(test)]
@@ -189,6 +194,31 @@ mod tests {
         }
         let bytewise: Vec<&[u8]> = STREAM.chunks(1).collect();
         assert_eq!(run(&bytewise).0, expected());
+    }
+
+    /// Regression (found by the `framing` fuzz target): an empty chunk
+    /// between the CR and the LF of a CRLF dropped the pending CR, so the
+    /// LF was read as a blank line of its own and forwarded after the
+    /// stripped block (or ended a block early).
+    #[test]
+    fn empty_chunks_change_nothing() {
+        for i in 0..=STREAM.len() {
+            let chunks = [&STREAM[..i], b"", b"", &STREAM[i..], b""];
+            assert_eq!(run(&chunks), (expected(), 1), "split {i}");
+        }
+        let partial: &[u8] = b"data: x\r";
+        assert_eq!(
+            run(&[partial, b"", b"\ndata: y\r\n"]).0,
+            b"data: x\r\ndata: y\r\n"
+        );
+    }
+
+    #[test]
+    fn only_a_whole_json_object_is_a_usage_chunk() {
+        let trailing: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} x\n\n";
+        assert_eq!(run(&[trailing]), (trailing.to_vec(), 0));
+        let spaced: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} \n\ndata: y\n\n";
+        assert_eq!(run(&[spaced]), (b"data: y\n\n".to_vec(), 1));
     }
 
     #[test]

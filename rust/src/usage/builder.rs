@@ -28,7 +28,13 @@ pub(crate) struct Builder {
     status: Option<Status>,
     /// The response stopped (finish reason, terminal event, `[DONE]`).
     finished: bool,
+    /// [`MAX_STEP_USAGES`] was reached.
+    steps_capped: bool,
 }
+
+/// Most run-step usages one report keeps (a copy of each usage object is
+/// kept, so a hostile stream of step events must not grow without bound).
+pub const MAX_STEP_USAGES: usize = 1024;
 
 impl Builder {
     /// Whether chat chunks may take the prefiltered path: the id and model
@@ -77,9 +83,16 @@ impl Builder {
             self.take_usage(api, raw, info.merge_usage);
         }
         if let Some(raw) = info.step_usage {
-            let usage = usage_from(api, String::from_utf8_lossy(raw).into_owned());
-            if usage.has_counts() {
-                self.report.step_usages.push(usage);
+            if self.report.step_usages.len() < MAX_STEP_USAGES {
+                let usage = usage_from(api, String::from_utf8_lossy(raw).into_owned());
+                if usage.has_counts() {
+                    self.report.step_usages.push(usage);
+                }
+            } else if !self.steps_capped {
+                self.steps_capped = true;
+                self.report.warnings.push(format!(
+                    "more than {MAX_STEP_USAGES} run steps with usage; the rest were not kept"
+                ));
             }
         }
         if let Some(status) = info.status {

@@ -36,10 +36,12 @@ mod template;
 mod tests;
 mod types;
 
+pub use builder::MAX_STEP_USAGES;
+pub use tap::MAX_REPORTS;
 pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
 
 use crate::reassemble::Output;
-use crate::sse::{Decoder, DecoderConfig, EventRef};
+use crate::sse::{Decoder, DecoderConfig, Dispatch, EventRef};
 use tap::Tap;
 
 /// Incremental usage extractor over a byte stream.
@@ -116,22 +118,17 @@ impl UsageTap {
             output,
             ..
         } = self;
-        // Bytes go to the report that is current when the chunk begins.
+        // Bytes go to the report that is current when the chunk begins; an
+        // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        let status = decoder.feed(chunk, |ev| {
-            tap.on_event(ev);
-            if let Some(out) = output.as_mut() {
-                out.on_event(ev.data);
-            }
-        });
-        if status.oversized_events > 0 {
-            tap.add_oversized(u64::from(status.oversized_events));
-        }
+        decoder.feed_each(chunk, |d| on_dispatch(tap, output, d));
     }
 
     /// Ends the stream: one report per response seen, in order, and always
     /// at least one (an empty stream gives a truncated report without
-    /// usage). The tap is reset and can take a new stream.
+    /// usage); at most [`MAX_REPORTS`], the last one taking the rest of a
+    /// stream with more responses (with a warning). The tap is reset and can
+    /// take a new stream.
     ///
     /// A last event whose blank line never came is still read (servers that
     /// close right after it exist), with a warning; an unfinished line that
@@ -144,12 +141,7 @@ impl UsageTap {
             output,
             ..
         } = self;
-        let status = decoder.finish_flushing(|ev| {
-            tap.on_event(ev);
-            if let Some(out) = output.as_mut() {
-                out.on_event(ev.data);
-            }
-        });
+        let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, d));
         if status.flushed_partial {
             tap.warn(
                 "the stream ended without the blank line after its last event; it was read anyway"
@@ -195,6 +187,18 @@ impl UsageTap {
     #[must_use]
     pub fn config(&self) -> &DecoderConfig {
         self.decoder.config()
+    }
+}
+
+fn on_dispatch(tap: &mut Tap, output: &mut Option<Output>, d: Dispatch<'_>) {
+    match d {
+        Dispatch::Event(ev) => {
+            tap.on_event(ev);
+            if let Some(out) = output.as_mut() {
+                out.on_event(ev.data);
+            }
+        }
+        Dispatch::Oversized => tap.add_oversized(1),
     }
 }
 

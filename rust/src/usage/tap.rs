@@ -24,9 +24,16 @@ pub(crate) struct Tap {
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
+    /// [`MAX_REPORTS`] was reached in this stream.
+    capped: bool,
 }
 
 const RELEARN_BUDGET: u8 = 8;
+
+/// Most reports one stream gives: a hostile stream of tiny responses must
+/// not cost a report each (memory would grow several times faster than the
+/// stream).
+pub const MAX_REPORTS: usize = 1024;
 
 impl Tap {
     pub(crate) fn new(hint: ApiHint, max_event_size: usize) -> Self {
@@ -39,6 +46,7 @@ impl Tap {
             reports: Vec::new(),
             template: None,
             relearn_budget: RELEARN_BUDGET,
+            capped: false,
         }
     }
 
@@ -150,8 +158,18 @@ impl Tap {
         self.cur.apply(self.api, info);
     }
 
-    /// Closes the current report and starts the next one.
+    /// Closes the current report and starts the next one; past
+    /// [`MAX_REPORTS`] the current report takes the rest of the stream.
     fn rotate(&mut self, warning: Option<String>) {
+        if self.reports.len() + 1 >= MAX_REPORTS {
+            if !self.capped {
+                self.capped = true;
+                self.cur.report.warnings.push(format!(
+                    "more than {MAX_REPORTS} responses in one stream; the rest were read into this report (its usage is the last one seen)"
+                ));
+            }
+            return;
+        }
         let mut old = std::mem::take(&mut self.cur);
         if let Some(w) = warning {
             old.report.warnings.push(w.clone());
@@ -182,6 +200,7 @@ impl Tap {
         self.api = Api::from(self.hint);
         self.template = None;
         self.relearn_budget = RELEARN_BUDGET;
+        self.capped = false;
         reports
     }
 }

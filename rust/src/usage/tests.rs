@@ -405,3 +405,86 @@ fn snapshot_and_on_event() {
     assert_eq!(tap.api(), Api::ChatCompletions);
     assert_eq!(tap.finish()[0].events, 1);
 }
+
+/// Regression (found while writing the fuzz targets' chunk-invariance
+/// property): an oversized event went to the report current at the end of
+/// the `feed` call, so with two responses in one chunk it was counted
+/// against the second one, and against the first when the chunk was cut
+/// before the second began.
+#[test]
+fn oversized_event_counts_where_it_was_discarded() {
+    let first = CHUNK.replace("null}],", "\"stop\"}],");
+    let mut stream = sse(&[&first, "[DONE]"]);
+    stream.extend_from_slice(format!("data: {}\n\n", "x".repeat(300)).as_bytes());
+    stream.extend_from_slice(&sse(&[&CHUNK.replace("c1", "c2")]));
+    let config = DecoderConfig {
+        max_event_size: 200,
+        ..DecoderConfig::default()
+    };
+    for cut in [0, 120, 200, 300, stream.len() - 10, stream.len()] {
+        let mut tap = UsageTap::new(ApiHint::Auto, config.clone());
+        tap.feed(&stream[..cut]);
+        tap.feed(&stream[cut..]);
+        let reports = tap.finish();
+        let oversized: Vec<u64> = reports.iter().map(|r| r.oversized_events).collect();
+        assert_eq!(oversized, vec![1, 0], "cut at {cut}");
+        assert_eq!(reports[1].response_id.as_deref(), Some("c2"));
+    }
+}
+
+/// Regression (hardening review): each response of a stream kept a report,
+/// so a hostile stream of tiny responses (50 MB of them) grew the tap by
+/// about 5x its size, and 12x once turned into Python reports.
+#[test]
+fn reports_per_stream_are_bounded() {
+    let mut stream = Vec::new();
+    for i in 0..3000u64 {
+        stream.extend_from_slice(
+            format!(
+                "data: {{\"id\":\"a{i}\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":{i},\"total_tokens\":{}}}}}\n\n",
+                i + 1
+            )
+            .as_bytes(),
+        );
+    }
+    let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
+    tap.feed(&stream);
+    let reports = tap.finish();
+    assert_eq!(reports.len(), MAX_REPORTS);
+    assert_eq!(reports.iter().map(|r| r.events).sum::<u64>(), 3000);
+    assert_eq!(reports[5].usage.as_ref().unwrap().output_tokens, Some(5));
+    let last = reports.last().unwrap();
+    assert_eq!(last.usage.as_ref().unwrap().output_tokens, Some(2999));
+    assert_eq!(last.response_id.as_deref(), Some("a1023"));
+    assert!(last
+        .warnings
+        .iter()
+        .any(|w| w.contains("more than 1024 responses")));
+    assert!(reports[0].warnings.is_empty());
+    // The next stream starts afresh.
+    // The first three events (each one line and a blank line).
+    let end = stream
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(5)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    tap.feed(&stream[..end]);
+    let again = tap.finish();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|r| r.warnings.is_empty()), "{again:?}");
+}
+
+#[test]
+fn step_usages_are_bounded() {
+    let step = r#"{"id":"step_1","object":"thread.run.step","status":"completed","usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}"#;
+    let events: Vec<(&str, &str)> = (0..MAX_STEP_USAGES + 10)
+        .map(|_| ("thread.run.step.completed", step))
+        .collect();
+    let r = &run(&typed(&events))[0];
+    assert_eq!(r.api, Api::Assistants);
+    assert_eq!(r.step_usages.len(), MAX_STEP_USAGES);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("run steps"));
+}
