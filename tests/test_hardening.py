@@ -899,3 +899,36 @@ async def test_async_echoed_credentials_are_redacted(echo: str, logs: Any) -> No
     (retrieval,) = [a for a in report.attempts if a.source == "retrieval"]
     assert "[REDACTED]" in retrieval.reason and "[REDACTED]" in str(info.value)
     assert_clean(report, info.value)
+
+
+def test_metering_transport_reports_never_carry_the_key() -> None:
+    import httpx as _httpx
+    import ssetally as _ssetally
+
+    key = "sk-test-SECRETVALUE12345"
+    body = (
+        b'data: {"error": {"message": "invalid key ' + key.encode() + b'", "type": "auth"}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+
+    def upstream(request: _httpx.Request) -> _httpx.Response:
+        return _httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    reports: list[Any] = []
+    transport = _ssetally.MeteringTransport(
+        _httpx.MockTransport(upstream), on_report=lambda r, _req: reports.append(r)
+    )
+    with (
+        _httpx.Client(transport=transport) as client,
+        client.stream(
+            "POST",
+            "http://upstream.test/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "m", "stream": True, "messages": []},
+        ) as response,
+    ):
+        assert key.encode() in response.read()  # the caller's bytes are untouched
+    assert len(reports) == 1
+    assert reports[0].status == "failed"
+    assert key not in repr(reports[0]) and key not in json.dumps(reports[0].to_dict())
+    assert "[REDACTED]" in json.dumps(reports[0].error)

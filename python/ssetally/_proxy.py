@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from ._core import UsageChunkStripper
+from ._meter import redact_report
 from ._metrics import ProxyMetrics
 from ._mime import is_event_stream
 from ._report import StreamReport
@@ -53,6 +54,7 @@ from ._retrieve import (
     aretrieve,
     retrieval_headers,
     retrieval_url,
+    secrets_of,
 )
 from ._sinks import Sink, open_sink
 from ._tally import (
@@ -194,6 +196,8 @@ class _Exchange:
     method: str
     path: str
     key_fingerprint: str | None = None
+    #: The request's credential values, kept only to redact them from the record.
+    secrets: tuple[str, ...] = ()
     requested_model: str | None = None
     request_bytes: int = 0
     injected: bool = False
@@ -389,6 +393,10 @@ class MeteringProxy:
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         query: bytes = scope.get("query_string", b"")
         x.key_fingerprint = _fingerprint(headers, query, cfg.key_salt)
+        x.secrets = secrets_of(
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+            "?" + query.decode("latin-1"),
+        )
 
         if not raw_path.startswith(b"/"):
             await self._reject(
@@ -671,6 +679,8 @@ class MeteringProxy:
             return
         x.recorded = True
         try:
+            if report is not None:
+                report = redact_report(report, x.secrets)
             record = self._record(x, report)
         except Exception:
             logger.exception("ssetally proxy: building the record failed")

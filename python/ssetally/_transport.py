@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import httpx
 
 from ._core import UsageChunkStripper
+from ._meter import redact_report
 from ._mime import is_event_stream
 from ._report import StreamReport
 from ._request import wants_usage_injection, with_usage_requested
@@ -43,6 +44,7 @@ from ._retrieve import (
     RetrievalPolicy,
     RetrievalResult,
     aretrieve,
+    request_secrets,
     retrieval_headers,
     retrieval_url,
     retrieve,
@@ -340,6 +342,7 @@ class _Base:
 
     def _deliver(self, report: StreamReport, request: Any) -> object:
         try:
+            report = redact_report(report, request_secrets(request))
             return self._options.on_report(report, request)
         except Exception:
             logger.exception("ssetally: on_report raised; the stream was not affected")
