@@ -19,6 +19,13 @@ pub(crate) struct Needles {
 }
 
 impl Needles {
+    /// One set for the whole process: building the searchers costs more than
+    /// metering a short stream.
+    pub(crate) fn shared() -> &'static Needles {
+        static SHARED: std::sync::OnceLock<Needles> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Needles::new)
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             usage: Finder::new(b"\"usage\""),

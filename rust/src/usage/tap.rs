@@ -15,7 +15,7 @@ use crate::sse::EventRef;
 pub(crate) struct Tap {
     hint: ApiHint,
     api: Api,
-    needles: Needles,
+    needles: &'static Needles,
     max_event_size: usize,
     cur: Builder,
     reports: Vec<Report>,
@@ -40,7 +40,7 @@ impl Tap {
         Self {
             hint,
             api: Api::from(hint),
-            needles: Needles::new(),
+            needles: Needles::shared(),
             max_event_size,
             cur: Builder::default(),
             reports: Vec::new(),
@@ -108,7 +108,7 @@ impl Tap {
         if let Some(delta) = self.template.as_ref().and_then(|t| t.matches(data)) {
             return Some(delta);
         }
-        let delta = chat::fast(data, self.api, &self.needles)?;
+        let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
             self.relearn_budget -= 1;
             self.template = ChunkTemplate::learn(data);
@@ -125,7 +125,7 @@ impl Tap {
         }
         match self.api {
             Api::ChatCompletions | Api::Completions => chat::parse(data, self.api),
-            Api::Responses => responses::parse(name, data, &self.needles),
+            Api::Responses => responses::parse(name, data, self.needles),
             Api::Assistants => assistants::parse(name, data),
             Api::AnthropicMessages => anthropic::parse(name, data),
             Api::Gemini => gemini::parse(data),
