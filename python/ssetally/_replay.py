@@ -637,6 +637,8 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     # Daemon handler threads and no join on close: a client holding a keep-alive connection
     # must not keep shutdown() waiting; open connections are closed by close_connections().
     daemon_threads = True
+    # The default listen backlog (5) resets connections when many clients connect at once.
+    request_queue_size = 256
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], owner: ReplayServer) -> None:
