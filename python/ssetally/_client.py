@@ -104,10 +104,28 @@ class _Base:
         if not isinstance(exc, Exception) and self._interrupted is None:
             self._interrupted = type(exc).__name__
 
-    def _retrieval_args(self, report: StreamReport) -> tuple[str, dict[str, str]]:
+    def _retrieval_plan(
+        self, report: StreamReport
+    ) -> RetrievalResult | tuple[str, dict[str, str]] | None:
+        """None when no retrieval is due, a final result when it must be skipped, else the URL
+        and headers to ``GET``. Shared by the sync and async streams; only the I/O differs."""
+        if not (self._retrieve and self._meter.needs_retrieval(report)):
+            return None
+        if self._interrupted is not None:
+            # A cancelled task must not wait on the network (and, under trio or an anyio
+            # cancel scope, could not: every await would raise again).
+            return RetrievalResult(None, f"interrupted ({self._interrupted}); retrieval skipped")
         request = self._response.request
         url = retrieval_url(str(request.url), report.response_id or "")
         return url, retrieval_headers(request.headers)
+
+    def _complete(self, report: StreamReport) -> StreamReport:
+        """The estimate fallback, redaction and timings: the last steps of every report."""
+        meter = self._meter
+        if self._estimate:
+            report = meter.with_estimate(report)
+        self.report = meter.with_timings(meter.redacted(report))
+        return self.report
 
 
 class UsageStream(_Base):
@@ -126,21 +144,13 @@ class UsageStream(_Base):
         self._meter.on_end("eof")
 
     def _finalize(self, client: Any) -> StreamReport:
-        meter = self._meter
-        report = meter.stream_report()
-        if self._retrieve and meter.needs_retrieval(report):
-            if self._interrupted is not None:
-                result = RetrievalResult(
-                    None, f"interrupted ({self._interrupted}); retrieval skipped"
-                )
-            else:
-                url, headers = self._retrieval_args(report)
-                result = retrieve(client, url, headers, self._policy)
-            report = meter.with_retrieval(report, result)
-        if self._estimate:
-            report = meter.with_estimate(report)
-        self.report = meter.with_timings(meter.redacted(report))
-        return self.report
+        report = self._meter.stream_report()
+        plan = self._retrieval_plan(report)
+        if isinstance(plan, tuple):
+            plan = retrieve(client, *plan, self._policy)
+        if plan is not None:
+            report = self._meter.with_retrieval(report, plan)
+        return self._complete(report)
 
 
 class AsyncUsageStream(_Base):
@@ -160,23 +170,13 @@ class AsyncUsageStream(_Base):
         self._meter.on_end("eof")
 
     async def _finalize(self, client: Any) -> StreamReport:
-        meter = self._meter
-        report = meter.stream_report()
-        if self._retrieve and meter.needs_retrieval(report):
-            if self._interrupted is not None:
-                # A cancelled task must not wait on the network (and, under trio or an anyio
-                # cancel scope, could not: every await would raise again).
-                result = RetrievalResult(
-                    None, f"interrupted ({self._interrupted}); retrieval skipped"
-                )
-            else:
-                url, headers = self._retrieval_args(report)
-                result = await aretrieve(client, url, headers, self._policy)
-            report = meter.with_retrieval(report, result)
-        if self._estimate:
-            report = meter.with_estimate(report)
-        self.report = meter.with_timings(meter.redacted(report))
-        return self.report
+        report = self._meter.stream_report()
+        plan = self._retrieval_plan(report)
+        if isinstance(plan, tuple):
+            plan = await aretrieve(client, *plan, self._policy)
+        if plan is not None:
+            report = self._meter.with_retrieval(report, plan)
+        return self._complete(report)
 
 
 @contextmanager
