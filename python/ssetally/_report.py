@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -154,29 +153,23 @@ class StreamReport(NamedTuple):
         return self._replace(**changes)
 
 
-def _parse_json(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+_new_tuple = tuple.__new__
 
 
-def usage_from_core(data: tuple[Any, ...], source: str = "stream") -> Usage:
-    """Build a ``Usage`` from the tuple the native extension returns (field order)."""
-    raw = _parse_json(data[6])
-    return Usage(
-        data[0], data[1], data[2], data[3], data[4], data[5], source,
-        raw if isinstance(raw, dict) else {},
-    )  # fmt: skip
+def usage_from_core(data: tuple[Any, ...]) -> Usage:
+    """Build a ``Usage`` from the tuple the native extension returns (every field, in order)."""
+    return _new_tuple(Usage, data)
 
 
 def report_from_core(d: tuple[Any, ...]) -> StreamReport:
-    """Build a ``StreamReport`` from the tuple the native extension returns (field order)."""
-    usage = None if d[0] is None else usage_from_core(d[0])
-    return StreamReport(
-        usage, d[1], d[2], d[3], d[4], d[5], d[6], _parse_json(d[7]),
-        d[8], d[9], d[10], d[11], d[12], d[13],
-        tuple(d[14]), tuple(usage_from_core(u) for u in d[15]),
-    )  # fmt: skip
+    """Build a ``StreamReport`` from the tuple the native extension returns (every field, in
+    order; usages as tuples)."""
+    usage, steps = d[0], d[15]
+    if usage is not None or steps:
+        d = (
+            None if usage is None else _new_tuple(Usage, usage),
+            *d[1:15],
+            tuple(_new_tuple(Usage, s) for s in steps),
+            *d[16:],
+        )
+    return _new_tuple(StreamReport, d)

@@ -21,6 +21,8 @@ mod _core {
     use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
+    use jiter::JsonValue;
+
     use crate::lines::LineSplitter;
     use crate::reassemble::Output;
     use crate::sse::{Decoder, DecoderConfig, EventRef, DEFAULT_MAX_EVENT_SIZE};
@@ -369,7 +371,14 @@ mod _core {
     }
 
     /// A usage record as a tuple in the field order of Python's `Usage`.
+    /// A usage as a tuple in the field order of Python's `Usage`, its raw
+    /// object already a dict.
     fn usage_tuple<'py>(py: Python<'py>, u: &Usage) -> PyResult<Bound<'py, PyTuple>> {
+        let raw = json_value(py, &u.raw)?;
+        let raw = match raw.cast_into::<PyDict>() {
+            Ok(dict) => dict,
+            Err(_) => PyDict::new(py),
+        };
         (
             u.input_tokens,
             u.output_tokens,
@@ -377,13 +386,15 @@ mod _core {
             u.cached_input_tokens,
             u.cache_write_tokens,
             u.reasoning_tokens,
-            &u.raw,
+            intern!(py, "stream"),
+            raw,
+            py.None(),
         )
             .into_pyobject(py)
     }
 
-    /// A report as a tuple in the field order of Python's `StreamReport`
-    /// (built positionally there: much cheaper than a dict).
+    /// A report as a tuple with every field of Python's `StreamReport`, in
+    /// order, so it becomes one without a call per field.
     fn report_tuple<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyTuple>> {
         let usage = r.usage.as_ref().map(|u| usage_tuple(py, u)).transpose()?;
         let steps = r
@@ -391,6 +402,7 @@ mod _core {
             .iter()
             .map(|u| usage_tuple(py, u))
             .collect::<PyResult<Vec<_>>>()?;
+        let error = r.error.as_deref().map(|e| json_value(py, e)).transpose()?;
         let head = (
             usage,
             r.api.as_str(),
@@ -399,7 +411,7 @@ mod _core {
             r.status.as_str(),
             r.finish_reason.as_deref(),
             r.incomplete_reason.as_deref(),
-            r.error.as_deref(),
+            error,
         )
             .into_pyobject(py)?;
         let tail = (
@@ -409,12 +421,74 @@ mod _core {
             r.done,
             r.oversized_events,
             r.invalid_json_events,
-            PyList::new(py, &r.warnings)?,
-            PyList::new(py, steps)?,
+            PyTuple::new(py, &r.warnings)?,
+            PyTuple::new(py, steps)?,
+            PyTuple::empty(py),
+            py.None(),
+            py.None(),
         )
             .into_pyobject(py)?;
         let all: Vec<Bound<'py, PyAny>> = head.iter().chain(tail.iter()).collect();
         PyTuple::new(py, all)
+    }
+
+    /// `json.loads(text)`, or `text` itself when it is not JSON. Small
+    /// objects (usage, errors) are built straight from jiter's parse; what
+    /// it refuses (huge integers, lone surrogates) goes to `json.loads`.
+    fn json_value<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(value) = JsonValue::parse(text.as_bytes(), true) {
+            if let Some(obj) = value_to_py(py, &value, 0)? {
+                return Ok(obj);
+            }
+        }
+        static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let loads = LOADS.get_or_try_init(py, || {
+            py.import("json")?.getattr("loads").map(Bound::unbind)
+        })?;
+        Ok(loads
+            .bind(py)
+            .call1((text,))
+            .unwrap_or_else(|_| PyString::new(py, text).into_any()))
+    }
+
+    /// Nesting deeper than this is left to `json.loads`.
+    const MAX_JSON_DEPTH: usize = 64;
+
+    fn value_to_py<'py>(
+        py: Python<'py>,
+        value: &JsonValue<'_>,
+        depth: usize,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if depth > MAX_JSON_DEPTH {
+            return Ok(None);
+        }
+        Ok(Some(match value {
+            JsonValue::Null => py.None().into_bound(py),
+            JsonValue::Bool(b) => b.into_bound_py_any(py)?,
+            JsonValue::Int(i) => i.into_bound_py_any(py)?,
+            JsonValue::Float(f) => f.into_bound_py_any(py)?,
+            JsonValue::Str(s) => PyString::new(py, s).into_any(),
+            JsonValue::Array(items) => {
+                let list = PyList::empty(py);
+                for item in items.iter() {
+                    match value_to_py(py, item, depth + 1)? {
+                        Some(obj) => list.append(obj)?,
+                        None => return Ok(None),
+                    }
+                }
+                list.into_any()
+            }
+            JsonValue::Object(fields) => {
+                let dict = PyDict::new(py);
+                for (key, item) in fields.iter() {
+                    match value_to_py(py, item, depth + 1)? {
+                        Some(obj) => dict.set_item(key.as_ref(), obj)?,
+                        None => return Ok(None),
+                    }
+                }
+                dict.into_any()
+            }
+        }))
     }
 
     fn output_dict<'py>(py: Python<'py>, out: &Output) -> PyResult<Bound<'py, PyDict>> {

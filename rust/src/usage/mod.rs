@@ -21,6 +21,7 @@ mod assistants;
 mod builder;
 mod chat;
 mod cohere;
+mod delta_template;
 mod detect;
 mod event;
 mod gemini;

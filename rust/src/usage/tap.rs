@@ -3,6 +3,7 @@
 //! on to another response.
 
 use super::builder::{Builder, Relation};
+use super::delta_template::DeltaTemplate;
 use super::event::EventInfo;
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
@@ -21,6 +22,8 @@ pub(crate) struct Tap {
     reports: Vec<Report>,
     /// The learned shape of this stream's content chunks (chat only).
     template: Option<ChunkTemplate>,
+    /// The learned shape of this stream's delta events (Responses only).
+    delta_template: Option<DeltaTemplate>,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
@@ -45,6 +48,7 @@ impl Tap {
             cur: Builder::default(),
             reports: Vec::new(),
             template: None,
+            delta_template: None,
             relearn_budget: RELEARN_BUDGET,
             capped: false,
         }
@@ -87,12 +91,20 @@ impl Tap {
         let data = ev.data.trim_ascii();
         if data == b"[DONE]" {
             self.cur.on_done(self.api);
-        } else if let Some(delta) = self.fast_chat(data) {
+        } else if let Some(delta) = self
+            .fast_chat(data)
+            .or_else(|| self.fast_delta(ev.event, data))
+        {
             self.cur.report.delta_chunks += u64::from(delta);
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
             match self.parse(ev.event, data) {
-                Ok(info) => self.apply(&info),
+                Ok(info) => {
+                    if info.delta {
+                        self.learn_delta(ev.event, data);
+                    }
+                    self.apply(&info);
+                }
                 Err(Invalid) => self.cur.report.invalid_json_events += 1,
             }
         }
@@ -114,6 +126,22 @@ impl Tap {
             self.template = ChunkTemplate::learn(data);
         }
         Some(delta)
+    }
+
+    /// The Responses hot path: a delta event shaped like the last one only
+    /// bumps the counter (a delta event changes nothing else in a report).
+    fn fast_delta(&self, name: &[u8], data: &[u8]) -> Option<bool> {
+        if self.api != Api::Responses {
+            return None;
+        }
+        self.delta_template.as_ref()?.matches(name, data)
+    }
+
+    fn learn_delta(&mut self, name: &[u8], data: &[u8]) {
+        if self.api == Api::Responses && self.relearn_budget > 0 && name.ends_with(b".delta") {
+            self.relearn_budget -= 1;
+            self.delta_template = DeltaTemplate::learn(name, data, self.needles);
+        }
     }
 
     fn parse<'a>(&mut self, name: &'a [u8], data: &'a [u8]) -> Result<EventInfo<'a>, Invalid> {
@@ -177,6 +205,7 @@ impl Tap {
         }
         self.reports.push(old.finish(self.api, self.max_event_size));
         self.template = None;
+        self.delta_template = None;
         self.relearn_budget = RELEARN_BUDGET;
     }
 
@@ -199,6 +228,7 @@ impl Tap {
         }
         self.api = Api::from(self.hint);
         self.template = None;
+        self.delta_template = None;
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;
         reports

@@ -355,6 +355,50 @@ fn responses_stream_rules() {
 }
 
 #[test]
+fn responses_delta_counts_do_not_depend_on_the_learned_shape() {
+    let t = "response.output_text.delta";
+    let a = "response.function_call_arguments.delta";
+    let text = |d: &str| format!(r#"{{"type":"{t}","content_index":0,"delta":{d},"item_id":"m"}}"#);
+    let args = |d: &str| format!(r#"{{"type":"{a}","delta":{d},"output_index":1}}"#);
+    let events: Vec<(&str, String)> = vec![
+        (
+            "response.created",
+            r#"{"type":"response.created","response":{"id":"r1","model":"m"}}"#.to_owned(),
+        ),
+        (t, text(r#""Hi""#)),
+        (t, text(r#""""#)),
+        (t, text(r#"" there""#)),
+        // Same prefix, other event name: read the slow way.
+        (a, text(r#""x""#)),
+        (t, text(r#""\"usage\":{}""#)),
+        (t, text(r#"{"not":"a string"}"#)),
+        (t, format!(r#"{{"type":"{t}","content_index":1,"delta":"y"}}"#)),
+        (a, args(r#""{\"k\""#)),
+        (a, args(r#""""#)),
+        (a, args(r#"":1}""#)),
+        // Not an object: invalid, not a delta.
+        (t, r#"{"type":"x","content_index":0,"delta":"z""#.to_owned()),
+        (
+            "response.completed",
+            r#"{"type":"response.completed","response":{"id":"r1","status":"completed","usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}}"#.to_owned(),
+        ),
+    ];
+    let pairs: Vec<(&str, &str)> = events.iter().map(|(n, d)| (*n, d.as_str())).collect();
+    let stream = typed(&pairs);
+    // Whole, and one byte at a time: every event is read by the same rules.
+    let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
+    for b in &stream {
+        tap.feed(std::slice::from_ref(b));
+    }
+    for reports in [run(&stream), tap.finish()] {
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].delta_chunks, 8);
+        assert_eq!(reports[0].invalid_json_events, 1);
+        assert_eq!(counts(&reports[0]), (Some(1), Some(2), Some(3)));
+    }
+}
+
+#[test]
 fn assistants_run() {
     let run_obj = |status: &str, usage: &str| {
         format!(
