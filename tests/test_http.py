@@ -290,6 +290,36 @@ async def test_event_source_on_a_plain_response(flavor: Flavor, mode: str) -> No
     assert [e.json() for e in events] == [1, 2]
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "identity", "already-read"])
+async def test_event_source_body_encodings(flavor: Flavor, mode: str, encoding: str) -> None:
+    """Raw reads are used only when there is nothing to decode: a compressed body is
+    decompressed first, and a body already read is served from memory."""
+    import gzip
+
+    data = b"event: a\ndata: caf\xc3\xa9\n\nevent: b\ndata: 2\n\n"
+    wire = gzip.compress(data) if encoding == "gzip" else data
+    headers = {"content-type": "text/event-stream"}
+    if encoding != "already-read":
+        headers["content-encoding"] = encoding
+    log = BodyLog()
+    if mode == "sync":
+        body: Any = flavor.sync_body(sync_source(split_every(wire, 5)), log)
+        response = flavor.mod.Response(200, headers=headers, stream=body)
+        if encoding == "already-read":
+            response.read()
+        events = list(EventSource(response).iter_sse())
+    else:
+        body = flavor.async_body(async_source(split_every(wire, 5)), log)
+        response = flavor.mod.Response(200, headers=headers, stream=body)
+        if encoding == "already-read":
+            await response.aread()
+        events = [event async for event in EventSource(response).aiter_sse()]
+    assert events == [
+        ServerSentEvent(event="a", data="caf\u00e9"),
+        ServerSentEvent(event="b", data="2"),
+    ]
+
+
 # --------------------------------------------------------------------------- request headers
 
 
