@@ -7,7 +7,7 @@ use super::delta_template::DeltaTemplate;
 use super::event::EventInfo;
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
-use super::template::ChunkTemplate;
+use super::template::{ChunkTemplate, ANTHROPIC_TEXT, CHAT_CONTENT};
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
 use crate::sse::EventRef;
@@ -91,17 +91,14 @@ impl Tap {
         let data = ev.data.trim_ascii();
         if data == b"[DONE]" {
             self.cur.on_done(self.api);
-        } else if let Some(delta) = self
-            .fast_chat(data)
-            .or_else(|| self.fast_delta(ev.event, data))
-        {
+        } else if let Some(delta) = self.fast(ev.event, data) {
             self.cur.report.delta_chunks += u64::from(delta);
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
             match self.parse(ev.event, data) {
                 Ok(info) => {
                     if info.delta {
-                        self.learn_delta(ev.event, data);
+                        self.learn(ev.event, data);
                     }
                     self.apply(&info);
                 }
@@ -123,24 +120,38 @@ impl Tap {
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
             self.relearn_budget -= 1;
-            self.template = ChunkTemplate::learn(data);
+            self.template = ChunkTemplate::learn(data, CHAT_CONTENT);
         }
         Some(delta)
     }
 
-    /// The Responses hot path: a delta event shaped like the last one only
-    /// bumps the counter (a delta event changes nothing else in a report).
-    fn fast_delta(&self, name: &[u8], data: &[u8]) -> Option<bool> {
-        if self.api != Api::Responses {
-            return None;
+    /// The hot paths: an output delta shaped like an earlier one only bumps
+    /// the counter (such an event changes nothing else in a report).
+    fn fast(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
+        match self.api {
+            Api::ChatCompletions | Api::Completions => self.fast_chat(data),
+            Api::Responses => self.delta_template.as_ref()?.matches(name, data),
+            Api::AnthropicMessages => self.template.as_ref()?.matches(data),
+            _ => None,
         }
-        self.delta_template.as_ref()?.matches(name, data)
     }
 
-    fn learn_delta(&mut self, name: &[u8], data: &[u8]) {
-        if self.api == Api::Responses && self.relearn_budget > 0 && name.ends_with(b".delta") {
-            self.relearn_budget -= 1;
-            self.delta_template = DeltaTemplate::learn(name, data, self.needles);
+    /// Learns the shape of a delta event the slow path just read (chat
+    /// learns in [`Tap::fast_chat`]).
+    fn learn(&mut self, name: &[u8], data: &[u8]) {
+        if self.relearn_budget == 0 {
+            return;
+        }
+        match self.api {
+            Api::Responses if name.ends_with(b".delta") => {
+                self.relearn_budget -= 1;
+                self.delta_template = DeltaTemplate::learn(name, data, self.needles);
+            }
+            Api::AnthropicMessages => {
+                self.relearn_budget -= 1;
+                self.template = ChunkTemplate::learn(data, ANTHROPIC_TEXT);
+            }
+            _ => {}
         }
     }
 

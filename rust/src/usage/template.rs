@@ -1,4 +1,5 @@
-//! The fastest path for OpenAI-style chat content chunks.
+//! The fastest path for OpenAI-style chat content chunks (and Anthropic
+//! text deltas, which have the same property).
 //!
 //! Within one stream, content chunks are byte-identical except for the
 //! content string (and the `obfuscation` padding): same id, model, created
@@ -12,7 +13,10 @@
 use memchr::memchr2;
 use memchr::memmem;
 
-const CONTENT_KEY: &[u8] = b"\"delta\":{\"content\":\"";
+/// Where the text of a chat content chunk starts.
+pub(crate) const CHAT_CONTENT: &[u8] = b"\"delta\":{\"content\":\"";
+/// Where the text of an Anthropic `text_delta` starts.
+pub(crate) const ANTHROPIC_TEXT: &[u8] = b"\"delta\":{\"type\":\"text_delta\",\"text\":\"";
 const OBFUSCATION_KEY: &[u8] = b",\"obfuscation\":\"";
 
 /// The learned shape of one stream's content chunks.
@@ -42,14 +46,15 @@ fn string_end(data: &[u8], start: usize) -> Option<usize> {
 
 impl ChunkTemplate {
     /// Learns the template from a chunk the normal path read as a plain
-    /// content chunk (no usage, no finish reason, no error).
-    pub(crate) fn learn(data: &[u8]) -> Option<Self> {
-        let key = memmem::find(data, CONTENT_KEY)?;
+    /// content chunk (no usage, no finish reason, no error); `text_key` is
+    /// the bytes that open its text string.
+    pub(crate) fn learn(data: &[u8], text_key: &[u8]) -> Option<Self> {
+        let key = memmem::find(data, text_key)?;
         // One choice only: a second delta would change what a match means.
         if memmem::find(&data[key + 1..], b"\"delta\"").is_some() {
             return None;
         }
-        let start = key + CONTENT_KEY.len();
+        let start = key + text_key.len();
         let end = string_end(data, start)?;
         let rest = &data[end..];
         let (tail, obfuscated) = match memmem::rfind(rest, OBFUSCATION_KEY) {
@@ -101,7 +106,7 @@ mod tests {
 
     #[test]
     fn learns_and_matches_only_the_same_shape() {
-        let t = ChunkTemplate::learn(A).unwrap();
+        let t = ChunkTemplate::learn(A, CHAT_CONTENT).unwrap();
         assert_eq!(t.matches(A), Some(true));
         let other = br#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"q"}"#;
         assert_eq!(t.matches(other), Some(false));
@@ -121,12 +126,29 @@ mod tests {
     fn no_obfuscation_and_refusals() {
         let plain =
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
-        let t = ChunkTemplate::learn(plain).unwrap();
+        let t = ChunkTemplate::learn(plain, CHAT_CONTENT).unwrap();
         assert_eq!(t.matches(plain), Some(true));
         let longer =
             br#"{"id":"c","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]} "#;
         assert_eq!(t.matches(longer), None);
         let two_choices = br#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#;
-        assert!(ChunkTemplate::learn(two_choices).is_none());
+        assert!(ChunkTemplate::learn(two_choices, CHAT_CONTENT).is_none());
+    }
+
+    #[test]
+    fn anthropic_text_deltas() {
+        let a = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \"x\""}}"#;
+        let t = ChunkTemplate::learn(a, ANTHROPIC_TEXT).unwrap();
+        assert_eq!(t.matches(a), Some(true));
+        let empty =
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#;
+        assert_eq!(t.matches(empty), Some(false));
+        for different in [
+            &br#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"x"}}"#[..],
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"},"usage":{}}"#,
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}"#,
+        ] {
+            assert_eq!(t.matches(different), None);
+        }
     }
 }
