@@ -217,6 +217,34 @@ def test_huge_id_line_is_not_kept(cut: int | None) -> None:
     assert events == [ServerSentEvent(data="b", id="ok")]
 
 
+@pytest.mark.parametrize("cut", [None, 1, 3, 700, 2500])
+def test_never_ending_line_is_bounded(cut: int | None) -> None:
+    """``LineDecoder`` drops a line over ``max_line_size`` (and says so) wherever the chunks
+    cut it, keeps the lines around it, and never buffers more than the limit."""
+    stream = b"a\r\n" + b"x" * 3000 + b"\nb\n"
+    decoder = LineDecoder(max_line_size=1024)
+    assert decoder.max_line_size == 1024
+    chunks = [stream] if cut is None else [stream[:cut], stream[cut:]]
+    lines: list[str] = []
+    errors = 0
+    for chunk in chunks:
+        try:
+            lines += decoder.feed(chunk)
+        except EventTooLargeError as exc:
+            errors += 1
+            lines += exc.lines
+    assert errors == 1
+    assert lines + decoder.finish() == ["a", "b"]
+    endless = LineDecoder(max_line_size=1024)
+    with pytest.raises(EventTooLargeError):
+        endless.feed(b"y" * 2000)
+    for _ in range(1000):  # the rest of that line is skipped, not stored
+        assert endless.feed(b"y" * 4096) == []
+    assert endless.feed(b"\nz\n") == ["z"]
+    with pytest.raises(ValueError, match="positive"):
+        LineDecoder(max_line_size=0)
+
+
 _HOSTILE = """
 from ssetally import UsageTap
 kind, mb = sys.argv[1], int(sys.argv[2])

@@ -20,10 +20,12 @@ DEFAULT_MAX_EVENT_SIZE_BYTES: int
 class EventTooLargeError(ValueError):
     """An event exceeded the decoder's ``max_event_size`` and was discarded.
 
-    ``events`` holds the events the same ``feed`` call decoded successfully.
+    ``events`` holds the events the same ``feed`` call decoded successfully (``lines`` the
+    lines, when ``LineDecoder`` raised it for a line over its ``max_line_size``).
     """
 
     events: list[ServerSentEvent]
+    lines: list[str]
 
 @final
 class ServerSentEvent:
@@ -78,9 +80,13 @@ class SSEDecoder:
 class LineDecoder:
     """Splits bytes into lines at CR, LF or CRLF (the SSE line rule)."""
 
-    def __new__(cls) -> LineDecoder: ...
+    def __new__(cls, *, max_line_size: int = ...) -> LineDecoder: ...
     def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
-        """The lines ``data`` completes, without their terminators."""
+        """The lines ``data`` completes, without their terminators. A line longer than
+        ``max_line_size`` (16 MiB by default) is discarded and raises ``EventTooLargeError``,
+        whose ``lines`` attribute holds the other lines of the call."""
+    @property
+    def max_line_size(self) -> int: ...
     def finish(self) -> list[str]:
         """End of input: the unterminated last line, if any."""
 

@@ -4,21 +4,44 @@
 use memchr::memchr2;
 
 /// Incremental line splitter; a CR ends its line at once, and an LF that
-/// follows it in the next chunk is swallowed.
-#[derive(Debug, Default)]
+/// follows it in the next chunk is swallowed. A line longer than
+/// `max_line_size` is discarded (and counted) wherever the chunks cut it,
+/// so a stream that never ends its line cannot grow the buffer.
+#[derive(Debug)]
 pub struct LineSplitter {
     partial: Vec<u8>,
     pending_cr: bool,
+    max_line_size: usize,
+    /// The line being read went over the limit: drop it up to its end.
+    skipping: bool,
+}
+
+impl Default for LineSplitter {
+    fn default() -> Self {
+        Self::new(crate::sse::DEFAULT_MAX_EVENT_SIZE)
+    }
 }
 
 impl LineSplitter {
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(max_line_size: usize) -> Self {
+        Self {
+            partial: Vec::new(),
+            pending_cr: false,
+            max_line_size,
+            skipping: false,
+        }
     }
 
-    /// Calls `on_line` for every line `chunk` completes (terminator removed).
-    pub fn feed<F: FnMut(&[u8])>(&mut self, chunk: &[u8], mut on_line: F) {
+    #[must_use]
+    pub fn max_line_size(&self) -> usize {
+        self.max_line_size
+    }
+
+    /// Calls `on_line` for every line `chunk` completes (terminator removed);
+    /// returns how many lines over the limit were discarded in this call.
+    pub fn feed<F: FnMut(&[u8])>(&mut self, chunk: &[u8], mut on_line: F) -> u32 {
+        let mut discarded = 0;
         let mut input = chunk;
         if self.pending_cr && !input.is_empty() {
             self.pending_cr = false;
@@ -27,10 +50,16 @@ impl LineSplitter {
             }
         }
         while let Some(end) = memchr2(b'\n', b'\r', input) {
-            if self.partial.is_empty() {
-                on_line(&input[..end]);
+            let part = &input[..end];
+            if std::mem::take(&mut self.skipping) {
+                // The end of a line already counted as discarded.
+            } else if self.partial.len() + part.len() > self.max_line_size {
+                discarded += 1;
+                self.partial.clear();
+            } else if self.partial.is_empty() {
+                on_line(part);
             } else {
-                self.partial.extend_from_slice(&input[..end]);
+                self.partial.extend_from_slice(part);
                 on_line(&self.partial);
                 self.partial.clear();
             }
@@ -44,12 +73,22 @@ impl LineSplitter {
                 _ => rest,
             };
         }
-        self.partial.extend_from_slice(input);
+        if !input.is_empty() && !self.skipping {
+            if self.partial.len() + input.len() > self.max_line_size {
+                discarded += 1;
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(input);
+            }
+        }
+        discarded
     }
 
     /// End of input: returns the unterminated last line, if any.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         self.pending_cr = false;
+        self.skipping = false;
         if self.partial.is_empty() {
             None
         } else {
@@ -63,7 +102,7 @@ mod tests {
     use super::*;
 
     fn split(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
-        let mut s = LineSplitter::new();
+        let mut s = LineSplitter::default();
         let mut out = Vec::new();
         for c in chunks {
             s.feed(c, |l| out.push(l.to_vec()));
@@ -82,5 +121,28 @@ mod tests {
             split(&[b"line1\nli", b"ne2\n"]),
             vec![b"line1".to_vec(), b"line2".to_vec()]
         );
+    }
+
+    #[test]
+    fn long_lines_are_discarded_however_cut() {
+        let stream: &[u8] = b"ok\r\n0123456789\nabcd\rlast";
+        for cut in 0..=stream.len() {
+            for step in 1..=4 {
+                let mut s = LineSplitter::new(4);
+                let mut lines = Vec::new();
+                let mut discarded = 0;
+                let (head, tail) = stream.split_at(cut);
+                for piece in head.chunks(step).chain(tail.chunks(step)) {
+                    discarded += s.feed(piece, |l| lines.push(l.to_vec()));
+                }
+                lines.extend(s.finish());
+                assert_eq!(discarded, 1, "cut {cut} step {step}");
+                assert_eq!(
+                    lines,
+                    [&b"ok"[..], b"abcd", b"last"],
+                    "cut {cut} step {step}"
+                );
+            }
+        }
     }
 }

@@ -330,13 +330,19 @@ mod _core {
     #[pymethods]
     impl LineDecoder {
         #[new]
-        fn new() -> Self {
-            Self {
-                inner: LineSplitter::new(),
+        #[pyo3(signature = (*, max_line_size=DEFAULT_MAX_EVENT_SIZE))]
+        fn new(max_line_size: usize) -> PyResult<Self> {
+            if max_line_size == 0 {
+                return Err(PyValueError::new_err("max_line_size must be positive"));
             }
+            Ok(Self {
+                inner: LineSplitter::new(max_line_size),
+            })
         }
 
         /// Returns the lines `data` completes, without their terminators.
+        /// A line over `max_line_size` raises `EventTooLargeError` (its
+        /// `lines` attribute holds the other lines of the call).
         fn feed<'py>(
             &mut self,
             py: Python<'py>,
@@ -345,12 +351,26 @@ mod _core {
             let chunk = chunk_bytes(data)?;
             let list = PyList::empty(py);
             let mut result = Ok(());
-            self.inner.feed(&chunk, |line| {
+            let discarded = self.inner.feed(&chunk, |line| {
                 if result.is_ok() {
                     result = list.append(text(py, line));
                 }
             });
-            result.map(|()| list)
+            result?;
+            if discarded > 0 {
+                let err = EventTooLargeError::new_err(format!(
+                    "{discarded} line(s) exceeded max_line_size={} bytes and were discarded",
+                    self.inner.max_line_size()
+                ));
+                err.value(py).setattr("lines", &list)?;
+                return Err(err);
+            }
+            Ok(list)
+        }
+
+        #[getter]
+        fn max_line_size(&self) -> usize {
+            self.inner.max_line_size()
         }
 
         /// End of input: returns the unterminated last line, if any.
