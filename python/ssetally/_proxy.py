@@ -214,6 +214,8 @@ class _Exchange:
     outcome: str | None = None
     notes: list[str] = field(default_factory=list)
     recorded: bool = False
+    #: The record is left to the background fallbacks (retrieval, estimate).
+    deferred: bool = False
 
 
 class _Relay:
@@ -374,7 +376,8 @@ class MeteringProxy:
         try:
             await self._exchange(x, scope, raw_path, receive, send)
         except BaseException as exc:
-            if not x.recorded:
+            # An upstream cut is re-raised after the fallbacks were started: they write it.
+            if not x.recorded and not x.deferred:
                 x.ended_by = x.ended_by or f"{type(exc).__name__}: {exc}"
                 self._emit(x, None)
             raise
@@ -626,6 +629,7 @@ class MeteringProxy:
                 report, retrieve=cfg.retrieve, estimate=cfg.estimate
             ):
                 task = asyncio.ensure_future(self._fallbacks(x, tally, report, request, body))
+                x.deferred = True
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return

@@ -39,11 +39,17 @@ While the queue is not empty, every POST (any path) is answered with the next on
 ``x-replay-cut-after-events``  N: send N events, then drop the connection (no terminal event,
                                no ``[DONE]``, no final empty chunk). A Responses answer is
                                stored with its final usage all the same.
+``x-replay-cut-mid-event``     N: send N events and the first half of event N, then drop the
+                               connection.
+``x-replay-drop``              1: read the request, then drop the connection unanswered.
+``x-replay-reset``             1: every drop is a TCP reset (RST) instead of an orderly close
+                               (FIN); the bytes already written are delivered first.
 ``x-replay-error-event``       N: after N events, a mid-stream error (Chat/Completions:
                                ``data: {"error": {...}}`` then ``[DONE]``; Responses: nested
                                ``error`` event then ``response.failed``).
 ``x-replay-malformed``         N: event N (0-based) carries truncated JSON.
 ``x-replay-trickle``           1: write one byte at a time.
+``x-replay-trickle-ms``        pause between bytes (implies ``trickle``).
 ``x-replay-delay-ms``          pause before each event after the first (default: ``delay``).
 ``x-replay-first-byte-ms``     pause before the status line.
 ``x-replay-status``            answer with this status instead: an OpenAI error body for
@@ -56,9 +62,11 @@ While the queue is not empty, every POST (any path) is answered with the next on
 
 A model named ``error-NNN`` (e.g. ``error-400``, ``error-429``) gets status NNN;
 ``statuses=[...]`` or ``queue_statuses()`` answer the next requests with given statuses (to
-test retries). Every request needs credentials (``Authorization: Bearer <anything>``, or the
-``api-key``/``x-api-key``/``x-goog-api-key`` header of other APIs); without them the answer is
-OpenAI's 401. Every request, accepted or not, is recorded in ``ReplayServer.requests``.
+test retries); ``queue_faults()`` gives the next requests fault sets of their own (e.g. a reset
+or a 429 for the ``GET`` that follows a cut stream). Every request needs credentials
+(``Authorization: Bearer <anything>``, or the ``api-key``/``x-api-key``/``x-goog-api-key``
+header of other APIs); without them the answer is OpenAI's 401. Every request, accepted or
+not, is recorded in ``ReplayServer.requests``.
 """
 
 from __future__ import annotations
@@ -71,7 +79,9 @@ import math
 import os
 import random
 import re
+import select
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -326,6 +336,14 @@ class Faults:
     html: bool = False
     #: Seconds to wait before the status line.
     first_byte_delay: float = 0.0
+    #: Send this many events and the first half of the next one, then drop the connection.
+    cut_mid_event: int | None = None
+    #: Read the request, then drop the connection without answering.
+    drop_before_headers: bool = False
+    #: Drops are TCP resets (RST) rather than orderly closes (FIN).
+    reset: bool = False
+    #: Seconds between bytes (implies ``trickle``).
+    trickle_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -378,6 +396,12 @@ class Served:
     cut: bool = False
     #: Writing failed because the client went away.
     client_disconnected: bool = False
+    #: The ``x-request-id`` header sent with the answer.
+    request_id: str | None = None
+    #: Body bytes written (without the chunked framing), and their SHA-256 (hex): set before
+    #: the body ends, so a client that has read the whole body finds them final.
+    bytes_sent: int = 0
+    body_sha256: str = ""
 
     @property
     def input_tokens(self) -> int | None:
@@ -417,6 +441,10 @@ class _Options:
     html: bool
     retry_after: float
     poll_in_progress: int
+    cut_mid_event: int | None = None
+    drop_before_headers: bool = False
+    reset: bool = False
+    trickle_delay: float = 0.0
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -759,6 +787,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if opts.first_byte_delay and owner._sleep(opts.first_byte_delay):
             self.close_connection = True
             return
+        if opts.drop_before_headers:
+            self._drop(opts.reset)
+            return
         status = owner._next_status()
         if status is None:
             status = opts.status
@@ -819,17 +850,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------- response
 
-    def _common_headers(self) -> None:
-        self.send_header("x-request-id", self.owner._new_id("req_", 32))
+    def _common_headers(self, request_id: str | None = None) -> None:
+        self.send_header("x-request-id", request_id or self.owner._new_id("req_", 32))
         self.send_header("openai-version", "2020-10-01")
         self.send_header("openai-processing-ms", "1")
 
-    def _send_json(self, status: int, obj: Any, extra: Mapping[str, str] | None = None) -> None:
+    def _send_json(
+        self,
+        status: int,
+        obj: Any,
+        extra: Mapping[str, str] | None = None,
+        served: Served | None = None,
+    ) -> None:
         payload = _dumps(obj)
+        request_id = self.owner._new_id("req_", 32)
+        if served is not None:
+            served.request_id = request_id
+            served.bytes_sent = len(payload)
+            served.body_sha256 = hashlib.sha256(payload).hexdigest()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        self._common_headers()
+        self._common_headers(request_id)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -867,11 +909,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.wfile.write(data)
 
+    def _drop(self, reset: bool) -> None:
+        """End the exchange here: an orderly close, or a TCP reset once what was written has
+        left (a reset discards unsent data; the peer keeps what it received)."""
+        self.close_connection = True
+        if not reset:
+            return
+        sock = self.connection
+        _wait_sent(sock, self.owner._stop)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            return
+        # Closed for real when the handler's file objects are (before the server would
+        # shut the socket down with a FIN): SO_LINGER 0 makes that close a RST.
+        sock.close()
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait between writes; True when the server is shutting down meanwhile. A client
+        that went away during the pause raises ``OSError`` here: the next write would still
+        be accepted by the kernel (and counted as sent) but never delivered."""
+        if self.owner._sleep(seconds):
+            return True
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            gone = bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            gone = True
+        if gone:
+            raise ConnectionAbortedError("the client closed the connection during a pause")
+        return False
+
     def _run(self, plan: _Plan, opts: _Options) -> None:
         served = plan.served
         if plan.body is not None:
             served.completed = True
-            self._send_json(200, plan.body)
+            self._send_json(200, plan.body, served=served)
             return
         events = list(plan.events)
         if opts.error_event is not None and opts.error_event < len(events) and plan.on_error:
@@ -881,13 +955,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         cut = opts.cut_after_events is not None and opts.cut_after_events < len(events)
         if cut:
             events = events[: opts.cut_after_events]
+        mid = opts.cut_mid_event
+        if mid is not None and mid < len(events):
+            # Half of event ``mid`` (at least one byte, never all of it) is the last write.
+            events = events[:mid] + [events[mid][: max(1, len(events[mid]) // 2)]]
+            cut = True
         served.events_planned = len(events)
+        trickle = opts.trickle or opts.trickle_delay > 0
 
         chunked = self.request_version >= "HTTP/1.1"
+        served.request_id = self.owner._new_id("req_", 32)
         self.send_response(200)
         self.send_header("Content-Type", plan.content_type)
         self.send_header("Cache-Control", "no-cache")
-        self._common_headers()
+        self._common_headers(served.request_id)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -896,17 +977,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # Counters move before each write and back if it fails: a client that has read an
         # event (or the end of the body) must find it counted when it looks.
         served.cut = cut
+        digests = [hashlib.sha256()]
+        served.body_sha256 = digests[0].hexdigest()
+
+        def write(data: bytes) -> None:
+            # Counted first (a client that has read the bytes finds them counted), undone
+            # if the write fails.
+            before = served.bytes_sent, served.body_sha256
+            digest = digests[-1].copy()
+            digest.update(data)
+            served.bytes_sent += len(data)
+            served.body_sha256 = digest.hexdigest()
+            try:
+                self._write(data, chunked)
+            except OSError:
+                served.bytes_sent, served.body_sha256 = before
+                raise
+            digests[-1] = digest
+
         try:
             for i, event in enumerate(events):
-                if i and opts.delay and self.owner._sleep(opts.delay):
+                if i and opts.delay and self._pause(opts.delay):
                     raise _Cut
                 served.events_sent += 1
                 try:
-                    if opts.trickle:
+                    if trickle:
                         for b in range(len(event)):
-                            self._write(event[b : b + 1], chunked)
+                            pause = opts.trickle_delay if i or b else 0.0
+                            if pause and self._pause(pause):
+                                raise _Cut
+                            write(event[b : b + 1])
                     else:
-                        self._write(event, chunked)
+                        write(event)
                 except OSError:
                     served.events_sent -= 1
                     raise
@@ -921,10 +1023,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     raise
         except _Cut:
             # No terminating chunk: the client sees the body end mid-message.
-            self.close_connection = True
+            self._drop(opts.reset)
         except OSError:
             served.client_disconnected = True
             self.close_connection = True
+
+
+def _wait_sent(sock: socket.socket, stop: threading.Event, limit: float = 2.0) -> None:
+    """Wait (bounded) until the peer has acknowledged every byte written to ``sock`` (Linux
+    ``SIOCOUTQ``; elsewhere a short pause)."""
+    deadline = time.monotonic() + limit
+    try:
+        import fcntl
+        import termios
+
+        request = termios.TIOCOUTQ
+    except (ImportError, AttributeError):
+        stop.wait(0.05)
+        return
+    buf = bytearray(4)
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(sock.fileno(), request, buf)
+        except OSError:
+            stop.wait(0.05)
+            return
+        if int.from_bytes(buf, sys.byteorder) == 0 or stop.wait(0.001):
+            return
 
 
 _NO_KEY_MESSAGE = (
@@ -1120,6 +1245,7 @@ class ReplayServer:
         self._polls_left: dict[str, int] = {}
         self._seen_prompts: set[str] = set()
         self._statuses: deque[int] = deque(statuses)
+        self._queued_faults: deque[Faults] = deque()
         self._replays: deque[_Replay] = deque()
         self.add_streams(*streams)
 
@@ -1259,6 +1385,12 @@ class ReplayServer:
         with self._lock:
             self._statuses.extend(statuses)
 
+    def queue_faults(self, *faults: Faults) -> None:
+        """Give the next requests these fault sets instead of the server-wide ``faults``, one
+        each, in the order the requests arrive (``x-replay-*`` headers still win)."""
+        with self._lock:
+            self._queued_faults.extend(faults)
+
     # ---------------------------------------------------------------- internals
 
     def _sleep(self, seconds: float) -> bool:
@@ -1294,8 +1426,10 @@ class ReplayServer:
             return replay
 
     def _options_for(self, headers: Mapping[str, str]) -> _Options:
-        f = self.faults
+        with self._lock:
+            f = self._queued_faults.popleft() if self._queued_faults else self.faults
         delay_ms = _header_number(headers, "delay-ms")
+        trickle_ms = _header_number(headers, "trickle-ms")
         first_ms = _header_number(headers, "first-byte-ms")
         retry_after = _header_number(headers, "retry-after")
         status = _header_int(headers, "status")
@@ -1317,6 +1451,10 @@ class ReplayServer:
             html=pick(_header_flag(headers, "html"), f.html),
             retry_after=self.retry_after if retry_after is None else retry_after,
             poll_in_progress=self.poll_in_progress if polls is None else polls,
+            cut_mid_event=pick(_header_int(headers, "cut-mid-event"), f.cut_mid_event),
+            drop_before_headers=pick(_header_flag(headers, "drop"), f.drop_before_headers),
+            reset=pick(_header_flag(headers, "reset"), f.reset),
+            trickle_delay=f.trickle_delay if trickle_ms is None else trickle_ms / 1000,
         )
 
     def _retrieve(self, response_id: str) -> JSON | None:
