@@ -91,10 +91,22 @@ impl Output {
     /// Take one event's JSON data into account; anything that is not JSON,
     /// or not a shape this knows, is ignored.
     pub fn on_event(&mut self, data: &[u8]) {
-        let Ok(JsonValue::Object(root)) = JsonValue::parse(data, false) else {
-            return;
-        };
-        let root = root.as_slice();
+        match JsonValue::parse(data, false) {
+            Ok(JsonValue::Object(root)) => self.on_root(root.as_slice()),
+            Ok(_) => {}
+            // Invalid UTF-8 inside a string: read the text as the SSE decoder
+            // does (U+FFFD for each bad sequence) rather than lose the event.
+            Err(_) => {
+                if let std::borrow::Cow::Owned(fixed) = String::from_utf8_lossy(data) {
+                    if let Ok(JsonValue::Object(root)) = JsonValue::parse(fixed.as_bytes(), false) {
+                        self.on_root(root.as_slice());
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_root(&mut self, root: &Obj<'_>) {
         if let Some(kind) = text(get(root, "type")) {
             self.on_typed(kind, root);
         } else if let Some(candidates) = get(root, "candidates") {
@@ -387,6 +399,15 @@ mod tests {
         let call = &out.choices[&0].tool_calls[&0];
         assert_eq!((call.id.as_str(), call.name.as_str()), ("c1", "f"));
         assert_eq!(call.arguments, "{\"a\":1}");
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_replaced_not_dropped() {
+        let mut out = Output::default();
+        out.on_event(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\xc3\"}}]}");
+        out.on_event(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\xff!\"}}]}");
+        out.on_event(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xff");
+        assert_eq!(out.choices[&0].text, "caf\u{fffd}ok\u{fffd}!");
     }
 
     #[test]
