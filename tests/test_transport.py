@@ -572,15 +572,18 @@ async def test_async_cancelled_task_reports(lib: ModuleType) -> None:
         transport = AsyncMeteringTransport(on_report=reports)
         async with asdk(server, lib, transport) as client:
 
+            reading = asyncio.Event()
+
             async def consume() -> None:
                 stream = await client.chat.completions.create(
                     model="gpt-4o", messages=HELLO, stream=True
                 )
                 async for _ in stream:
-                    pass
+                    reading.set()
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.3)
+            # Cancelled mid-stream, whatever the first request costs the server.
+            await asyncio.wait_for(reading.wait(), TIMEOUT)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

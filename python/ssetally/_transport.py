@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 import httpx
 
@@ -223,6 +223,16 @@ class _Stream:
         self._stripper = stripper
         self._end = end
 
+    def _held(self) -> bytes:
+        """Bytes the stripper still holds back (the caller reads them at the end)."""
+        return self._stripper.finish() if self._stripper is not None else b""
+
+    def _failed(self, exc: BaseException) -> bytes:
+        """End the stream for ``exc``; returns what the caller would have read before the
+        failure (held bytes included), or nothing when the read was cancelled."""
+        self._end(f"{type(exc).__name__}: {exc}")
+        return b"" if isinstance(exc, asyncio.CancelledError) else self._held()
+
 
 class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
     def __iter__(self) -> Iterator[bytes]:
@@ -243,17 +253,13 @@ class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
             self._end("closed early")
             raise
         except BaseException as exc:
-            self._end(f"{type(exc).__name__}: {exc}")
-            if stripper is not None:
-                # What the caller would have read before the failure, held bytes included.
-                tail = stripper.finish()
-                if tail:
-                    yield tail
-            raise
-        if stripper is not None:
-            tail = stripper.finish()
+            tail = self._failed(exc)
             if tail:
                 yield tail
+            raise
+        tail = self._held()
+        if tail:
+            yield tail
         self._end("eof")
 
     def close(self) -> None:
@@ -282,16 +288,13 @@ class _AsyncTapStream(_Stream, httpx.AsyncByteStream, _AsyncByteStream2):
             self._end("closed early")
             raise
         except BaseException as exc:
-            self._end(f"{type(exc).__name__}: {exc}")
-            if stripper is not None and not isinstance(exc, asyncio.CancelledError):
-                tail = stripper.finish()
-                if tail:
-                    yield tail
-            raise
-        if stripper is not None:
-            tail = stripper.finish()
+            tail = self._failed(exc)
             if tail:
                 yield tail
+            raise
+        tail = self._held()
+        if tail:
+            yield tail
         self._end("eof")
 
     async def aclose(self) -> None:
@@ -348,11 +351,78 @@ class _Base:
             logger.exception("ssetally: on_report raised; the stream was not affected")
             return None
 
-    def _new_tally(self, response: Any) -> StreamTally:
-        return StreamTally(
+    def _meter(
+        self,
+        response: Any,
+        injected: bool,
+        make_end: Callable[[StreamTally], Callable[[str], None]],
+        stream_type: type[_SyncTapStream | _AsyncTapStream],
+    ) -> Any:
+        """Wrap an event-stream answer's body so it is metered as the caller reads it."""
+        if not is_event_stream(response.headers.get("content-type", "")):
+            return response
+        if getattr(response, "is_stream_consumed", False):
+            # The inner transport read the body already (e.g. a mock): meter what it read.
+            tally = StreamTally(estimate=self._options.estimate)
+            tally.feed(response.content)
+            make_end(tally)("eof")
+            return response
+        tally = StreamTally(
             estimate=self._options.estimate,
             content_encoding=response.headers.get("content-encoding", ""),
         )
+        stripper = UsageChunkStripper() if injected and tally.metering else None
+        response.stream = stream_type(response.stream, tally, stripper, make_end(tally))
+        return response
+
+
+_Owner = TypeVar("_Owner", bound=_Base)
+
+
+class _End(Generic[_Owner]):
+    """The end of one stream: the report is built once, however many ways the stream ends;
+    subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
+
+    def __init__(
+        self,
+        owner: _Owner,
+        request: Any,
+        sent: Any,
+        body: bytes | None,
+        tally: StreamTally,
+        inner: Any,
+        lib: Any,
+    ) -> None:
+        self._owner = owner
+        self._request = request
+        self._sent = sent
+        self._body = body
+        self._tally = tally
+        self._inner = inner
+        self._lib = lib
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def _finish(self, how: str) -> StreamReport | None:
+        """The stream's report the first time it ends; None after that."""
+        with self._lock:
+            if self._ended:
+                return None
+            self._ended = True
+        return self._tally.finish(how)
+
+    def _needs_fallback(self, report: StreamReport) -> bool:
+        options = self._owner._options
+        return self._tally.needs_fallback(
+            report, retrieve=options.retrieve, estimate=options.estimate
+        )
+
+    def _retrieval_target(self, report: StreamReport) -> tuple[str, dict[str, str]] | None:
+        """The URL and headers of the Responses retrieval, when one should be tried."""
+        if not (self._owner._options.retrieve and self._tally.needs_retrieval(report)):
+            return None
+        url = retrieval_url(str(self._sent.url), report.response_id or "")
+        return url, retrieval_headers(self._sent.headers)
 
 
 class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
@@ -410,19 +480,11 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         lib = _library(request)
         inner = self._inner_for(lib, "HTTPTransport")
         response = inner.handle_request(sent)
-        if not is_event_stream(response.headers.get("content-type", "")):
-            return response
-        if getattr(response, "is_stream_consumed", False):
-            # The inner transport read the body already (e.g. a mock): meter what it read.
-            tally = StreamTally(estimate=self._options.estimate)
-            tally.feed(response.content)
-            _SyncEnd(self, request, sent, body, tally, inner, lib)("eof")
-            return response
-        tally = self._new_tally(response)
-        stripper = UsageChunkStripper() if injected and tally.metering else None
-        end = _SyncEnd(self, request, sent, body, tally, inner, lib)
-        response.stream = _SyncTapStream(response.stream, tally, stripper, end)
-        return response
+
+        def make_end(tally: StreamTally) -> _SyncEnd:
+            return _SyncEnd(self, request, sent, body, tally, inner, lib)
+
+        return self._meter(response, injected, make_end, _SyncTapStream)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._pending_lock:
@@ -457,40 +519,15 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
             transport.close()
 
 
-class _SyncEnd:
-    """The end of one sync stream: builds the report once and delivers it."""
-
-    def __init__(
-        self,
-        owner: MeteringTransport,
-        request: Any,
-        sent: Any,
-        body: bytes | None,
-        tally: StreamTally,
-        inner: Any,
-        lib: Any,
-    ) -> None:
-        self._owner = owner
-        self._request = request
-        self._sent = sent
-        self._body = body
-        self._tally = tally
-        self._inner = inner
-        self._lib = lib
-        self._lock = threading.Lock()
-        self._ended = False
+class _SyncEnd(_End["MeteringTransport"]):
+    """The end of one sync stream: fallbacks run in the transport's worker threads."""
 
     def __call__(self, how: str) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            self._ended = True
         try:
-            report = self._tally.finish(how)
-            options = self._owner._options
-            if self._tally.needs_fallback(
-                report, retrieve=options.retrieve, estimate=options.estimate
-            ):
+            report = self._finish(how)
+            if report is None:
+                return
+            if self._needs_fallback(report):
                 self._owner._submit(lambda: self._complete(report))
                 return
             self._owner._deliver(self._tally.final(report), self._request)
@@ -500,16 +537,13 @@ class _SyncEnd:
     def _complete(self, report: StreamReport) -> None:
         try:
             options = self._owner._options
-            tally = self._tally
-            if options.retrieve and tally.needs_retrieval(report):
-                url = retrieval_url(str(self._sent.url), report.response_id or "")
-                headers = retrieval_headers(self._sent.headers)
+            target = self._retrieval_target(report)
+            if target is not None:
                 getter = _SyncGetter(self._inner, self._lib)
-                report = tally.with_retrieval(
-                    report, retrieve(getter, url, headers, options.policy)
-                )
+                result = retrieve(getter, *target, options.policy)
+                report = self._tally.with_retrieval(report, result)
             if options.estimate:
-                report = tally.with_estimate(report, self._body)
+                report = self._tally.with_estimate(report, self._body)
         except Exception as exc:
             logger.exception("ssetally: a usage fallback failed")
             report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
@@ -554,19 +588,11 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         lib = _library(request)
         inner = self._inner_for(lib, "AsyncHTTPTransport")
         response = await inner.handle_async_request(sent)
-        if not is_event_stream(response.headers.get("content-type", "")):
-            return response
-        if getattr(response, "is_stream_consumed", False):
-            # The inner transport read the body already (e.g. a mock): meter what it read.
-            tally = StreamTally(estimate=self._options.estimate)
-            tally.feed(response.content)
-            _AsyncEnd(self, request, sent, body, tally, inner, lib)("eof")
-            return response
-        tally = self._new_tally(response)
-        stripper = UsageChunkStripper() if injected and tally.metering else None
-        end = _AsyncEnd(self, request, sent, body, tally, inner, lib)
-        response.stream = _AsyncTapStream(response.stream, tally, stripper, end)
-        return response
+
+        def make_end(tally: StreamTally) -> _AsyncEnd:
+            return _AsyncEnd(self, request, sent, body, tally, inner, lib)
+
+        return self._meter(response, injected, make_end, _AsyncTapStream)
 
     def _spawn(self, coro: Awaitable[None]) -> bool:
         """Run ``coro`` as a task on the running loop; False when there is none."""
@@ -611,38 +637,15 @@ async def _await_logged(awaitable: Awaitable[Any]) -> None:
         logger.exception("ssetally: on_report raised; the stream was not affected")
 
 
-class _AsyncEnd:
-    """The end of one async stream: builds the report once and delivers it."""
-
-    def __init__(
-        self,
-        owner: AsyncMeteringTransport,
-        request: Any,
-        sent: Any,
-        body: bytes | None,
-        tally: StreamTally,
-        inner: Any,
-        lib: Any,
-    ) -> None:
-        self._owner = owner
-        self._request = request
-        self._sent = sent
-        self._body = body
-        self._tally = tally
-        self._inner = inner
-        self._lib = lib
-        self._ended = False
+class _AsyncEnd(_End["AsyncMeteringTransport"]):
+    """The end of one async stream: fallbacks run as tasks on the running loop."""
 
     def __call__(self, how: str) -> None:
-        if self._ended:
-            return
-        self._ended = True
         try:
-            report = self._tally.finish(how)
-            options = self._owner._options
-            if self._tally.needs_fallback(
-                report, retrieve=options.retrieve, estimate=options.estimate
-            ):
+            report = self._finish(how)
+            if report is None:
+                return
+            if self._needs_fallback(report):
                 if self._owner._spawn(self._complete(report)):
                     return
                 report = skipped(report, "fallback", "no running event loop for the fallbacks")
@@ -653,15 +656,13 @@ class _AsyncEnd:
     async def _complete(self, report: StreamReport) -> None:
         try:
             options = self._owner._options
-            tally = self._tally
-            if options.retrieve and tally.needs_retrieval(report):
-                url = retrieval_url(str(self._sent.url), report.response_id or "")
-                headers = retrieval_headers(self._sent.headers)
+            target = self._retrieval_target(report)
+            if target is not None:
                 getter = _AsyncGetter(self._inner, self._lib)
-                result: RetrievalResult = await aretrieve(getter, url, headers, options.policy)
-                report = tally.with_retrieval(report, result)
+                result: RetrievalResult = await aretrieve(getter, *target, options.policy)
+                report = self._tally.with_retrieval(report, result)
             if options.estimate:
-                report = await asyncio.to_thread(tally.with_estimate, report, self._body)
+                report = await asyncio.to_thread(self._tally.with_estimate, report, self._body)
         except Exception as exc:
             logger.exception("ssetally: a usage fallback failed")
             report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
