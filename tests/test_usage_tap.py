@@ -1481,3 +1481,35 @@ def test_shared_tap_readers_during_feed() -> None:
     report = tap.finish()
     assert report.delta_chunks == 40_000
     assert report.usage is not None and report.usage.output_tokens == 40_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}',
+        (
+            '{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,'
+            '"big":123456789012345678901234567890,"neg":-7,"f":1.5e300,"tiny":5e-324,'
+            '"s":"caf\\u00e9 \\ud83d\\ude80 \\"q\\"","list":[1,[2,{"a":null}],true],'
+            '"dup":1,"dup":2}'
+        ),
+        '{"prompt_tokens":1,"completion_tokens":1,"deep":' + "[" * 100 + "]" * 100 + "}",
+    ],
+)
+def test_raw_usage_and_error_are_what_json_loads_gives(raw: str) -> None:
+    """The report's ``usage.raw`` (and ``error``) are built natively; they must equal what
+    ``json.loads`` makes of the provider's text, including what the native parser leaves to
+    it (huge integers, deep nesting)."""
+    error = '{"message":"x","code":' + raw + "}"
+    stream = (
+        f'data: {{"id":"c","object":"chat.completion.chunk","model":"m","choices":[],"usage":{raw}}}\n\n'
+        f'data: {{"error":{error}}}\n\n'
+    ).encode()
+    tap = UsageTap()
+    tap.feed(stream)
+    report = tap.finish()
+    assert report.usage is not None
+    want = json.loads(raw)
+    assert dict(report.usage.raw) == want
+    assert report.usage.input_tokens == want["prompt_tokens"]
+    assert json.dumps(report.error, sort_keys=True) == json.dumps(json.loads(error), sort_keys=True)

@@ -6,6 +6,7 @@ pub mod lines;
 pub mod reassemble;
 pub mod sse;
 pub mod strip;
+mod surrogates;
 pub mod usage;
 
 #[cfg(feature = "python")]

@@ -3,9 +3,12 @@
 //! so it runs only when a caller asks for the output (or needs it to estimate
 //! token counts), never on the metering hot path.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use jiter::JsonValue;
+
+use crate::surrogates::replace_lone_surrogates;
 
 /// One function/tool call, its arguments concatenated from their deltas.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,13 +97,19 @@ impl Output {
         match JsonValue::parse(data, false) {
             Ok(JsonValue::Object(root)) => self.on_root(root.as_slice()),
             Ok(_) => {}
-            // Invalid UTF-8 inside a string: read the text as the SSE decoder
-            // does (U+FFFD for each bad sequence) rather than lose the event.
+            // Invalid UTF-8 or lone surrogate escapes inside a string: read the
+            // text with U+FFFD for each bad sequence, as the SSE decoder does,
+            // rather than lose the event.
             Err(_) => {
-                if let std::borrow::Cow::Owned(fixed) = String::from_utf8_lossy(data) {
-                    if let Ok(JsonValue::Object(root)) = JsonValue::parse(fixed.as_bytes(), false) {
-                        self.on_root(root.as_slice());
-                    }
+                let lossy = String::from_utf8_lossy(data);
+                let fixed = replace_lone_surrogates(lossy.as_bytes());
+                let repaired = match (&fixed, &lossy) {
+                    (Some(fixed), _) => fixed.as_slice(),
+                    (None, Cow::Owned(text)) => text.as_bytes(),
+                    (None, Cow::Borrowed(_)) => return,
+                };
+                if let Ok(JsonValue::Object(root)) = JsonValue::parse(repaired, false) {
+                    self.on_root(root.as_slice());
                 }
             }
         }
@@ -408,6 +417,15 @@ mod tests {
         out.on_event(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\xff!\"}}]}");
         out.on_event(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xff");
         assert_eq!(out.choices[&0].text, "caf\u{fffd}ok\u{fffd}!");
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_replaced_not_dropped() {
+        let out = run(&[
+            r#"{"choices":[{"index":0,"delta":{"content":"a\ud83d"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"\ude80b\ud83d\ude80"}}]}"#,
+        ]);
+        assert_eq!(out.choices[&0].text, "a\u{fffd}\u{fffd}b\u{1f680}");
     }
 
     #[test]

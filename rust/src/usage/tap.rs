@@ -11,6 +11,7 @@ use super::template::{ChunkTemplate, ANTHROPIC_TEXT, CHAT_CONTENT};
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
 use crate::sse::EventRef;
+use crate::surrogates::replace_lone_surrogates;
 
 #[derive(Debug)]
 pub(crate) struct Tap {
@@ -102,10 +103,22 @@ impl Tap {
                     }
                     self.apply(&info);
                 }
-                Err(Invalid) => self.cur.report.invalid_json_events += 1,
+                Err(Invalid) => self.parse_repaired(ev.event, data),
             }
         }
         self.cur.report.events += 1;
+    }
+
+    /// An event jiter refused: lone surrogate escapes are valid JSON that it
+    /// does not take, so the event is read again with them replaced.
+    fn parse_repaired(&mut self, name: &[u8], data: &[u8]) {
+        let read = replace_lone_surrogates(data).is_some_and(|fixed| {
+            let info = self.parse(name, &fixed);
+            info.map(|info| self.apply(&info)).is_ok()
+        });
+        if !read {
+            self.cur.report.invalid_json_events += 1;
+        }
     }
 
     /// The chat hot path: a plain content chunk only bumps the counters.

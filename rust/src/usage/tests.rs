@@ -399,6 +399,26 @@ fn responses_delta_counts_do_not_depend_on_the_learned_shape() {
 }
 
 #[test]
+fn lone_surrogate_escapes_do_not_lose_an_event() {
+    // Servers that escape non-ASCII text can cut an emoji between its two
+    // UTF-16 halves: valid JSON grammar, which the events must survive.
+    let stream = sse(&[
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"\ud83d"},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"\ude80"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"note":"\udc00"}}"#,
+        "[DONE]",
+    ]);
+    let reports = run(&stream);
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(counts(r), (Some(1), Some(2), Some(3)));
+    assert_eq!((r.status, r.delta_chunks), (Status::Completed, 2));
+    assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(r.invalid_json_events, 0);
+    assert!(r.usage.as_ref().unwrap().raw.contains(r#""note":"\ufffd""#));
+}
+
+#[test]
 fn assistants_run() {
     let run_obj = |status: &str, usage: &str| {
         format!(
