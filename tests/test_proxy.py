@@ -771,3 +771,36 @@ def test_opentelemetry_genai_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     assert attributes["gen_ai.response.model"] == "gpt-4o-2024"
     assert attributes["server.address"] == "api.example"
     assert not ProxyMetrics(otel=False).otel_enabled
+
+
+def test_model_label_values_are_bounded() -> None:
+    """Model names come from clients and upstreams: past ``MAX_MODEL_LABELS`` distinct names
+    (or for absurdly long ones) tokens are counted under ``other``, so a stream of made-up
+    model names cannot grow the metrics without limit. Totals are never lost."""
+    from ssetally._metrics import MAX_MODEL_LABELS, ProxyMetrics
+
+    metrics = ProxyMetrics(otel=False)
+    names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 50)] + ["x" * 10_000, "model-0"]
+    for name in names:
+        metrics.observe(
+            {
+                "api": "chat.completions",
+                "status": "completed",
+                "model": name,
+                "usage": {"input_tokens": 2, "output_tokens": 1, "source": "stream"},
+            }
+        )
+    text = metrics.render()[0].decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    models = {
+        dict(labels)["model"] for name, labels in samples if name == "ssetally_proxy_tokens_total"
+    }
+    assert len(models) == MAX_MODEL_LABELS + 1 and "other" in models
+    assert metric_sum(samples, "ssetally_proxy_tokens_total", model="other", kind="input") == 102
+    assert metric_sum(samples, "ssetally_proxy_tokens_total", model="model-0", kind="input") == 4
+    assert metric_sum(samples, "ssetally_proxy_tokens_total", kind="output") == len(names)
+

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["ProxyMetrics"]
@@ -50,12 +51,17 @@ def _import_prometheus() -> Any:
 class _OtelTokens:
     """``gen_ai.client.token.usage`` on the global OpenTelemetry MeterProvider."""
 
-    def __init__(self, histogram: Any, server_address: str | None) -> None:
+    def __init__(
+        self, histogram: Any, server_address: str | None, model_label: Callable[[str], str]
+    ) -> None:
         self._histogram = histogram
         self._server_address = server_address
+        self._model_label = model_label
 
     @classmethod
-    def create(cls, server_address: str | None) -> _OtelTokens | None:
+    def create(
+        cls, server_address: str | None, model_label: Callable[[str], str]
+    ) -> _OtelTokens | None:
         try:
             metrics = importlib.import_module("opentelemetry.metrics")
         except ImportError:
@@ -66,14 +72,16 @@ class _OtelTokens:
             unit="{token}",
             description="Measures number of input and output tokens used",
         )
-        return cls(histogram, server_address)
+        return cls(histogram, server_address, model_label)
 
     def record(self, record: Mapping[str, Any]) -> None:
         usage = record.get("usage") or {}
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": _OPERATION.get(str(record.get("api")), "chat"),
-            "gen_ai.request.model": record.get("requested_model") or record.get("model") or "",
-            "gen_ai.response.model": record.get("model") or "",
+            "gen_ai.request.model": self._model_label(
+                str(record.get("requested_model") or record.get("model") or "")
+            ),
+            "gen_ai.response.model": self._model_label(str(record.get("model") or "")),
             "ssetally.usage.source": usage.get("source") or "none",
         }
         if self._server_address:
@@ -82,6 +90,35 @@ class _OtelTokens:
             value = usage.get(key)
             if isinstance(value, int):
                 self._histogram.record(value, {**attributes, "gen_ai.token.type": kind})
+
+
+#: Distinct model names the metrics keep as label values; later ones are counted as
+#: ``other`` (model names come from clients and upstreams: unbounded label values would grow
+#: the number of series, and the proxy's memory, without limit).
+MAX_MODEL_LABELS = 256
+#: Longer model names are counted as ``other`` too.
+MAX_MODEL_LABEL_LENGTH = 128
+OTHER_MODEL = "other"
+
+
+class _ModelLabels:
+    """The label value a model name is counted under: itself while there are few of them."""
+
+    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str) -> str:
+        if not model:
+            return model
+        with self._lock:
+            if model in self._seen:
+                return model
+            if len(model) > MAX_MODEL_LABEL_LENGTH or len(self._seen) >= self._limit:
+                return OTHER_MODEL
+            self._seen.add(model)
+            return model
 
 
 class ProxyMetrics:
@@ -133,7 +170,8 @@ class ProxyMetrics:
             ["result"],
             registry=self.registry,
         )
-        self._otel = _OtelTokens.create(server_address) if otel else None
+        self._model_label = _ModelLabels()
+        self._otel = _OtelTokens.create(server_address, self._model_label) if otel else None
 
     @property
     def otel_enabled(self) -> bool:
@@ -154,7 +192,9 @@ class ProxyMetrics:
             self.client_bytes.inc(client_bytes)
         usage = record.get("usage")
         if usage:
-            model = str(record.get("model") or record.get("requested_model") or "unknown")
+            model = self._model_label(
+                str(record.get("model") or record.get("requested_model") or "unknown")
+            )
             source = str(usage.get("source") or "stream")
             for kind, key in _TOKEN_KINDS:
                 value = usage.get(key)
