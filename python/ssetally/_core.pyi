@@ -101,8 +101,9 @@ class UsageTap:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes."""
     def finish_raw(self) -> list[tuple[Any, ...]]:
-        """End of stream: a report per response (at least one), as tuples in the field order
-        of ``StreamReport``; resets the tap."""
+        """End of stream: a report per response (at least one), as tuples of every field of
+        ``StreamReport`` in order (usages as tuples of every field of ``Usage``); resets the
+        tap."""
     def snapshot_raw(self) -> list[tuple[Any, ...]]:
         """The reports so far, without ending the stream."""
     def output(self) -> dict[str, Any] | None:

@@ -153,12 +153,8 @@ class StreamReport(NamedTuple):
         return self._replace(**changes)
 
 
+#: Builds a NamedTuple from a ready tuple of all its fields without a call per field.
 _new_tuple = tuple.__new__
-
-
-def usage_from_core(data: tuple[Any, ...]) -> Usage:
-    """Build a ``Usage`` from the tuple the native extension returns (every field, in order)."""
-    return _new_tuple(Usage, data)
 
 
 def report_from_core(d: tuple[Any, ...]) -> StreamReport:
