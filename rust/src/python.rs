@@ -423,33 +423,29 @@ mod _core {
             .map(|u| usage_tuple(py, u))
             .collect::<PyResult<Vec<_>>>()?;
         let error = r.error.as_deref().map(|e| json_value(py, e)).transpose()?;
-        let head = (
-            usage,
-            r.api.as_str(),
-            r.response_id.as_deref(),
-            r.model.as_deref(),
-            r.status.as_str(),
-            r.finish_reason.as_deref(),
-            r.incomplete_reason.as_deref(),
-            error,
-        )
-            .into_pyobject(py)?;
-        let tail = (
-            r.events,
-            r.delta_chunks,
-            r.bytes,
-            r.done,
-            r.oversized_events,
-            r.invalid_json_events,
-            PyTuple::new(py, &r.warnings)?,
-            PyTuple::new(py, steps)?,
-            PyTuple::empty(py),
-            py.None(),
-            py.None(),
-        )
-            .into_pyobject(py)?;
-        let all: Vec<Bound<'py, PyAny>> = head.iter().chain(tail.iter()).collect();
-        PyTuple::new(py, all)
+        let fields = [
+            usage.into_bound_py_any(py)?,
+            r.api.as_str().into_bound_py_any(py)?,
+            r.response_id.as_deref().into_bound_py_any(py)?,
+            r.model.as_deref().into_bound_py_any(py)?,
+            r.status.as_str().into_bound_py_any(py)?,
+            r.finish_reason.as_deref().into_bound_py_any(py)?,
+            r.incomplete_reason.as_deref().into_bound_py_any(py)?,
+            error.into_bound_py_any(py)?,
+            r.events.into_bound_py_any(py)?,
+            r.delta_chunks.into_bound_py_any(py)?,
+            r.bytes.into_bound_py_any(py)?,
+            r.done.into_bound_py_any(py)?,
+            r.oversized_events.into_bound_py_any(py)?,
+            r.invalid_json_events.into_bound_py_any(py)?,
+            PyTuple::new(py, &r.warnings)?.into_any(),
+            PyTuple::new(py, steps)?.into_any(),
+            // attempts, timings, output: filled in by the client layer.
+            PyTuple::empty(py).into_any(),
+            py.None().into_bound(py),
+            py.None().into_bound(py),
+        ];
+        PyTuple::new(py, fields)
     }
 
     /// `json.loads(text)`, or `text` itself when it is not JSON. Small
@@ -461,12 +457,7 @@ mod _core {
                 return Ok(obj);
             }
         }
-        static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let loads = LOADS.get_or_try_init(py, || {
-            py.import("json")?.getattr("loads").map(Bound::unbind)
-        })?;
-        Ok(loads
-            .bind(py)
+        Ok(json_loads(py)?
             .call1((text,))
             .unwrap_or_else(|_| PyString::new(py, text).into_any()))
     }

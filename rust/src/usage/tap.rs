@@ -121,10 +121,10 @@ impl Tap {
         }
     }
 
-    /// The chat hot path: a plain content chunk only bumps the counters.
+    /// The chat hot path (chat and legacy completions only): a plain content
+    /// chunk only bumps the counters.
     fn fast_chat(&mut self, data: &[u8]) -> Option<bool> {
-        let chat_like = matches!(self.api, Api::ChatCompletions | Api::Completions);
-        if !chat_like || !self.cur.fast_ok() {
+        if !self.cur.fast_ok() {
             return None;
         }
         if let Some(delta) = self.template.as_ref().and_then(|t| t.matches(data)) {
