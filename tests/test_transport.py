@@ -461,6 +461,29 @@ def test_gzip_body_is_metered_and_passed_compressed(lib: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("lib", LIBS)
+def test_undecodable_body_is_not_estimated(lib: ModuleType) -> None:
+    """A body the transport cannot decode is not metered, so no fallback runs on it: an
+    estimate of output it never read would report zero tokens as if counted."""
+
+    def handler(request: Any) -> Any:
+        headers = {"content-type": "text/event-stream", "content-encoding": "x-unknown"}
+        return lib.Response(200, headers=headers, stream=lib.ByteStream(b"\x28\xb5\x2f\xfd"))
+
+    reports = Reports()
+    transport = MeteringTransport(lib.MockTransport(handler), reports, estimate=True)
+    with lib.Client(transport=transport) as client, client.stream(
+        "POST", "http://upstream.test/v1/chat/completions", json={"model": "gpt-4o"}
+    ) as response:
+        for _ in response.iter_raw():
+            pass
+    transport.close()
+    report = reports.only()
+    assert report.usage is None
+    assert [a.source for a in report.attempts] == ["stream"]
+    assert any("x-unknown" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("lib", LIBS)
 def test_response_read_by_the_inner_transport_is_metered(lib: ModuleType) -> None:
     body = (
         b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],'

@@ -625,7 +625,7 @@ class MeteringProxy:
                 return
             report = tally.finish(x.ended_by or "closed early")
             cfg = self.config
-            if tally.metering and tally.needs_fallback(
+            if tally.needs_fallback(
                 report, retrieve=cfg.retrieve, estimate=cfg.estimate
             ):
                 task = asyncio.ensure_future(self._fallbacks(x, tally, report, request, body))

@@ -165,19 +165,15 @@ class StreamTally:
         """True when the body is compressed (the tap reads a decompressed copy)."""
         return self._decoder is not None
 
-    @property
-    def bytes_fed(self) -> int:
-        """Bytes the tap has read (decompressed bytes for a compressed body)."""
-        return self._tap.bytes_fed
-
     def finish(self, how: str) -> StreamReport:
         """End of the body (``eof``, ``closed early`` or an error): what the stream said."""
         self.meter.on_end(how)
         return self.meter.stream_report()
 
     def needs_fallback(self, report: StreamReport, *, retrieve: bool, estimate: bool) -> bool:
-        """True when a retrieval or an estimate is to be run for this report."""
-        if report.usage is not None:
+        """True when a retrieval or an estimate is to be run for this report (never for a
+        body that was not metered: an estimate of unread output would count nothing)."""
+        if not self.metering or report.usage is not None:
             return False
         return estimate or (retrieve and self.meter.needs_retrieval(report))
 
