@@ -65,10 +65,6 @@ impl Builder {
         }
     }
 
-    pub(crate) fn id(&self) -> &[u8] {
-        &self.id
-    }
-
     pub(crate) fn apply(&mut self, api: Api, info: &EventInfo<'_>) {
         if let Some(id) = info.id {
             if self.id.is_empty() {

@@ -68,10 +68,7 @@ impl Tap {
         self.reports
             .first()
             .and_then(|r| r.response_id.clone())
-            .or_else(|| {
-                (!self.cur.id().is_empty())
-                    .then(|| String::from_utf8_lossy(self.cur.id()).into_owned())
-            })
+            .or_else(|| self.cur.report.response_id.clone())
     }
 
     pub(crate) fn add_bytes(&mut self, n: u64) {
@@ -132,8 +129,8 @@ impl Tap {
         }
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
-            self.relearn_budget -= 1;
-            self.template = ChunkTemplate::learn(data, CHAT_CONTENT);
+            let learned = ChunkTemplate::learn(data, CHAT_CONTENT);
+            adopt(&mut self.template, &mut self.relearn_budget, learned);
         }
         Some(delta)
     }
@@ -157,12 +154,12 @@ impl Tap {
         }
         match self.api {
             Api::Responses if name.ends_with(b".delta") => {
-                self.relearn_budget -= 1;
-                self.delta_template = DeltaTemplate::learn(name, data, self.needles);
+                let learned = DeltaTemplate::learn(name, data, self.needles);
+                adopt(&mut self.delta_template, &mut self.relearn_budget, learned);
             }
             Api::AnthropicMessages => {
-                self.relearn_budget -= 1;
-                self.template = ChunkTemplate::learn(data, ANTHROPIC_TEXT);
+                let learned = ChunkTemplate::learn(data, ANTHROPIC_TEXT);
+                adopt(&mut self.template, &mut self.relearn_budget, learned);
             }
             _ => {}
         }
@@ -200,7 +197,7 @@ impl Tap {
             Relation::Next => self.rotate(None),
             Relation::Spliced => {
                 let new = info.id.map(decode).unwrap_or_default();
-                let old = String::from_utf8_lossy(self.cur.id()).into_owned();
+                let old = self.cur.report.response_id.clone().unwrap_or_default();
                 let warning = format!(
                     "response {new} started before response {old} finished; they are reported separately"
                 );
@@ -259,6 +256,16 @@ impl Tap {
     }
 }
 
+/// Takes a newly learned shape. An event that gives none (a reasoning or
+/// tool-call delta between text deltas) keeps the shape already learned and
+/// costs no budget: the budget bounds shapes that stop matching.
+fn adopt<T>(slot: &mut Option<T>, budget: &mut u8, learned: Option<T>) {
+    if let Some(shape) = learned {
+        *slot = Some(shape);
+        *budget -= 1;
+    }
+}
+
 /// Before the API is known, only a top-level error is understood (for
 /// example Anthropic's `event: error` sent before `message_start`).
 fn unknown(data: &[u8]) -> Result<EventInfo<'_>, Invalid> {
@@ -270,4 +277,53 @@ fn unknown(data: &[u8]) -> Result<EventInfo<'_>, Invalid> {
         info.fail(data);
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(tap: &mut Tap, name: &str, data: &str) {
+        tap.on_event(EventRef {
+            event: name.as_bytes(),
+            data: data.as_bytes(),
+            id: b"",
+            retry: None,
+        });
+    }
+
+    #[test]
+    fn a_delta_of_another_shape_keeps_the_learned_template() {
+        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
+        let start = r#"{"type":"message_start","message":{"id":"m1","model":"c","usage":{"input_tokens":1}}}"#;
+        feed(&mut tap, "message_start", start);
+        let text =
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"}}"#;
+        let thinking = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"t"}}"#;
+        for _ in 0..2 * RELEARN_BUDGET {
+            feed(&mut tap, "content_block_delta", thinking);
+        }
+        assert!(tap.template.is_none());
+        assert_eq!(tap.relearn_budget, RELEARN_BUDGET);
+        feed(&mut tap, "content_block_delta", text);
+        let json = r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{"}}"#;
+        feed(&mut tap, "content_block_delta", json);
+        assert!(tap
+            .template
+            .as_ref()
+            .is_some_and(|t| t.matches(text.as_bytes()).is_some()));
+        assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 1);
+        assert_eq!(tap.delta_chunks(), 2 * u64::from(RELEARN_BUDGET) + 2);
+    }
+
+    #[test]
+    fn the_open_response_id_is_decoded() {
+        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
+        feed(
+            &mut tap,
+            "",
+            r#"{"id":"a\/b","object":"chat.completion.chunk","model":"m","choices":[]}"#,
+        );
+        assert_eq!(tap.response_id().as_deref(), Some("a/b"));
+    }
 }
