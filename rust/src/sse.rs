@@ -182,7 +182,7 @@ impl Decoder {
                     if part.is_empty() {
                         self.dispatch_borrowed(data, on_event);
                     } else {
-                        self.append_data(data, &mut status, on_event);
+                        self.append_data(data);
                         self.process_line(part, on_event, &mut status);
                     }
                 } else if let Some(value) = self.borrowable_data(part) {
@@ -213,7 +213,7 @@ impl Decoder {
             };
         }
         if let Some(data) = borrowed {
-            self.append_data(data, &mut status, on_event);
+            self.append_data(data);
         }
         if !input.is_empty() && !self.skip_line {
             self.line.extend_from_slice(input);
@@ -347,13 +347,12 @@ impl Decoder {
         };
         self.block_started = true;
         match name {
-            b"data" => self.append_data(value, status, on_event),
+            b"data" => self.append_data(value),
             b"event" => {
                 self.event_type.clear();
                 self.event_type.extend_from_slice(value);
-                if self.buffered() > self.config.max_event_size {
-                    self.overflow(status, on_event);
-                }
+                // The whole line passed the limit check above.
+                debug_assert!(self.buffered() <= self.config.max_event_size);
             }
             b"id" if memchr(0, value).is_none() => {
                 self.last_id.clear();
@@ -383,17 +382,12 @@ impl Decoder {
         (line.len() + self.event_type.len() <= self.config.max_event_size).then_some(value)
     }
 
-    fn append_data<F: FnMut(Dispatch<'_>)>(
-        &mut self,
-        value: &[u8],
-        status: &mut FeedStatus,
-        on: &mut F,
-    ) {
+    /// Appends one data line's value. The limit was checked on the whole
+    /// line before (value and LF are shorter than `data:` plus the value).
+    fn append_data(&mut self, value: &[u8]) {
         self.data.extend_from_slice(value);
         self.data.push(b'\n');
-        if self.buffered() > self.config.max_event_size {
-            self.overflow(status, on);
-        }
+        debug_assert!(self.buffered() <= self.config.max_event_size);
     }
 
     /// Dispatch a one-line event whose data was never copied.
