@@ -137,9 +137,11 @@ def _requested_model(body: Mapping[str, Any] | None) -> str | None:
 
 
 def _is_injected_usage_chunk(event: ServerSentEvent) -> bool:
-    """The chunk `include_usage` adds: no choices, only usage. Cheap test first."""
+    """The chunk `include_usage` adds: no choices, only usage. Cheap test first: with
+    ``include_usage`` every chunk names ``"usage"`` (null), but only this one has an empty
+    ``choices`` list."""
     data = event.data
-    if '"usage"' not in data or '"choices"' not in data:
+    if '"usage"' not in data or ('"choices":[]' not in data and '"choices": []' not in data):
         return False
     try:
         obj = event.json()

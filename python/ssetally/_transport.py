@@ -26,7 +26,7 @@ import inspect
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -594,13 +594,15 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
 
         return self._meter(response, injected, make_end, _AsyncTapStream)
 
-    def _spawn(self, coro: Awaitable[None]) -> bool:
-        """Run ``coro`` as a task on the running loop; False when there is none."""
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to
+        run) when there is none."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            coro.close()
             return False
-        task = loop.create_task(_as_coroutine(coro))
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -624,10 +626,6 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for transport in self._transports():
             await transport.aclose()
-
-
-async def _as_coroutine(awaitable: Awaitable[None]) -> None:
-    await awaitable
 
 
 async def _await_logged(awaitable: Awaitable[Any]) -> None:
