@@ -21,8 +21,7 @@ from ._retrieve import (
     aretrieve,
     redact,
     request_secrets,
-    retrieval_headers,
-    retrieval_url,
+    retrieval_request,
     retrieve,
 )
 
@@ -115,9 +114,7 @@ class _Base:
             # A cancelled task must not wait on the network (and, under trio or an anyio
             # cancel scope, could not: every await would raise again).
             return RetrievalResult(None, f"interrupted ({self._interrupted}); retrieval skipped")
-        request = self._response.request
-        url = retrieval_url(str(request.url), report.response_id or "")
-        return url, retrieval_headers(request.headers)
+        return retrieval_request(self._response.request, report.response_id or "")
 
     def _complete(self, report: StreamReport) -> StreamReport:
         """The estimate fallback, redaction and timings: the last steps of every report."""

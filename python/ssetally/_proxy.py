@@ -52,8 +52,7 @@ from ._retrieve import (
     RetrievalPolicy,
     RetrievalResult,
     aretrieve,
-    retrieval_headers,
-    retrieval_url,
+    retrieval_request,
     secrets_of,
 )
 from ._sinks import Sink, open_sink
@@ -662,8 +661,7 @@ class MeteringProxy:
         cfg = self.config
         try:
             if cfg.retrieve and tally.needs_retrieval(report):
-                url = retrieval_url(str(request.url), report.response_id or "")
-                headers = retrieval_headers(request.headers)
+                url, headers = retrieval_request(request, report.response_id or "")
                 result: RetrievalResult = await aretrieve(
                     self._upstream_client(), url, headers, cfg.retrieval
                 )

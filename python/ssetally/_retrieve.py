@@ -132,6 +132,12 @@ def retrieval_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in request_headers.items() if k.lower() in _FORWARDED_HEADERS}
 
 
+def retrieval_request(request: Any, response_id: str) -> tuple[str, dict[str, str]]:
+    """The URL and headers of the ``GET`` that reads back response ``response_id`` stored by
+    ``request`` (an httpx/httpx2 request, or anything with ``url`` and ``headers``)."""
+    return retrieval_url(str(request.url), response_id), retrieval_headers(request.headers)
+
+
 def _report_of(response_object: Mapping[str, Any]) -> StreamReport:
     """Normalise a Response object with the same native code that reads streams."""
     event = {"type": "response.completed", "response": response_object}

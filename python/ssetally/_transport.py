@@ -45,8 +45,7 @@ from ._retrieve import (
     RetrievalResult,
     aretrieve,
     request_secrets,
-    retrieval_headers,
-    retrieval_url,
+    retrieval_request,
     retrieve,
 )
 from ._tally import StreamTally, parse_json_object, skipped
@@ -421,8 +420,7 @@ class _End(Generic[_Owner]):
         """The URL and headers of the Responses retrieval, when one should be tried."""
         if not (self._owner._options.retrieve and self._tally.needs_retrieval(report)):
             return None
-        url = retrieval_url(str(self._sent.url), report.response_id or "")
-        return url, retrieval_headers(self._sent.headers)
+        return retrieval_request(self._sent, report.response_id or "")
 
 
 class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
