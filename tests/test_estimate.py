@@ -1,4 +1,4 @@
-"""The tiktoken fallback estimate (``ssetally._estimate``) and the offline tiktoken cache.
+"""The tiktoken fallback estimate (``ssetally._metering._estimate``) and the offline tiktoken cache.
 
 Known values come from openai-cookbook ``examples/How_to_count_tokens_with_tiktoken.ipynb``
 (section 6: the six-message example, 129 prompt tokens for gpt-3.5-turbo / gpt-4 and 124 for
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ssetally._estimate as estimate_module
+import ssetally._metering._estimate as estimate_module
 import tiktoken
 import tiktoken.load
 import tiktoken.registry
-from ssetally._estimate import (
+from ssetally._metering._estimate import (
     FALLBACK_ENCODING,
     EstimateError,
     count_completion_tokens,

@@ -46,7 +46,7 @@ from ssetally import (
     aconnect_usage,
     connect_usage,
 )
-from ssetally._proxy import ProxyConfig, ProxyServer
+from ssetally._gateway import ProxyConfig, ProxyServer
 from ssetally._replay import Faults, ReplayServer, Served, split_events
 
 KEY = "sk-fault-matrix-0123456789"

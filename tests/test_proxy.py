@@ -31,7 +31,7 @@ import pytest
 from corpus import corpus_files, rebuild
 from openai.types.chat import ChatCompletionMessageParam
 from ssetally import UsageTap
-from ssetally._proxy import ProxyConfig, ProxyServer, key_fingerprint
+from ssetally._gateway import ProxyConfig, ProxyServer, key_fingerprint
 from ssetally._replay import ReplayServer
 from ssetally._sinks import open_sink
 
@@ -615,12 +615,12 @@ def test_upstream_path_prefix(tmp_path: Path) -> None:
 
 
 def test_metering_fault_fails_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ssetally import _tally
+    from ssetally._metering import StreamMeter
 
-    def broken(self: Any, how: str) -> Any:
+    def broken(self: Any) -> Any:
         raise RuntimeError("metering bug")
 
-    monkeypatch.setattr(_tally.StreamTally, "finish", broken)
+    monkeypatch.setattr(StreamMeter, "report", broken)
     sink = tmp_path / "usage.jsonl"
     data = rebuild(next(f for f in corpus_files() if f.family == "responses"))
     with ReplayServer(streams=[data]) as upstream, proxied(upstream, f"jsonl:{sink}") as proxy:
@@ -731,7 +731,7 @@ def test_opentelemetry_genai_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     """With OpenTelemetry importable, token counts go to ``gen_ai.client.token.usage``."""
     import types
 
-    from ssetally._metrics import ProxyMetrics
+    from ssetally._gateway._metrics import ProxyMetrics
 
     recorded: list[tuple[int, dict[str, Any]]] = []
     created: list[tuple[str, str]] = []
@@ -777,7 +777,7 @@ def test_model_label_values_are_bounded() -> None:
     """Model names come from clients and upstreams: past ``MAX_MODEL_LABELS`` distinct names
     (or for absurdly long ones) tokens are counted under ``other``, so a stream of made-up
     model names cannot grow the metrics without limit. Totals are never lost."""
-    from ssetally._metrics import MAX_MODEL_LABELS, ProxyMetrics
+    from ssetally._gateway._metrics import MAX_MODEL_LABELS, ProxyMetrics
 
     metrics = ProxyMetrics(otel=False)
     names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 50)] + ["x" * 10_000, "model-0"]

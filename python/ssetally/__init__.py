@@ -16,8 +16,8 @@ from ._core import (
     __version__,
 )
 from ._exceptions import SSEError
+from ._metering import RetrievalPolicy
 from ._report import Attempt, StreamReport, Timings, Usage
-from ._retrieve import RetrievalPolicy
 from ._tap import UsageTap
 from ._transport import AsyncMeteringTransport, MeteringTransport
 

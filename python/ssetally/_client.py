@@ -9,21 +9,21 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from ._core import ServerSentEvent
+from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
 from ._exceptions import SSEError
-from ._meter import Meter
-from ._mime import is_event_stream
-from ._report import StreamReport
-from ._request import json_body, wants_usage_injection, with_usage_requested
-from ._retrieve import (
+from ._metering import (
+    Plan,
     RetrievalPolicy,
-    RetrievalResult,
-    aretrieve,
+    StreamMeter,
+    arun_fallbacks,
+    json_body,
     redact,
     request_secrets,
-    retrieval_request,
-    retrieve,
+    run_fallbacks,
+    usage_request,
 )
+from ._mime import is_event_stream
+from ._report import StreamReport
 
 
 class APIStatusError(Exception):
@@ -67,22 +67,22 @@ def _check_response(response: Any, content: bytes | None) -> None:
 
 
 def _prepare(
-    url: Any, include_usage: bool, kwargs: dict[str, Any]
+    method: str, url: Any, include_usage: bool, kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, bool]:
     """The request body as sent, and whether ``include_usage`` was added to it."""
     body = json_body(kwargs)
-    path = str(url).split("?", 1)[0]
-    if include_usage and body is not None and wants_usage_injection(path, body):
-        body = with_usage_requested(body)
-        kwargs.pop("content", None)
-        kwargs["json"] = body
-        return body, True
-    return body, False
+    new = usage_request(method, str(url), body) if include_usage else None
+    if new is None:
+        return body, False
+    kwargs.pop("content", None)
+    kwargs["json"] = new
+    return new, True
 
 
 class _Base:
-    def __init__(self, meter: Meter, policy: RetrievalPolicy, retrieve: bool, estimate: bool):
+    def __init__(self, meter: StreamMeter, policy: RetrievalPolicy, retrieve: bool, estimate: bool):
         self._meter = meter
+        self._decoder = SSEDecoder()
         self._policy = policy
         self._retrieve = retrieve
         self._estimate = estimate
@@ -98,31 +98,44 @@ class _Base:
         """The streaming HTTP response."""
         return self._response
 
+    def _events(self, data: bytes) -> list[ServerSentEvent]:
+        """The events ``data`` (bytes the meter passed on) completes."""
+        try:
+            return self._decoder.feed(data)
+        except EventTooLargeError as exc:
+            self._meter.warn(str(exc))
+            return exc.events
+
+    def _on_chunk(self, chunk: bytes) -> list[ServerSentEvent]:
+        return self._events(self._meter.feed(chunk))
+
+    def _on_eof(self) -> list[ServerSentEvent]:
+        """The events of what the stripper held back, at the end of the body."""
+        events = self._events(self._meter.held())
+        self._decoder.finish()
+        self._meter.end("eof")
+        return events
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._note_interruption(exc)
+        self._meter.end(f"{type(exc).__name__}: {exc}")
+
     def _note_interruption(self, exc: BaseException) -> None:
         """Remember a cancellation (any ``BaseException`` that is not an ``Exception``)."""
         if not isinstance(exc, Exception) and self._interrupted is None:
             self._interrupted = type(exc).__name__
 
-    def _retrieval_plan(
-        self, report: StreamReport
-    ) -> RetrievalResult | tuple[str, dict[str, str]] | None:
-        """None when no retrieval is due, a final result when it must be skipped, else the URL
-        and headers to ``GET``. Shared by the sync and async streams; only the I/O differs."""
-        if not (self._retrieve and self._meter.needs_retrieval(report)):
-            return None
-        if self._interrupted is not None:
-            # A cancelled task must not wait on the network (and, under trio or an anyio
-            # cancel scope, could not: every await would raise again).
-            return RetrievalResult(None, f"interrupted ({self._interrupted}); retrieval skipped")
-        return retrieval_request(self._response.request, report.response_id or "")
-
-    def _complete(self, report: StreamReport) -> StreamReport:
-        """The estimate fallback, redaction and timings: the last steps of every report."""
-        meter = self._meter
-        if self._estimate:
-            report = meter.with_estimate(report)
-        self.report = meter.with_timings(meter.redacted(report))
-        return self.report
+    def _stream_report(self) -> tuple[StreamReport, Plan]:
+        """What the stream said, and the fallback plan: shared by the sync and async streams."""
+        report = self._meter.report()
+        plan = self._meter.plan(
+            report,
+            retrieve=self._retrieve,
+            estimate=self._estimate,
+            request=self._response.request,
+            interrupted=self._interrupted,
+        )
+        return report, plan
 
 
 class UsageStream(_Base):
@@ -131,23 +144,18 @@ class UsageStream(_Base):
     def __iter__(self) -> Iterator[ServerSentEvent]:
         try:
             for chunk in self._response.iter_bytes():
-                yield from self._meter.on_chunk(chunk)
+                yield from self._on_chunk(chunk)
         except GeneratorExit:
             raise  # the caller stopped reading: "closed early"
         except BaseException as exc:
-            self._note_interruption(exc)
-            self._meter.on_end(f"{type(exc).__name__}: {exc}")
+            self._on_error(exc)
             raise
-        self._meter.on_end("eof")
+        yield from self._on_eof()
 
     def _finalize(self, client: Any) -> StreamReport:
-        report = self._meter.stream_report()
-        plan = self._retrieval_plan(report)
-        if isinstance(plan, tuple):
-            plan = retrieve(client, *plan, self._policy)
-        if plan is not None:
-            report = self._meter.with_retrieval(report, plan)
-        return self._complete(report)
+        report, plan = self._stream_report()
+        self.report = run_fallbacks(self._meter, report, plan, client, self._policy)
+        return self.report
 
 
 class AsyncUsageStream(_Base):
@@ -156,24 +164,22 @@ class AsyncUsageStream(_Base):
     async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
         try:
             async for chunk in self._response.aiter_bytes():
-                for event in self._meter.on_chunk(chunk):
+                for event in self._on_chunk(chunk):
                     yield event
         except GeneratorExit:
             raise  # the caller stopped reading: "closed early"
         except BaseException as exc:
-            self._note_interruption(exc)
-            self._meter.on_end(f"{type(exc).__name__}: {exc}")
+            self._on_error(exc)
             raise
-        self._meter.on_end("eof")
+        for event in self._on_eof():
+            yield event
 
     async def _finalize(self, client: Any) -> StreamReport:
-        report = self._meter.stream_report()
-        plan = self._retrieval_plan(report)
-        if isinstance(plan, tuple):
-            plan = await aretrieve(client, *plan, self._policy)
-        if plan is not None:
-            report = self._meter.with_retrieval(report, plan)
-        return self._complete(report)
+        report, plan = self._stream_report()
+        self.report = await arun_fallbacks(
+            self._meter, report, plan, client, self._policy, offload=False
+        )
+        return self.report
 
 
 @contextmanager
@@ -199,8 +205,8 @@ def connect_usage(
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
     """
-    body, injected = _prepare(url, include_usage, kwargs)
-    meter = Meter(body, hide_usage_chunk=injected)
+    body, injected = _prepare(method, url, include_usage, kwargs)
+    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
     stream = UsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
     with client.stream(method, url, **kwargs) as response:
         stream._response = response
@@ -232,8 +238,8 @@ async def aconnect_usage(
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
-    body, injected = _prepare(url, include_usage, kwargs)
-    meter = Meter(body, hide_usage_chunk=injected)
+    body, injected = _prepare(method, url, include_usage, kwargs)
+    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
     stream = AsyncUsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
     async with client.stream(method, url, **kwargs) as response:
         stream._response = response

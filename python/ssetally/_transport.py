@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
@@ -35,20 +34,21 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 import httpx
 
-from ._core import UsageChunkStripper
-from ._meter import redact_report
+from ._metering import (
+    Plan,
+    RetrievalPolicy,
+    StreamMeter,
+    arun_fallbacks,
+    encode_body,
+    parse_json_object,
+    redact,
+    request_secrets,
+    run_fallbacks,
+    skipped,
+    usage_request,
+)
 from ._mime import is_event_stream
 from ._report import StreamReport
-from ._request import wants_usage_injection, with_usage_requested
-from ._retrieve import (
-    RetrievalPolicy,
-    RetrievalResult,
-    aretrieve,
-    request_secrets,
-    retrieval_request,
-    retrieve,
-)
-from ._tally import StreamTally, parse_json_object, skipped
 
 if TYPE_CHECKING:
     from httpx2 import AsyncBaseTransport as _AsyncBaseTransport2
@@ -94,7 +94,7 @@ def _log_report(report: StreamReport, request: Any) -> None:
     logger.info(
         "%s %s: %s, %s input / %s output tokens (%s)",
         request.method,
-        request.url,
+        redact(str(request.url), request_secrets(request)),
         report.status,
         None if usage is None else usage.input_tokens,
         None if usage is None else usage.output_tokens,
@@ -128,39 +128,27 @@ def _request_content(request: Any) -> bytes | None:
     return content if isinstance(content, bytes) else None
 
 
-def _prepare(request: Any, include_usage: bool) -> tuple[Any, bytes | None, bool]:
-    """The request to send, its body, and whether ``include_usage`` was added to it.
+def _prepare(request: Any, include_usage: bool) -> tuple[Any, dict[str, Any] | None, bool]:
+    """The request to send, its JSON body, and whether ``include_usage`` was added to it.
 
     Never raises: a body that cannot be rewritten is sent as it is (fail-open)."""
-    content = _request_content(request)
-    if not include_usage or request.method != "POST" or not content:
-        return request, content, False
+    body = parse_json_object(_request_content(request))
+    new = usage_request(request.method, request.url.path, body) if include_usage else None
+    if new is None:
+        return request, body, False
     try:
-        return _inject(request, content)
+        content = encode_body(new)
+        headers = request.headers.copy()
+        headers["content-length"] = str(len(content))
+        # The usage chunk is removed from the raw bytes: they must not be compressed.
+        headers["accept-encoding"] = "identity"
+        sent = _library(request).Request(
+            request.method, request.url, headers=headers, content=content,
+            extensions=request.extensions,
+        )  # fmt: skip
     except Exception:
         logger.exception("ssetally: include_usage could not be added; request sent unchanged")
-        return request, content, False
-
-
-def _inject(request: Any, content: bytes) -> tuple[Any, bytes | None, bool]:
-    path = request.url.path
-    if not path.rstrip("/").endswith("completions"):
-        return request, content, False
-    body = parse_json_object(content)
-    if not wants_usage_injection(path, body):
-        return request, content, False
-    assert body is not None
-    new = json.dumps(with_usage_requested(body), separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
-    headers = request.headers.copy()
-    headers["content-length"] = str(len(new))
-    # The usage chunk is removed from the raw bytes: they must not be compressed.
-    headers["accept-encoding"] = "identity"
-    lib = _library(request)
-    sent = lib.Request(
-        request.method, request.url, headers=headers, content=new, extensions=request.extensions
-    )
+        return request, body, False
     return sent, new, True
 
 
@@ -207,47 +195,28 @@ class _AsyncGetter:
 
 
 class _Stream:
-    """What the sync and async stream wrappers share: the tally, the stripper, and the
-    exactly-once end of the stream."""
+    """What the sync and async stream wrappers share: the meter and the exactly-once end."""
 
-    def __init__(
-        self,
-        inner: Any,
-        tally: StreamTally,
-        stripper: UsageChunkStripper | None,
-        end: Callable[[str], None],
-    ) -> None:
+    def __init__(self, inner: Any, meter: StreamMeter, end: Callable[[str], None]) -> None:
         self._inner = inner
-        self._tally = tally
-        self._stripper = stripper
+        self._meter = meter
         self._end = end
-
-    def _held(self) -> bytes:
-        """Bytes the stripper still holds back (the caller reads them at the end)."""
-        return self._stripper.finish() if self._stripper is not None else b""
 
     def _failed(self, exc: BaseException) -> bytes:
         """End the stream for ``exc``; returns what the caller would have read before the
         failure (held bytes included), or nothing when the read was cancelled."""
         self._end(f"{type(exc).__name__}: {exc}")
-        return b"" if isinstance(exc, asyncio.CancelledError) else self._held()
+        return b"" if isinstance(exc, asyncio.CancelledError) else self._meter.held()
 
 
 class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
     def __iter__(self) -> Iterator[bytes]:
-        feed = self._tally.feed
-        stripper = self._stripper
+        feed = self._meter.feed
         try:
-            if stripper is None:
-                for chunk in self._inner:
-                    feed(chunk)
-                    yield chunk
-            else:
-                for chunk in self._inner:
-                    feed(chunk)
-                    out = stripper.feed(chunk)
-                    if out:
-                        yield out
+            for chunk in self._inner:
+                out = feed(chunk)
+                if out:
+                    yield out
         except GeneratorExit:
             self._end("closed early")
             raise
@@ -256,7 +225,7 @@ class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
             if tail:
                 yield tail
             raise
-        tail = self._held()
+        tail = self._meter.held()
         if tail:
             yield tail
         self._end("eof")
@@ -270,19 +239,12 @@ class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
 
 class _AsyncTapStream(_Stream, httpx.AsyncByteStream, _AsyncByteStream2):
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        feed = self._tally.feed
-        stripper = self._stripper
+        feed = self._meter.feed
         try:
-            if stripper is None:
-                async for chunk in self._inner:
-                    feed(chunk)
-                    yield chunk
-            else:
-                async for chunk in self._inner:
-                    feed(chunk)
-                    out = stripper.feed(chunk)
-                    if out:
-                        yield out
+            async for chunk in self._inner:
+                out = feed(chunk)
+                if out:
+                    yield out
         except GeneratorExit:
             self._end("closed early")
             raise
@@ -291,7 +253,7 @@ class _AsyncTapStream(_Stream, httpx.AsyncByteStream, _AsyncByteStream2):
             if tail:
                 yield tail
             raise
-        tail = self._held()
+        tail = self._meter.held()
         if tail:
             yield tail
         self._end("eof")
@@ -344,7 +306,6 @@ class _Base:
 
     def _deliver(self, report: StreamReport, request: Any) -> object:
         try:
-            report = redact_report(report, request_secrets(request))
             return self._options.on_report(report, request)
         except Exception:
             logger.exception("ssetally: on_report raised; the stream was not affected")
@@ -353,25 +314,29 @@ class _Base:
     def _meter(
         self,
         response: Any,
+        request: Any,
+        body: dict[str, Any] | None,
         injected: bool,
-        make_end: Callable[[StreamTally], Callable[[str], None]],
+        make_end: Callable[[StreamMeter], Callable[[str], None]],
         stream_type: type[_SyncTapStream | _AsyncTapStream],
     ) -> Any:
         """Wrap an event-stream answer's body so it is metered as the caller reads it."""
         if not is_event_stream(response.headers.get("content-type", "")):
             return response
-        if getattr(response, "is_stream_consumed", False):
-            # The inner transport read the body already (e.g. a mock): meter what it read.
-            tally = StreamTally(estimate=self._options.estimate)
-            tally.feed(response.content)
-            make_end(tally)("eof")
-            return response
-        tally = StreamTally(
-            estimate=self._options.estimate,
-            content_encoding=response.headers.get("content-encoding", ""),
+        consumed = getattr(response, "is_stream_consumed", False)
+        meter = StreamMeter(
+            request_body=body,
+            injected=injected and not consumed,
+            # A body the inner transport read already (e.g. a mock) is decoded already.
+            content_encoding="" if consumed else response.headers.get("content-encoding", ""),
+            collect_output=self._options.estimate,
+            secrets=request_secrets(request),
         )
-        stripper = UsageChunkStripper() if injected and tally.metering else None
-        response.stream = stream_type(response.stream, tally, stripper, make_end(tally))
+        if consumed:
+            meter.feed(response.content)
+            make_end(meter)("eof")
+            return response
+        response.stream = stream_type(response.stream, meter, make_end(meter))
         return response
 
 
@@ -383,44 +348,31 @@ class _End(Generic[_Owner]):
     subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
 
     def __init__(
-        self,
-        owner: _Owner,
-        request: Any,
-        sent: Any,
-        body: bytes | None,
-        tally: StreamTally,
-        inner: Any,
-        lib: Any,
+        self, owner: _Owner, request: Any, sent: Any, meter: StreamMeter, inner: Any, lib: Any
     ) -> None:
         self._owner = owner
         self._request = request
         self._sent = sent
-        self._body = body
-        self._tally = tally
+        self._meter = meter
         self._inner = inner
         self._lib = lib
         self._lock = threading.Lock()
         self._ended = False
 
-    def _finish(self, how: str) -> StreamReport | None:
-        """The stream's report the first time it ends; None after that."""
+    def _finish(self, how: str) -> tuple[StreamReport, Plan] | None:
+        """The stream's report and fallback plan the first time it ends; None after that."""
         with self._lock:
             if self._ended:
                 return None
             self._ended = True
-        return self._tally.finish(how)
-
-    def _needs_fallback(self, report: StreamReport) -> bool:
+        meter = self._meter
+        meter.end(how)
+        report = meter.report()
         options = self._owner._options
-        return self._tally.needs_fallback(
-            report, retrieve=options.retrieve, estimate=options.estimate
+        plan = meter.plan(
+            report, retrieve=options.retrieve, estimate=options.estimate, request=self._sent
         )
-
-    def _retrieval_target(self, report: StreamReport) -> tuple[str, dict[str, str]] | None:
-        """The URL and headers of the Responses retrieval, when one should be tried."""
-        if not (self._owner._options.retrieve and self._tally.needs_retrieval(report)):
-            return None
-        return retrieval_request(self._sent, report.response_id or "")
+        return report, plan
 
 
 class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
@@ -479,10 +431,10 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         inner = self._inner_for(lib, "HTTPTransport")
         response = inner.handle_request(sent)
 
-        def make_end(tally: StreamTally) -> _SyncEnd:
-            return _SyncEnd(self, request, sent, body, tally, inner, lib)
+        def make_end(meter: StreamMeter) -> _SyncEnd:
+            return _SyncEnd(self, request, sent, meter, inner, lib)
 
-        return self._meter(response, injected, make_end, _SyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _SyncTapStream)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._pending_lock:
@@ -522,30 +474,22 @@ class _SyncEnd(_End["MeteringTransport"]):
 
     def __call__(self, how: str) -> None:
         try:
-            report = self._finish(how)
-            if report is None:
+            ended = self._finish(how)
+            if ended is None:
                 return
-            if self._needs_fallback(report):
-                self._owner._submit(lambda: self._complete(report))
+            report, plan = ended
+            if plan.due:
+                self._owner._submit(lambda: self._complete(report, plan))
                 return
-            self._owner._deliver(self._tally.final(report), self._request)
+            self._owner._deliver(self._meter.complete(report, plan), self._request)
         except Exception:
             logger.exception("ssetally: metering failed; the stream was not affected")
 
-    def _complete(self, report: StreamReport) -> None:
-        try:
-            options = self._owner._options
-            target = self._retrieval_target(report)
-            if target is not None:
-                getter = _SyncGetter(self._inner, self._lib)
-                result = retrieve(getter, *target, options.policy)
-                report = self._tally.with_retrieval(report, result)
-            if options.estimate:
-                report = self._tally.with_estimate(report, self._body)
-        except Exception as exc:
-            logger.exception("ssetally: a usage fallback failed")
-            report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
-        self._owner._deliver(self._tally.final(report), self._request)
+    def _complete(self, report: StreamReport, plan: Plan) -> None:
+        getter = _SyncGetter(self._inner, self._lib)
+        policy = self._owner._options.policy
+        final = run_fallbacks(self._meter, report, plan, getter, policy)
+        self._owner._deliver(final, self._request)
 
 
 class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTransport2):
@@ -587,10 +531,10 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         inner = self._inner_for(lib, "AsyncHTTPTransport")
         response = await inner.handle_async_request(sent)
 
-        def make_end(tally: StreamTally) -> _AsyncEnd:
-            return _AsyncEnd(self, request, sent, body, tally, inner, lib)
+        def make_end(meter: StreamMeter) -> _AsyncEnd:
+            return _AsyncEnd(self, request, sent, meter, inner, lib)
 
-        return self._meter(response, injected, make_end, _AsyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _AsyncTapStream)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to
@@ -638,28 +582,21 @@ class _AsyncEnd(_End["AsyncMeteringTransport"]):
 
     def __call__(self, how: str) -> None:
         try:
-            report = self._finish(how)
-            if report is None:
+            ended = self._finish(how)
+            if ended is None:
                 return
-            if self._needs_fallback(report):
-                if self._owner._spawn(self._complete(report)):
+            report, plan = ended
+            if plan.due:
+                if self._owner._spawn(self._complete(report, plan)):
                     return
                 report = skipped(report, "fallback", "no running event loop for the fallbacks")
-            self._owner._deliver_async(self._tally.final(report), self._request)
+                plan = Plan(skipped=plan.skipped)
+            self._owner._deliver_async(self._meter.complete(report, plan), self._request)
         except Exception:
             logger.exception("ssetally: metering failed; the stream was not affected")
 
-    async def _complete(self, report: StreamReport) -> None:
-        try:
-            options = self._owner._options
-            target = self._retrieval_target(report)
-            if target is not None:
-                getter = _AsyncGetter(self._inner, self._lib)
-                result: RetrievalResult = await aretrieve(getter, *target, options.policy)
-                report = self._tally.with_retrieval(report, result)
-            if options.estimate:
-                report = await asyncio.to_thread(self._tally.with_estimate, report, self._body)
-        except Exception as exc:
-            logger.exception("ssetally: a usage fallback failed")
-            report = skipped(report, "fallback", f"{type(exc).__name__}: {exc}")
-        self._owner._deliver_async(self._tally.final(report), self._request)
+    async def _complete(self, report: StreamReport, plan: Plan) -> None:
+        getter = _AsyncGetter(self._inner, self._lib)
+        policy = self._owner._options.policy
+        final = await arun_fallbacks(self._meter, report, plan, getter, policy)
+        self._owner._deliver_async(final, self._request)

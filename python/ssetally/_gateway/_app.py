@@ -1,0 +1,559 @@
+"""``ssetally proxy``: a metering reverse proxy for LLM APIs.
+
+A plain ASGI application (``MeteringProxy``) served by uvicorn. Every request is forwarded to
+one fixed upstream (method, path, query, headers less the hop-by-hop ones, body); the answer is
+relayed byte for byte as it arrives, and exactly one usage record per proxied request goes to
+a sink (JSONL or SQLite, see ``_sinks``). ``/metrics`` serves Prometheus metrics.
+
+Safety and failure rules:
+
+* Never an open proxy: the upstream is fixed. A request target in absolute form
+  (``GET http://host/...``), authority form (``CONNECT``) or asterisk form is refused with
+  400; the ``Host`` header is never used for routing.
+* Fail-open: a metering fault never alters or breaks a stream. It is logged and counted in
+  ``ssetally_proxy_metering_failures_total``.
+* A client that disconnects mid-stream closes the upstream stream; its record is still
+  written (after the retrieval/estimate fallbacks, which run in the background).
+* An upstream that fails mid-stream makes the proxy drop the client connection the same way,
+  so the client sees the cut; an upstream that cannot be reached gives 502 (504 on timeout).
+
+Scaling out: run several instances behind a load balancer, each with its own sink file and
+``--instance-id`` (every record carries it); sum the ``/metrics`` of every instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, MutableMapping
+from typing import Any, Callable
+
+import httpx
+
+from .._metering import (
+    JsonCapture,
+    Plan,
+    StreamMeter,
+    arun_fallbacks,
+    encode_body,
+    is_llm_path,
+    parse_json_object,
+    requested_model,
+    secrets_of,
+    skipped,
+    usage_request,
+)
+from .._mime import is_event_stream
+from .._report import StreamReport
+from .._sinks import Sink
+from ._config import ProxyConfig
+from ._headers import (
+    HOP_BY_HOP,
+    connection_tokens,
+    fingerprint,
+    forward_headers,
+    header,
+    send_error,
+)
+from ._metrics import ProxyMetrics
+from ._record import Exchange, build_record, now_iso
+from ._relay import Sender, watch_disconnect
+
+__all__ = ["MeteringProxy"]
+
+logger = logging.getLogger("ssetally.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_PARSE_INLINE_LIMIT = 256 * 1024
+
+
+class _UpstreamAborted(Exception):
+    """Raised to make the ASGI server drop the client connection, as the upstream did."""
+
+
+class _QuietAbort(logging.Filter):
+    """Keeps uvicorn from logging a traceback for a deliberate abort."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _UpstreamAborted)
+
+
+_quiet_abort = _QuietAbort()
+
+
+class MeteringProxy:
+    """The ASGI application of the metering proxy.
+
+    ``sink`` receives one record (a JSON-ready dict) per proxied request; ``metrics``
+    defaults to a new ``ProxyMetrics``. ``client`` is the upstream ``httpx.AsyncClient`` or
+    ``httpx2.AsyncClient`` (default: one with connection pooling, of the library chosen by
+    ``config.upstream_client``, created at start-up and closed at shutdown).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        sink: Sink,
+        metrics: ProxyMetrics | None = None,
+        *,
+        client: Any = None,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self._upstream = config.upstream_url()
+        self._prefix = self._upstream.raw_path.rstrip(b"/")
+        self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
+        self._client = client
+        self._owns_client = client is None
+        self._http = _http_library(config.upstream_client, client)
+        self._timeout_errors: tuple[type[BaseException], ...] = (self._http.TimeoutException,)
+        self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Records handed to the sink so far.
+        self.records_emitted = 0
+        #: Requests being proxied now.
+        self.active = 0
+        uvicorn_logger = logging.getLogger("uvicorn.error")
+        if _quiet_abort not in uvicorn_logger.filters:
+            uvicorn_logger.addFilter(_quiet_abort)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _upstream_client(self) -> Any:
+        if self._client is None:
+            cfg = self.config
+            http = self._http
+            self._client = http.AsyncClient(
+                timeout=http.Timeout(
+                    connect=cfg.connect_timeout,
+                    read=cfg.read_timeout,
+                    write=cfg.read_timeout,
+                    pool=cfg.connect_timeout,
+                ),
+                limits=http.Limits(
+                    max_connections=cfg.max_connections,
+                    max_keepalive_connections=min(cfg.max_connections, 200),
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def startup(self) -> None:
+        """Open the upstream connection pool."""
+        self._upstream_client()
+
+    async def shutdown(self) -> None:
+        """Wait (bounded) for the background fallbacks, close the pool, flush the sink."""
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+        await asyncio.to_thread(self.sink.close, self.config.shutdown_timeout)
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is being proxied and no fallback is running."""
+        return self.active == 0 and all(t.done() for t in list(self._tasks))
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] == self.config.metrics_path and scope["method"] in ("GET", "HEAD"):
+                await self._serve_metrics(send)
+                return
+            self.metrics.in_flight.inc()
+            self.active += 1
+            try:
+                await self._proxy(scope, receive, send)
+            finally:
+                self.active -= 1
+                self.metrics.in_flight.dec()
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - fail open
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _serve_metrics(self, send: Send) -> None:
+        body, content_type = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------------ the request
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        x = Exchange(
+            request_id=uuid.uuid4().hex,
+            time=now_iso(),
+            start=time.monotonic(),
+            method=scope["method"],
+            path=scope["path"] if raw_path.startswith(b"/") else "",
+        )
+        try:
+            await self._exchange(x, scope, raw_path, receive, send)
+        except BaseException as exc:
+            # An upstream cut is re-raised after the fallbacks were started: they write it.
+            if not x.recorded and not x.deferred:
+                x.ended_by = x.ended_by or f"{type(exc).__name__}: {exc}"
+                self._emit(x, None)
+            raise
+
+    async def _reject(self, x: Exchange, send: Send, status: int, message: str) -> None:
+        x.outcome = "rejected"
+        x.ended_by = message
+        await send_error(send, status, message, "invalid_request_error")
+        x.http_status = status
+        self._emit(x, None)
+
+    async def _exchange(
+        self, x: Exchange, scope: Scope, raw_path: bytes, receive: Receive, send: Send
+    ) -> None:
+        cfg = self.config
+        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+        query: bytes = scope.get("query_string", b"")
+        x.key_fingerprint = fingerprint(headers, query, cfg.key_salt)
+        x.secrets = secrets_of(
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+            "?" + query.decode("latin-1"),
+        )
+
+        if not raw_path.startswith(b"/"):
+            await self._reject(
+                x, send, 400, "this proxy accepts origin-form request targets only (/path)"
+            )
+            return
+        if sum(len(k) + len(v) + 4 for k, v in headers) > cfg.max_header_bytes:
+            await self._reject(x, send, 431, "request header fields too large")
+            return
+        declared = header(headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            await self._reject(x, send, 413, "request body too large")
+            return
+
+        body_parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                x.outcome = "client_disconnected"
+                x.ended_by = "client disconnected before sending the whole body"
+                self._emit(x, None)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                await self._reject(x, send, 413, "request body too large")
+                return
+            if chunk:
+                body_parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(body_parts)
+        x.request_bytes = len(body)
+
+        forward = forward_headers(headers)
+        parsed: dict[str, Any] | None = None
+        content_type = header(headers, b"content-type") or ""
+        if body and "json" in content_type.lower() and is_llm_path(x.path):
+            if len(body) <= _PARSE_INLINE_LIMIT:
+                parsed = parse_json_object(body)
+            else:
+                parsed = await asyncio.to_thread(parse_json_object, body)
+            x.requested_model = requested_model(parsed)
+        if cfg.inject_usage:
+            try:
+                new = usage_request(x.method, x.path, parsed)
+                if new is not None:
+                    body = encode_body(new)
+                    parsed = new
+                    forward = [(k, v) for k, v in forward if k.lower() != b"accept-encoding"]
+                    forward.append((b"accept-encoding", b"identity"))
+                    x.injected = True
+            except Exception:  # noqa: BLE001 - fail open
+                self._failure(x, "inject")
+
+        url = self._upstream.copy_with(
+            raw_path=self._prefix + raw_path + (b"?" + query if query else b"")
+        )
+        request = self._http.Request(x.method, str(url), headers=forward, content=body or None)
+        client = self._upstream_client()
+        try:
+            response = await client.send(request, stream=True)
+        except self._timeout_errors as exc:
+            await self._upstream_failed(x, send, 504, exc)
+            return
+        except self._transport_errors as exc:
+            await self._upstream_failed(x, send, 502, exc)
+            return
+        try:
+            await self._relay(x, request, parsed, response, receive, send)
+        finally:
+            await response.aclose()
+
+    async def _upstream_failed(
+        self, x: Exchange, send: Send, status: int, exc: BaseException
+    ) -> None:
+        x.outcome = "upstream_error"
+        x.ended_by = f"{type(exc).__name__}: {exc}"
+        logger.warning("ssetally proxy: upstream %s failed: %s", self._upstream, x.ended_by)
+        await send_error(send, status, "the upstream could not be reached", "upstream_error")
+        x.http_status = status
+        self._emit(x, None)
+
+    # ------------------------------------------------------------------ the answer
+
+    def _meter_for(
+        self, x: Exchange, response: Any, body: dict[str, Any] | None
+    ) -> StreamMeter | JsonCapture | None:
+        """The meter of an event stream, the capture of a JSON answer, or None."""
+        content_type = response.headers.get("content-type", "")
+        encoding = response.headers.get("content-encoding", "")
+        x.upstream_content_encoding = encoding
+        try:
+            if is_event_stream(content_type):
+                x.event_stream = True
+                meter = StreamMeter(
+                    request_body=body,
+                    injected=x.injected,
+                    content_encoding=encoding,
+                    collect_output=self.config.estimate,
+                    request_sent=x.start,
+                    secrets=x.secrets,
+                )
+                if not meter.metering:
+                    self._failure(x, "decode", *meter.warnings)
+                return meter
+            if "json" in content_type.lower() and 200 <= response.status_code < 300:
+                return JsonCapture(self.config.json_capture_bytes, encoding)
+        except Exception:  # noqa: BLE001 - fail open
+            self._failure(x, "setup")
+        return None
+
+    async def _relay(
+        self,
+        x: Exchange,
+        request: Any,
+        body: dict[str, Any] | None,
+        response: Any,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        x.headers_at = time.monotonic()
+        x.upstream_status = response.status_code
+        x.upstream_request_id = response.headers.get("x-request-id") or response.headers.get(
+            "request-id"
+        )
+        meter = self._meter_for(x, response, body)
+        hidden = connection_tokens(response.headers.get("connection"))
+        out_headers = [
+            (k, v)
+            for k, v in response.headers.raw
+            if (name := k.lower()) not in HOP_BY_HOP and name not in hidden
+        ]
+        if isinstance(meter, StreamMeter) and meter.stripping:
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
+        )
+        x.http_status = response.status_code
+
+        task = asyncio.current_task()
+        watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
+        aborted: BaseException | None = None
+        try:
+            await self._pump(x, meter, response, send)
+        except asyncio.CancelledError:
+            if x.ended_by != "client disconnected":
+                raise  # the server is shutting down: the record is written by _proxy
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+        except self._transport_errors as exc:
+            x.ended_by = f"upstream failed mid-body: {type(exc).__name__}: {exc}"
+            aborted = exc
+        finally:
+            x.outcome = x.outcome or "relayed"
+            watch.cancel()
+        self._finish(x, meter, request)
+        if aborted is not None:
+            raise _UpstreamAborted(x.ended_by) from aborted
+
+    async def _pump(
+        self, x: Exchange, meter: StreamMeter | JsonCapture | None, response: Any, send: Send
+    ) -> None:
+        """Relay the body as it arrives; the meter reads the very bytes that are forwarded."""
+        feed: Callable[[bytes], bytes] | None = None
+        if isinstance(meter, StreamMeter):
+            feed = meter.feed
+        elif meter is not None:
+            feed = _capturing(meter)
+        sender = Sender(send)
+        try:
+            async for chunk in response.aiter_raw():
+                x.upstream_bytes += len(chunk)
+                out = chunk if feed is None else feed(chunk)
+                if out:
+                    x.client_bytes += len(out)
+                    if sender.put(out):
+                        await sender.room()
+        except asyncio.CancelledError:
+            sender.cancel()
+            raise
+        except BaseException:
+            await sender.drain()  # the client gets every byte the upstream sent, then the cut
+            raise
+        await sender.drain()
+        x.ended_by = "eof"
+        tail = meter.held() if isinstance(meter, StreamMeter) else b""
+        x.client_bytes += len(tail)
+        x.outcome = "relayed"
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # ------------------------------------------------------------------ the record
+
+    def _failure(self, x: Exchange, stage: str, *notes: str) -> None:
+        logger.warning("ssetally proxy: metering fault (%s) on %s", stage, x.request_id)
+        x.notes.append(stage if not notes else f"{stage}: {'; '.join(notes)}")
+        self.metrics.failure(stage)
+
+    def _finish(self, x: Exchange, meter: StreamMeter | JsonCapture | None, request: Any) -> None:
+        """End of the relay: the report now, or after the fallbacks in the background."""
+        try:
+            if not isinstance(meter, StreamMeter):
+                self._emit(x, self._json_report(x, meter))
+                return
+            meter.end(x.ended_by or "closed early")
+            x.stripped = meter.stripped
+            for stage in meter.faults:
+                if stage != "decode":  # counted when the meter was set up
+                    self._failure(x, stage)
+            report = meter.report()
+            cfg = self.config
+            plan = meter.plan(report, retrieve=cfg.retrieve, estimate=cfg.estimate, request=request)
+            if plan.due:
+                task = asyncio.ensure_future(self._fallbacks(x, meter, report, plan))
+                x.deferred = True
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            self._emit(x, meter.complete(report, plan))
+        except Exception:  # noqa: BLE001 - fail open
+            self._failure(x, "report")
+            self._emit(x, None)
+
+    def _json_report(self, x: Exchange, capture: JsonCapture | None) -> StreamReport | None:
+        if capture is None or x.ended_by != "eof":
+            return None
+        try:
+            return capture.report()
+        except Exception:  # noqa: BLE001 - fail open
+            self._failure(x, "json_body")
+            return None
+
+    async def _fallbacks(
+        self, x: Exchange, meter: StreamMeter, report: StreamReport, plan: Plan
+    ) -> None:
+        try:
+            final = await arun_fallbacks(
+                meter, report, plan, self._upstream_client(), self.config.retrieval
+            )
+        except asyncio.CancelledError:
+            cancelled = skipped(report, "fallback", "cancelled at shutdown")
+            final = meter.complete(cancelled, Plan())
+        self._emit(x, final)
+
+    def _emit(self, x: Exchange, report: StreamReport | None) -> None:
+        """Write the one record of this request and count it. Never raises."""
+        if x.recorded:
+            return
+        x.recorded = True
+        try:
+            record = build_record(x, report, self.config.instance_id)
+        except Exception:
+            logger.exception("ssetally proxy: building the record failed")
+            self.metrics.failure("record")
+            record = {
+                "time": x.time,
+                "request_id": x.request_id,
+                "instance_id": self.config.instance_id,
+                "status": "unknown",
+                "notes": ["record"],
+            }
+        try:
+            queued = self.sink.write(record)
+            self.metrics.records.labels("queued" if queued else "dropped").inc()
+            if not queued:
+                self.metrics.failure("sink")
+            self.metrics.observe(record)
+            self.records_emitted += 1
+        except Exception:
+            logger.exception("ssetally proxy: writing the record failed")
+            self.metrics.failure("sink")
+
+
+def _capturing(capture: JsonCapture) -> Callable[[bytes], bytes]:
+    """A relay feed that keeps a JSON answer's bytes and passes them on unchanged."""
+
+    def feed(chunk: bytes) -> bytes:
+        capture.feed(chunk)
+        return chunk
+
+    return feed
+
+
+def _http_library(name: str, client: Any) -> Any:
+    """The ``httpx`` or ``httpx2`` module for the upstream pool."""
+    if client is not None:
+        name = type(client).__module__.split(".", 1)[0]
+    if name not in ("auto", "httpx", "httpx2"):
+        raise ValueError(f"upstream_client must be auto, httpx or httpx2, not {name!r}")
+    if name in ("auto", "httpx2"):
+        try:
+            return importlib.import_module("httpx2")
+        except ImportError:
+            if name == "httpx2":
+                raise
+    return httpx

@@ -1,0 +1,82 @@
+"""The metering proxy's settings (``ProxyConfig``) and the identities it stamps on records."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+
+from .._metering import RetrievalPolicy
+
+__all__ = ["ProxyConfig", "default_instance_id", "key_fingerprint"]
+
+
+def default_instance_id() -> str:
+    """``HOSTNAME-PID-RANDOM``: unique per proxy process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def key_fingerprint(key: str | None, salt: str = "") -> str | None:
+    """The first 16 hex digits of SHA-256(salt + key): enough to tell keys apart, useless to
+    recover one. A ``Bearer`` prefix is removed first."""
+    if not key:
+        return None
+    parts = key.split(None, 1)
+    if parts and parts[0].lower() == "bearer":
+        parts = parts[1:]
+    if not parts or not parts[0].strip():
+        return None
+    key = parts[0].strip()
+    return hashlib.sha256((salt + key).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Settings of a ``MeteringProxy``.
+
+    :param upstream: the one origin (and optional path prefix) requests go to, e.g.
+        ``https://api.openai.com``; the request path is appended to it.
+    :param inject_usage: add ``stream_options.include_usage`` to Chat/legacy Completions
+        streams that did not ask for usage, and strip the added chunk from what the client
+        receives.
+    :param retrieve: fetch the usage of a cut Responses stream with ``GET /responses/{id}``.
+    :param estimate: count tokens with tiktoken when no usage could be had.
+    :param max_body_bytes: larger request bodies get 413.
+    :param max_header_bytes: larger request header sections get 431.
+    :param key_salt: salt of the API key fingerprints.
+    :param metrics_path: the path served by the proxy itself (not forwarded).
+    :param json_capture_bytes: non-streamed JSON answers up to this size are read for usage.
+    :param upstream_client: the HTTP library of the upstream pool: ``httpx2`` (its pool scales
+        to hundreds of concurrent streams), ``httpx``, or ``auto`` (httpx2 when installed).
+    """
+
+    upstream: str
+    inject_usage: bool = False
+    retrieve: bool = True
+    estimate: bool = True
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    max_connections: int = 1000
+    instance_id: str = field(default_factory=default_instance_id)
+    key_salt: str = ""
+    metrics_path: str = "/metrics"
+    retrieval: RetrievalPolicy = field(default_factory=RetrievalPolicy)
+    json_capture_bytes: int = 8 * 1024 * 1024
+    otel: bool = True
+    shutdown_timeout: float = 30.0
+    upstream_client: str = "auto"
+
+    def upstream_url(self) -> httpx.URL:
+        """The validated upstream URL."""
+        url = httpx.URL(self.upstream)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"--upstream must be an http(s) URL, got {self.upstream!r}")
+        if url.query or url.fragment:
+            raise ValueError("--upstream must not have a query or a fragment")
+        return url

@@ -1,0 +1,86 @@
+"""HTTP headers at the proxy: what is forwarded, what is dropped, whose key a request carries,
+and the proxy's own error answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Iterable, MutableMapping
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from ._config import key_fingerprint
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) and others a proxy must not forward as they are.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+#: Request headers the proxy sets itself (httpx computes Host and Content-Length).
+REQUEST_DROP = frozenset({b"host", b"content-length", b"expect"})
+#: Credentials headers whose value is fingerprinted (never stored).
+KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+_PARSE_INLINE_LIMIT = 256 * 1024
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def connection_tokens(value: str | None) -> frozenset[bytes]:
+    """The header names a ``Connection`` header lists (hop-by-hop for this connection)."""
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower().encode("latin-1") for t in value.split(",") if t.strip())
+
+
+def forward_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request headers to send upstream: less hop-by-hop ones and those the proxy sets."""
+    also = connection_tokens(header(headers, b"connection"))
+    return [
+        (k, v)
+        for k, v in headers
+        if (name := k.lower()) not in HOP_BY_HOP and name not in REQUEST_DROP and name not in also
+    ]
+
+
+def fingerprint(headers: list[tuple[bytes, bytes]], query: bytes, salt: str) -> str | None:
+    for name in KEY_HEADERS:
+        value = header(headers, name.encode())
+        if value:
+            return key_fingerprint(value, salt)
+    if b"key=" in query:
+        for k, v in parse_qsl(query.decode("latin-1")):
+            if k == "key":
+                return key_fingerprint(v, salt)
+    return None
+
+
+async def send_error(send: Send, status: int, message: str, kind: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": kind, "code": None}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,139 @@
+"""One proxied request (``Exchange``) and the usage record written for it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .._report import StreamReport
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Exchange:
+    """Everything known about one proxied request, for its record."""
+
+    request_id: str
+    time: str
+    start: float
+    method: str
+    path: str
+    key_fingerprint: str | None = None
+    #: The request's credential values, kept only to redact them from the record.
+    secrets: tuple[str, ...] = ()
+    requested_model: str | None = None
+    request_bytes: int = 0
+    injected: bool = False
+    http_status: int | None = None
+    upstream_status: int | None = None
+    upstream_request_id: str | None = None
+    headers_at: float | None = None
+    event_stream: bool = False
+    upstream_content_encoding: str = ""
+    upstream_bytes: int = 0
+    client_bytes: int = 0
+    stripped: int = 0
+    ended_by: str | None = None
+    outcome: str | None = None
+    notes: list[str] = field(default_factory=list)
+    recorded: bool = False
+    #: The record is left to the background fallbacks (retrieval, estimate).
+    deferred: bool = False
+
+
+def _short(value: Any, limit: int = 2000) -> Any:
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= limit:
+        return value
+    return text[: limit - 3] + "..."
+
+
+def _usage_dict(usage: Any) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "source": usage.source,
+    }
+
+
+def _status(x: Exchange, report: StreamReport | None) -> str:
+    """The record's status: the stream's own status for a relayed answer, else what
+    happened (``rejected``, ``upstream_error``, ``http_error``, ``client_disconnected``)."""
+    if x.outcome in ("rejected", "upstream_error", "client_disconnected"):
+        return x.outcome
+    if x.upstream_status is not None and x.upstream_status >= 400:
+        return "http_error"
+    if report is not None and (x.event_stream or report.usage is not None):
+        return report.status
+    if x.ended_by == "eof":
+        return "completed"
+    return "truncated"
+
+
+def build_record(x: Exchange, report: StreamReport | None, instance_id: str) -> dict[str, Any]:
+    """The JSON-ready usage record of one proxied request."""
+    status = _status(x, report)
+    usage = None if report is None else report.usage
+    timings = None if report is None else report.timings
+    end = time.monotonic() if timings is None or timings.end is None else timings.end
+    ttfb = None
+    if timings is not None and timings.first_byte is not None:
+        ttfb = timings.first_byte - x.start
+    warnings = [] if report is None else list(report.warnings)[:10]
+    return {
+        "time": x.time,
+        "request_id": x.request_id,
+        "instance_id": instance_id,
+        "key_fingerprint": x.key_fingerprint,
+        "method": x.method,
+        "path": x.path,
+        "requested_model": x.requested_model,
+        "model": (report.model if report is not None else None) or x.requested_model,
+        "api": None if report is None else report.api,
+        "stream": x.event_stream,
+        "status": status,
+        "http_status": x.http_status,
+        "upstream_status": x.upstream_status,
+        "upstream_request_id": x.upstream_request_id,
+        "response_id": None if report is None else report.response_id,
+        "finish_reason": None
+        if report is None
+        else report.finish_reason or report.incomplete_reason,
+        "usage": None if usage is None else _usage_dict(usage),
+        "usage_source": None if usage is None else usage.source,
+        "attempts": []
+        if report is None
+        else [{"source": a.source, "ok": a.ok, "reason": a.reason} for a in report.attempts],
+        "injected_usage": x.injected,
+        "stripped_usage_chunks": x.stripped,
+        "ended_by": x.ended_by,
+        "timings": {
+            "upstream_headers": None if x.headers_at is None else x.headers_at - x.start,
+            "ttfb": ttfb,
+            "ttft": None if timings is None else timings.ttft,
+            "duration": end - x.start,
+            "inter_token_latency": None if timings is None else timings.inter_token_latency,
+            "output_tokens_per_s": None if timings is None else timings.output_tokens_per_s,
+        },
+        "bytes": {
+            "request": x.request_bytes,
+            "upstream": x.upstream_bytes,
+            "client": x.client_bytes,
+        },
+        "events": None if report is None else report.events,
+        "error": None if report is None else _short(report.error),
+        "warnings": warnings,
+        "metering_faults": x.notes,
+    }

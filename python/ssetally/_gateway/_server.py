@@ -1,0 +1,174 @@
+"""Serving the metering proxy with uvicorn: in the foreground (``ssetally proxy``) or from a
+background thread (``ProxyServer``)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._sinks import Sink, open_sink
+from ._app import MeteringProxy
+from ._config import ProxyConfig
+from ._metrics import ProxyMetrics
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["ProxyServer", "serve_proxy"]
+
+
+def _uvicorn_config(
+    app: MeteringProxy, host: str, port: int, log_level: str, http: str = "auto"
+) -> Any:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ImportError(
+            "the metering proxy needs uvicorn: pip install 'ssetally[proxy]'"
+        ) from exc
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        http=http,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        # The application answers 431 itself; the parser only stops absurd header sections.
+        h11_max_incomplete_event_size=app.config.max_header_bytes + 64 * 1024,
+        timeout_graceful_shutdown=math.ceil(app.config.shutdown_timeout),
+        backlog=2048,
+        proxy_headers=False,
+    )
+
+
+def serve_proxy(
+    config: ProxyConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    sink: str = "jsonl:ssetally-usage.jsonl",
+    log_level: str = "info",
+    http: str = "auto",
+) -> None:
+    """Run the proxy in the calling thread until interrupted (what ``ssetally proxy`` does).
+
+    ``http`` is uvicorn's HTTP implementation: ``h11`` refuses absolute-form request targets
+    with 400; ``httptools`` (faster; ``auto`` picks it when installed) reduces them to their
+    path, so they still go to the fixed upstream only.
+    """
+    import uvicorn
+
+    app = MeteringProxy(config, open_sink(sink))
+    try:
+        uvicorn.Server(_uvicorn_config(app, host, port, log_level, http)).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled, after a graceful shutdown (records flushed).
+        pass
+
+
+class ProxyServer:
+    """A metering proxy served by uvicorn from a background thread (tests, benchmarks,
+    embedding). ``with ProxyServer(config, sink) as proxy:`` listens on ``proxy.url`` until the
+    block ends; on exit the fallbacks finish and the sink is flushed and closed.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        sink: Sink | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        start_timeout: float = 10.0,
+        http: str = "auto",
+    ) -> None:
+        self.app = MeteringProxy(config, open_sink(sink) if isinstance(sink, str) else sink)
+        self._http = http
+        self.host = host
+        self._port = port
+        self._log_level = log_level
+        self._start_timeout = start_timeout
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def sink(self) -> Sink:
+        """Where the records go."""
+        return self.app.sink
+
+    @property
+    def metrics(self) -> ProxyMetrics:
+        """The proxy's metrics."""
+        return self.app.metrics
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self._socket is not None:
+            return int(self._socket.getsockname()[1])
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Self:
+        """Bind and serve from a daemon thread; returns once the server accepts."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._port))
+        self._socket = sock
+        self._server = uvicorn.Server(
+            _uvicorn_config(self.app, self.host, 0, self._log_level, self._http)
+        )
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"ssetally-proxy:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self._start_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the proxy did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving, finish the fallbacks, flush and close the sink. Idempotent."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+        self.app.sink.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is in flight and every record is written to the sink."""
+        deadline = time.monotonic() + timeout
+        while not self.app.idle:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return self.app.sink.flush(max(0.0, deadline - time.monotonic()))

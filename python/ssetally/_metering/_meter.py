@@ -1,0 +1,209 @@
+"""``StreamMeter``: the one per-stream metering pipeline, I/O-free, under every front-end.
+
+Bytes in (any chunking, optionally compressed) go to the native tap, and through the native
+stripper when usage was injected; the clock readings are stamped as they arrive. When the
+stream has ended, ``report()`` says what the stream itself said, ``plan()`` which fallbacks
+are due, and ``complete()`` merges what they gave into the final, redacted, timed report.
+The front-ends (``connect_usage``, ``MeteringTransport``, the proxy) only do the I/O around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .._core import UsageChunkStripper
+from .._report import Attempt, StreamReport, Timings
+from .._tap import UsageTap
+from ._decode import Decompressor, decompressor_for
+from ._fallback import Plan, apply_fallbacks, plan_fallbacks
+from ._redact import redact_report
+from ._retrieval import RetrievalResult
+
+
+class StreamMeter:
+    """Meters one streamed response: ``feed`` every raw chunk, ``end`` once, then ``report``,
+    ``plan`` and ``complete``.
+
+    :param request_body: the request's JSON body as sent (for the estimate).
+    :param injected: usage was asked for on the caller's behalf: the usage chunk (and the
+        ``"usage":null`` members it brings) are removed from what ``feed`` returns.
+    :param content_encoding: the response's ``Content-Encoding``; the tap reads a decompressed
+        copy, and a body that cannot be decoded is not metered (``warnings`` says why).
+    :param collect_output: reassemble the output text (needed for an estimate).
+    :param request_sent: the monotonic clock reading when the request was sent (default: now).
+    :param secrets: the request's credentials, redacted from the final report.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_stripper",
+        "_tap",
+        "end_time",
+        "ended_by",
+        "faults",
+        "first_byte",
+        "first_content",
+        "last_content",
+        "metering",
+        "request_body",
+        "request_sent",
+        "secrets",
+        "warnings",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_body: Mapping[str, Any] | None = None,
+        injected: bool = False,
+        content_encoding: str = "",
+        collect_output: bool = False,
+        request_sent: float | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.request_body = request_body
+        self.secrets = secrets
+        self.request_sent = time.monotonic() if request_sent is None else request_sent
+        self.first_byte: float | None = None
+        self.first_content: float | None = None
+        self.last_content: float | None = None
+        self.end_time: float | None = None
+        self.ended_by: str | None = None
+        self.warnings: list[str] = []
+        #: Pipeline stages that failed (``decode``, ``tap``, ``strip``): counted by gateways.
+        self.faults: list[str] = []
+        #: False once the tap stopped reading this body (undecodable, or a fault).
+        self.metering = True
+        self._tap = UsageTap(collect_output=collect_output)
+        self._decoder: Decompressor | None = None
+        try:
+            self._decoder = decompressor_for(content_encoding)
+        except ValueError as exc:
+            self._stop("decode", str(exc))
+        # Compressed bytes cannot be stripped; injecting front-ends ask for identity.
+        strip = injected and self._decoder is None and self.metering
+        self._stripper: UsageChunkStripper | None = UsageChunkStripper() if strip else None
+
+    def _stop(self, stage: str, why: str) -> None:
+        self.metering = False
+        self.faults.append(stage)
+        self.warnings.append(why)
+
+    @property
+    def compressed(self) -> bool:
+        """True when the body is compressed (the tap reads a decompressed copy)."""
+        return self._decoder is not None
+
+    @property
+    def stripping(self) -> bool:
+        """True while injected usage is being removed from the bytes ``feed`` returns."""
+        return self._stripper is not None
+
+    @property
+    def stripped(self) -> int:
+        """Usage chunks removed so far."""
+        return 0 if self._stripper is None else self._stripper.stripped
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Meter one raw chunk; returns the bytes to pass on (``chunk`` itself unless usage
+        was injected). Never raises: a fault stops metering or stripping, never the stream."""
+        now = time.monotonic()
+        if self.first_byte is None:
+            self.first_byte = now
+        if self.metering:
+            tap = self._tap
+            before = tap.delta_chunks
+            try:
+                tap.feed(chunk if self._decoder is None else self._decoder.decompress(chunk))
+            except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
+                self._stop("tap", f"metering stopped: {type(exc).__name__}: {exc}")
+            else:
+                if tap.delta_chunks != before:
+                    if self.first_content is None:
+                        self.first_content = now
+                    self.last_content = now
+        stripper = self._stripper
+        if stripper is None:
+            return chunk
+        try:
+            return stripper.feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - what it held is lost; pass bytes on as they are
+            self._stripper = None
+            self.faults.append("strip")
+            self.warnings.append(f"usage stripping stopped: {type(exc).__name__}: {exc}")
+            return chunk
+
+    def held(self) -> bytes:
+        """At the end of the body: the bytes the stripper still holds back, unchanged."""
+        stripper = self._stripper
+        if stripper is None:
+            return b""
+        try:
+            return stripper.finish()
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self.faults.append("strip")
+            self.warnings.append(f"usage stripping failed: {type(exc).__name__}: {exc}")
+            return b""
+
+    def warn(self, text: str) -> None:
+        """Add a warning to the report (e.g. from the front-end's own event decoder)."""
+        self.warnings.append(text)
+
+    def end(self, how: str) -> None:
+        """The body ended: ``eof``, ``closed early`` or an error description. Only the first
+        call counts."""
+        if self.end_time is None:
+            self.end_time = time.monotonic()
+            self.ended_by = how
+
+    def report(self) -> StreamReport:
+        """What the stream itself said (no fallbacks yet). Ends the stream if it was not."""
+        self.end("closed early")
+        report = self._tap.finish()
+        if report.usage is not None:
+            reason = "usage read from the stream"
+        else:
+            reason = f"no usage in the stream (status {report.status}, ended: {self.ended_by})"
+        return report.replace(
+            attempts=(Attempt("stream", report.usage is not None, reason),),
+            output=self._tap.output(),
+            warnings=report.warnings + tuple(self.warnings),
+        )
+
+    def plan(
+        self,
+        report: StreamReport,
+        *,
+        retrieve: bool,
+        estimate: bool,
+        request: Any = None,
+        interrupted: str | None = None,
+    ) -> Plan:
+        """The fallbacks ``report`` needs (see ``plan_fallbacks``)."""
+        return plan_fallbacks(
+            report,
+            metered=self.metering,
+            retrieve=retrieve,
+            estimate=estimate,
+            request=request,
+            interrupted=interrupted,
+        )
+
+    def complete(
+        self, report: StreamReport, plan: Plan, retrieved: RetrievalResult | None = None
+    ) -> StreamReport:
+        """The final report: the fallbacks' results merged, credentials redacted, timings
+        attached. Never raises. (Runs the estimate when planned: CPU work, off the loop.)"""
+        report = apply_fallbacks(report, plan, retrieved, self.request_body)
+        report = redact_report(report, self.secrets)
+        timings = Timings(
+            request_sent=self.request_sent,
+            first_byte=self.first_byte,
+            first_content=self.first_content,
+            last_content=self.last_content,
+            end=self.end_time,
+            output_tokens=None if report.usage is None else report.usage.output_tokens,
+        )
+        return report.replace(timings=timings)
