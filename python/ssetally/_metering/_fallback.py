@@ -1,6 +1,6 @@
 """The fallbacks of a stream that reported no usage: what to try, and merging what they gave.
 
-The plan is decided once per stream (``plan_fallbacks``); the steps run in one order (merge the
+The plan is decided once per stream (``StreamMeter.plan``); the steps run in one order (merge the
 retrieval, then estimate, then note what was skipped) in ``apply_fallbacks``, which never
 raises. Only the retrieval does I/O, and the front-ends run it (``retrieve``/``aretrieve``).
 """
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from .._report import Attempt, StreamReport
 from ._estimate import EstimateError, estimate_usage
 from ._request import requested_model
-from ._retrieval import RetrievalResult, retrieval_request
+from ._retrieval import RetrievalResult
 
 _TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 
@@ -44,33 +44,6 @@ def needs_retrieval(report: StreamReport) -> bool:
         and report.response_id is not None
         and report.status not in _TERMINAL
     )
-
-
-def plan_fallbacks(
-    report: StreamReport,
-    *,
-    metered: bool,
-    retrieve: bool,
-    estimate: bool,
-    request: Any = None,
-    interrupted: str | None = None,
-) -> Plan:
-    """The fallbacks ``report`` needs. ``metered`` is False for a body the tap could not read
-    (an estimate of unread output would count nothing); ``request`` (anything with ``url`` and
-    ``headers``) is what the retrieval reads back; ``interrupted`` names a cancellation, during
-    which nothing may wait on the network."""
-    if not metered or report.usage is not None:
-        return NOTHING
-    target = None
-    skipped: tuple[Attempt, ...] = ()
-    if retrieve and needs_retrieval(report):
-        if interrupted is not None:
-            skipped = (
-                Attempt("retrieval", False, f"interrupted ({interrupted}); retrieval skipped"),
-            )
-        elif request is not None:
-            target = retrieval_request(request, report.response_id or "")
-    return Plan(target, estimate, skipped)
 
 
 def skipped(report: StreamReport, source: str, reason: str) -> StreamReport:

@@ -17,9 +17,9 @@ from .._core import UsageChunkStripper
 from .._report import Attempt, StreamReport, Timings
 from .._tap import UsageTap
 from ._decode import Decompressor, decompressor_for
-from ._fallback import Plan, apply_fallbacks, plan_fallbacks
+from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
 from ._redact import redact_report
-from ._retrieval import RetrievalResult
+from ._retrieval import RetrievalResult, retrieval_request
 
 
 class StreamMeter:
@@ -181,15 +181,21 @@ class StreamMeter:
         request: Any = None,
         interrupted: str | None = None,
     ) -> Plan:
-        """The fallbacks ``report`` needs (see ``plan_fallbacks``)."""
-        return plan_fallbacks(
-            report,
-            metered=self.metering,
-            retrieve=retrieve,
-            estimate=estimate,
-            request=request,
-            interrupted=interrupted,
-        )
+        """The fallbacks ``report`` needs. ``request`` (anything with ``url`` and ``headers``)
+        is what the retrieval reads back; ``interrupted`` names a cancellation, during which
+        nothing may wait on the network. A body the tap could not read gets none: an estimate
+        of unread output would count nothing."""
+        if not self.metering or report.usage is not None:
+            return NOTHING
+        target = None
+        skipped: tuple[Attempt, ...] = ()
+        if retrieve and needs_retrieval(report):
+            if interrupted is not None:
+                reason = f"interrupted ({interrupted}); retrieval skipped"
+                skipped = (Attempt("retrieval", False, reason),)
+            elif request is not None:
+                target = retrieval_request(request, report.response_id or "")
+        return Plan(target, estimate, skipped)
 
     def complete(
         self, report: StreamReport, plan: Plan, retrieved: RetrievalResult | None = None
