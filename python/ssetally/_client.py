@@ -98,6 +98,12 @@ class _Base:
         """The streaming HTTP response."""
         return self._response
 
+    @property
+    def responses(self) -> tuple[StreamReport, ...]:
+        """Every response the stream held, once it ended (usually one; ``report`` is the
+        last one's, and its ``warnings`` say when there were several)."""
+        return self._meter.responses
+
     def _events(self, data: bytes) -> list[ServerSentEvent]:
         """The events ``data`` (bytes the meter passed on) completes."""
         try:

@@ -163,7 +163,10 @@ class _SyncGetter:
         self._transport = transport
         self._lib = lib
 
-    def get(self, url: str, *, headers: dict[str, str], timeout: float) -> Any:
+    def get(
+        self, url: str, *, headers: dict[str, str], timeout: float, follow_redirects: bool = False
+    ) -> Any:
+        # A bare transport never follows redirects.
         request = self._lib.Request(
             "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
         )
@@ -182,7 +185,10 @@ class _AsyncGetter:
         self._transport = transport
         self._lib = lib
 
-    async def get(self, url: str, *, headers: dict[str, str], timeout: float) -> Any:
+    async def get(
+        self, url: str, *, headers: dict[str, str], timeout: float, follow_redirects: bool = False
+    ) -> Any:
+        # A bare transport never follows redirects.
         request = self._lib.Request(
             "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
         )
@@ -348,9 +354,17 @@ class _End(Generic[_Owner]):
     subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
 
     def __init__(
-        self, owner: _Owner, request: Any, sent: Any, meter: StreamMeter, inner: Any, lib: Any
+        self,
+        owner: _Owner,
+        request: Any,
+        sent: Any,
+        meter: StreamMeter,
+        inner: Any,
+        lib: Any,
+        status: int,
     ) -> None:
         self._owner = owner
+        self._status = status
         self._request = request
         self._sent = sent
         self._meter = meter
@@ -370,7 +384,11 @@ class _End(Generic[_Owner]):
         report = meter.report()
         options = self._owner._options
         plan = meter.plan(
-            report, retrieve=options.retrieve, estimate=options.estimate, request=self._sent
+            report,
+            retrieve=options.retrieve,
+            estimate=options.estimate,
+            request=self._sent,
+            http_status=self._status,
         )
         return report, plan
 
@@ -432,7 +450,7 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         response = inner.handle_request(sent)
 
         def make_end(meter: StreamMeter) -> _SyncEnd:
-            return _SyncEnd(self, request, sent, meter, inner, lib)
+            return _SyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
         return self._meter(response, request, body, injected, make_end, _SyncTapStream)
 
@@ -532,7 +550,7 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         response = await inner.handle_async_request(sent)
 
         def make_end(meter: StreamMeter) -> _AsyncEnd:
-            return _AsyncEnd(self, request, sent, meter, inner, lib)
+            return _AsyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
         return self._meter(response, request, body, injected, make_end, _AsyncTapStream)
 

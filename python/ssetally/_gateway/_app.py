@@ -41,6 +41,7 @@ from .._metering import (
     encode_body,
     is_llm_path,
     parse_json_object,
+    redact,
     requested_model,
     secrets_of,
     skipped,
@@ -49,7 +50,8 @@ from .._metering import (
 from .._mime import is_event_stream
 from .._report import StreamReport
 from .._sinks import Sink
-from ._config import ProxyConfig
+from ._config import ProxyConfig, safe_url
+from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
     HOP_BY_HOP,
     connection_tokens,
@@ -60,7 +62,8 @@ from ._headers import (
 )
 from ._metrics import ProxyMetrics
 from ._record import Exchange, build_record, now_iso
-from ._relay import Sender, watch_disconnect
+from ._relay import Sender, Watchdog, watch_disconnect
+from ._salt import key_salt
 
 __all__ = ["MeteringProxy"]
 
@@ -110,6 +113,10 @@ class MeteringProxy:
         self.sink = sink
         self._upstream = config.upstream_url()
         self._prefix = self._upstream.raw_path.rstrip(b"/")
+        # Userinfo of the upstream URL never reaches a log line or a record.
+        self._upstream_secrets = tuple(
+            v for v in (self._upstream.username, self._upstream.password) if v and len(v) >= 4
+        )
         self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
         self._client = client
         self._owns_client = client is None
@@ -117,6 +124,9 @@ class MeteringProxy:
         self._timeout_errors: tuple[type[BaseException], ...] = (self._http.TimeoutException,)
         self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bodies = BodyBudget(config.max_inflight_body_bytes)
+        #: The salt of this proxy's key fingerprints (``--key-salt``, or the sink's own).
+        self.key_salt = key_salt(config.key_salt, sink)
         #: Records handed to the sink so far.
         self.records_emitted = 0
         #: Requests being proxied now.
@@ -235,16 +245,21 @@ class MeteringProxy:
         try:
             await self._exchange(x, scope, raw_path, receive, send)
         except BaseException as exc:
+            self._bodies.give(x.budget)
+            x.budget = 0
             # An upstream cut is re-raised after the fallbacks were started: they write it.
             if not x.recorded and not x.deferred:
                 x.ended_by = x.ended_by or f"{type(exc).__name__}: {exc}"
                 self._emit(x, None)
             raise
+        self._bodies.give(x.budget)
 
-    async def _reject(self, x: Exchange, send: Send, status: int, message: str) -> None:
+    async def _reject(
+        self, x: Exchange, send: Send, status: int, message: str, *, close: bool = False
+    ) -> None:
         x.outcome = "rejected"
         x.ended_by = message
-        await send_error(send, status, message, "invalid_request_error")
+        await send_error(send, status, message, "invalid_request_error", close=close)
         x.http_status = status
         self._emit(x, None)
 
@@ -254,43 +269,44 @@ class MeteringProxy:
         cfg = self.config
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         query: bytes = scope.get("query_string", b"")
-        x.key_fingerprint = fingerprint(headers, query, cfg.key_salt)
+        x.key_fingerprint = fingerprint(headers, query, self.key_salt)
         x.secrets = secrets_of(
             {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
             "?" + query.decode("latin-1"),
         )
 
-        if not raw_path.startswith(b"/"):
-            await self._reject(
-                x, send, 400, "this proxy accepts origin-form request targets only (/path)"
-            )
+        try:
+            path = normalize_path(raw_path)
+            why = framing_error(headers)
+            if why is not None:
+                raise Refused(400, f"ambiguous request framing: {why}")
+        except Refused as refused:
+            await self._reject(x, send, refused.status, refused.message, close=True)
             return
         if sum(len(k) + len(v) + 4 for k, v in headers) > cfg.max_header_bytes:
             await self._reject(x, send, 431, "request header fields too large")
             return
-        declared = header(headers, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+        length = header(headers, b"content-length")
+        declared = 0 if length is None else int(length.split(",", 1)[0])
+        if declared > cfg.max_body_bytes:
             await self._reject(x, send, 413, "request body too large")
             return
-
-        body_parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                x.outcome = "client_disconnected"
-                x.ended_by = "client disconnected before sending the whole body"
-                self._emit(x, None)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cfg.max_body_bytes:
-                await self._reject(x, send, 413, "request body too large")
-                return
-            if chunk:
-                body_parts.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            body_parts = await asyncio.wait_for(
+                self._read_body(x, receive, declared), cfg.body_timeout
+            )
+        except Refused as refused:
+            await self._reject(x, send, refused.status, refused.message, close=True)
+            return
+        except asyncio.TimeoutError:
+            msg = f"the request body did not arrive within {cfg.body_timeout:g}s"
+            await self._reject(x, send, 408, msg, close=True)
+            return
+        if body_parts is None:
+            x.outcome = "client_disconnected"
+            x.ended_by = "client disconnected before sending the whole body"
+            self._emit(x, None)
+            return
         body = b"".join(body_parts)
         x.request_bytes = len(body)
 
@@ -316,7 +332,7 @@ class MeteringProxy:
                 self._failure(x, "inject")
 
         url = self._upstream.copy_with(
-            raw_path=self._prefix + raw_path + (b"?" + query if query else b"")
+            raw_path=self._prefix + path + (b"?" + query if query else b"")
         )
         request = self._http.Request(x.method, str(url), headers=forward, content=body or None)
         client = self._upstream_client()
@@ -333,12 +349,46 @@ class MeteringProxy:
         finally:
             await response.aclose()
 
+    async def _read_body(self, x: Exchange, receive: Receive, declared: int) -> list[bytes] | None:
+        """The request body's parts (None when the client left first), held within the
+        shared body budget; refused past ``max_body_bytes`` (413) or the budget (503)."""
+        cfg = self.config
+        if declared and not self._take_budget(x, declared):
+            raise Refused(503, "the proxy is holding too many request bodies; retry later")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                raise Refused(413, "request body too large")
+            if size > x.budget and not self._take_budget(x, size - x.budget):
+                raise Refused(503, "the proxy is holding too many request bodies; retry later")
+            if chunk:
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                return parts
+
+    def _take_budget(self, x: Exchange, n: int) -> bool:
+        if not self._bodies.take(n):
+            self.metrics.failure("body_budget")
+            return False
+        x.budget += n
+        return True
+
     async def _upstream_failed(
         self, x: Exchange, send: Send, status: int, exc: BaseException
     ) -> None:
         x.outcome = "upstream_error"
         x.ended_by = f"{type(exc).__name__}: {exc}"
-        logger.warning("ssetally proxy: upstream %s failed: %s", self._upstream, x.ended_by)
+        logger.warning(
+            "ssetally proxy: upstream %s failed: %s",
+            safe_url(self._upstream),
+            redact(x.ended_by, self._upstream_secrets),
+        )
         await send_error(send, status, "the upstream could not be reached", "upstream_error")
         x.http_status = status
         self._emit(x, None)
@@ -366,8 +416,14 @@ class MeteringProxy:
                 if not meter.metering:
                     self._failure(x, "decode", *meter.warnings)
                 return meter
-            if "json" in content_type.lower() and 200 <= response.status_code < 300:
-                return JsonCapture(self.config.json_capture_bytes, encoding)
+            if 200 <= response.status_code < 300:
+                if "json" in content_type.lower():
+                    return JsonCapture(self.config.json_capture_bytes, encoding)
+                if is_llm_path(x.path):
+                    x.warnings.append(
+                        f"not metered: the answer's content type {content_type[:100]!r} is "
+                        "neither an event stream nor JSON"
+                    )
         except Exception:  # noqa: BLE001 - fail open
             self._failure(x, "setup")
         return None
@@ -402,21 +458,26 @@ class MeteringProxy:
 
         task = asyncio.current_task()
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
+        timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
         try:
             await self._pump(x, meter, response, send)
         except asyncio.CancelledError:
-            if x.ended_by != "client disconnected":
+            if x.ended_by != "client disconnected" and x.timed_out is None:
                 raise  # the server is shutting down: the record is written by _proxy
             uncancel = getattr(task, "uncancel", None)
             if uncancel is not None:
                 uncancel()
+            if x.timed_out is not None:
+                x.ended_by = x.timed_out
+                aborted = TimeoutError(x.timed_out)
         except self._transport_errors as exc:
             x.ended_by = f"upstream failed mid-body: {type(exc).__name__}: {exc}"
             aborted = exc
         finally:
             x.outcome = x.outcome or "relayed"
             watch.cancel()
+            timer.cancel()
         self._finish(x, meter, request)
         if aborted is not None:
             raise _UpstreamAborted(x.ended_by) from aborted
@@ -472,14 +533,20 @@ class MeteringProxy:
                     self._failure(x, stage)
             report = meter.report()
             cfg = self.config
-            plan = meter.plan(report, retrieve=cfg.retrieve, estimate=cfg.estimate, request=request)
+            plan = meter.plan(
+                report,
+                retrieve=cfg.retrieve,
+                estimate=cfg.estimate,
+                request=request,
+                http_status=x.upstream_status,
+            )
             if plan.due:
                 task = asyncio.ensure_future(self._fallbacks(x, meter, report, plan))
                 x.deferred = True
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
-            self._emit(x, meter.complete(report, plan))
+            self._emit(x, meter.complete(report, plan), meter)
         except Exception:  # noqa: BLE001 - fail open
             self._failure(x, "report")
             self._emit(x, None)
@@ -503,15 +570,18 @@ class MeteringProxy:
         except asyncio.CancelledError:
             cancelled = skipped(report, "fallback", "cancelled at shutdown")
             final = meter.complete(cancelled, Plan())
-        self._emit(x, final)
+        self._emit(x, final, meter)
 
-    def _emit(self, x: Exchange, report: StreamReport | None) -> None:
+    def _emit(
+        self, x: Exchange, report: StreamReport | None, meter: StreamMeter | None = None
+    ) -> None:
         """Write the one record of this request and count it. Never raises."""
         if x.recorded:
             return
         x.recorded = True
         try:
-            record = build_record(x, report, self.config.instance_id)
+            responses = () if meter is None else meter.responses
+            record = build_record(x, report, self.config.instance_id, responses)
         except Exception:
             logger.exception("ssetally proxy: building the record failed")
             self.metrics.failure("record")

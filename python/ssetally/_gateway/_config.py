@@ -12,7 +12,12 @@ import httpx
 
 from .._metering import RetrievalPolicy
 
-__all__ = ["ProxyConfig", "default_instance_id", "key_fingerprint"]
+__all__ = ["ProxyConfig", "default_instance_id", "key_fingerprint", "safe_url"]
+
+
+def safe_url(url: httpx.URL) -> str:
+    """``url`` without its userinfo (a password in ``--upstream`` never reaches a log)."""
+    return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
 
 
 def default_instance_id() -> str:
@@ -50,6 +55,16 @@ class ProxyConfig:
     :param key_salt: salt of the API key fingerprints.
     :param metrics_path: the path served by the proxy itself (not forwarded).
     :param json_capture_bytes: non-streamed JSON answers up to this size are read for usage.
+    :param header_timeout: seconds a client has to send a request's header section, from its
+        first byte (slowloris); the connection is closed past it.
+    :param body_timeout: seconds a client has to send the whole request body (408 past it).
+    :param keep_alive_timeout: seconds an idle client connection is kept between requests.
+    :param max_client_connections: client connections served at once; more get 503.
+    :param max_inflight_body_bytes: request body bytes all requests together may hold in
+        memory; a request that would pass it gets 503.
+    :param idle_timeout: longest time a stream may go without an output-bearing event
+        (comments and pings do not count); the stream is cut past it. None: no limit.
+    :param stream_deadline: longest time one answer may stream; cut past it. None: no limit.
     :param upstream_client: the HTTP library of the upstream pool: ``httpx2`` (its pool scales
         to hundreds of concurrent streams), ``httpx``, or ``auto`` (httpx2 when installed).
     """
@@ -71,6 +86,13 @@ class ProxyConfig:
     otel: bool = True
     shutdown_timeout: float = 30.0
     upstream_client: str = "auto"
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    max_client_connections: int = 1024
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
+    idle_timeout: float | None = 900.0
+    stream_deadline: float | None = 3600.0
 
     def upstream_url(self) -> httpx.URL:
         """The validated upstream URL."""

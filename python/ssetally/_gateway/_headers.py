@@ -71,16 +71,14 @@ def fingerprint(headers: list[tuple[bytes, bytes]], query: bytes, salt: str) -> 
     return None
 
 
-async def send_error(send: Send, status: int, message: str, kind: str) -> None:
+async def send_error(
+    send: Send, status: int, message: str, kind: str, *, close: bool = False
+) -> None:
+    """The proxy's own JSON error answer; ``close`` ends the connection after it (the rest of
+    what the client sent cannot be trusted to frame a next request)."""
     body = json.dumps({"error": {"message": message, "type": kind, "code": None}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -43,6 +43,12 @@ class Exchange:
     outcome: str | None = None
     notes: list[str] = field(default_factory=list)
     recorded: bool = False
+    #: Notes for the record that no report carries (e.g. why an answer was not metered).
+    warnings: list[str] = field(default_factory=list)
+    #: Why the proxy cut the stream (idle or deadline), None while it was not.
+    timed_out: str | None = None
+    #: Request body bytes taken from the proxy's shared body budget.
+    budget: int = 0
     #: The record is left to the background fallbacks (retrieval, estimate).
     deferred: bool = False
 
@@ -82,8 +88,14 @@ def _status(x: Exchange, report: StreamReport | None) -> str:
     return "truncated"
 
 
-def build_record(x: Exchange, report: StreamReport | None, instance_id: str) -> dict[str, Any]:
-    """The JSON-ready usage record of one proxied request."""
+def build_record(
+    x: Exchange,
+    report: StreamReport | None,
+    instance_id: str,
+    responses: tuple[StreamReport, ...] = (),
+) -> dict[str, Any]:
+    """The JSON-ready usage record of one proxied request; ``responses`` lists each response
+    of a stream that held several (the record's usage is the last one's)."""
     status = _status(x, report)
     usage = None if report is None else report.usage
     timings = None if report is None else report.timings
@@ -91,7 +103,7 @@ def build_record(x: Exchange, report: StreamReport | None, instance_id: str) -> 
     ttfb = None
     if timings is not None and timings.first_byte is not None:
         ttfb = timings.first_byte - x.start
-    warnings = [] if report is None else list(report.warnings)[:10]
+    warnings = (x.warnings + ([] if report is None else list(report.warnings)))[:10]
     return {
         "time": x.time,
         "request_id": x.request_id,
@@ -136,4 +148,14 @@ def build_record(x: Exchange, report: StreamReport | None, instance_id: str) -> 
         "error": None if report is None else _short(report.error),
         "warnings": warnings,
         "metering_faults": x.notes,
+        "responses": [
+            {
+                "response_id": r.response_id,
+                "status": r.status,
+                "usage": None if r.usage is None else _usage_dict(r.usage),
+            }
+            for r in responses
+        ]
+        if len(responses) > 1
+        else [],
     }

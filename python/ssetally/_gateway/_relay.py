@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
 
+from .._metering import StreamMeter
 from ._record import Exchange
 
 Message = MutableMapping[str, Any]
@@ -78,3 +80,61 @@ async def watch_disconnect(receive: Receive, x: Exchange, task: asyncio.Task[Any
                 x.ended_by = "client disconnected"
                 task.cancel()
             return
+
+
+class Watchdog:
+    """Cuts a stream that goes ``idle`` seconds without an output-bearing event (comments and
+    pings do not count: they can keep a connection alive forever) or streams past
+    ``deadline`` seconds. One timer per stream, re-armed only when it fires."""
+
+    __slots__ = ("_deadline", "_handle", "_idle", "_meter", "_start", "_task", "_x")
+
+    def __init__(
+        self,
+        x: Exchange,
+        meter: object,
+        task: asyncio.Task[Any] | None,
+        idle: float | None,
+        deadline: float | None,
+    ) -> None:
+        self._x = x
+        self._meter = meter if isinstance(meter, StreamMeter) else None
+        self._task = task
+        self._idle = idle if self._meter is not None else None
+        self._deadline = deadline
+        self._start = time.monotonic()
+        self._handle: asyncio.TimerHandle | None = None
+        if task is not None and (self._idle is not None or deadline is not None):
+            self._schedule(self._start)
+
+    def _schedule(self, last: float) -> None:
+        times = []
+        if self._idle is not None:
+            times.append(last + self._idle)
+        if self._deadline is not None:
+            times.append(self._start + self._deadline)
+        delay = max(0.0, min(times) - time.monotonic())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        meter = self._meter
+        last = self._start
+        if meter is not None and meter.last_content is not None:
+            last = max(last, meter.last_content)
+        if self._deadline is not None and now >= self._start + self._deadline:
+            self._cut(f"cut by the proxy: the stream deadline of {self._deadline:g}s passed")
+        elif self._idle is not None and now >= last + self._idle:
+            self._cut(f"cut by the proxy: no output for {self._idle:g}s")
+        else:
+            self._schedule(last)
+
+    def _cut(self, why: str) -> None:
+        self._x.timed_out = why
+        if self._task is not None:
+            self._task.cancel()
+
+    def cancel(self) -> None:
+        """The stream ended: no more checks."""
+        if self._handle is not None:
+            self._handle.cancel()

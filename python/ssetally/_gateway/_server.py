@@ -12,12 +12,31 @@ from typing import TYPE_CHECKING, Any
 from .._sinks import Sink, open_sink
 from ._app import MeteringProxy
 from ._config import ProxyConfig
+from ._guard import with_header_timeout
 from ._metrics import ProxyMetrics
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["ProxyServer", "serve_proxy"]
+
+
+def http_protocol(http: str) -> tuple[type[Any], str]:
+    """uvicorn's HTTP protocol class for ``http`` (``auto``: httptools when installed, else
+    h11), and the parser's name."""
+    if http not in ("auto", "h11", "httptools"):
+        raise ValueError(f"http must be auto, h11 or httptools, not {http!r}")
+    if http in ("auto", "httptools"):
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+            return HttpToolsProtocol, "httptools"
+        except ImportError:
+            if http == "httptools":
+                raise ImportError("--http httptools needs httptools: pip install httptools")
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return H11Protocol, "h11"
 
 
 def _uvicorn_config(
@@ -29,19 +48,23 @@ def _uvicorn_config(
         raise ImportError(
             "the metering proxy needs uvicorn: pip install 'ssetally[proxy]'"
         ) from exc
+    cfg = app.config
+    protocol, _ = http_protocol(http)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="on",
-        http=http,
+        http=with_header_timeout(protocol, cfg.header_timeout),
         log_level=log_level,
         access_log=False,
         server_header=False,
         date_header=False,
         # The application answers 431 itself; the parser only stops absurd header sections.
-        h11_max_incomplete_event_size=app.config.max_header_bytes + 64 * 1024,
-        timeout_graceful_shutdown=math.ceil(app.config.shutdown_timeout),
+        h11_max_incomplete_event_size=cfg.max_header_bytes + 64 * 1024,
+        timeout_graceful_shutdown=math.ceil(cfg.shutdown_timeout),
+        timeout_keep_alive=max(1, math.ceil(cfg.keep_alive_timeout)),
+        limit_concurrency=cfg.max_client_connections,
         backlog=2048,
         proxy_headers=False,
     )

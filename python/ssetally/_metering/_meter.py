@@ -19,7 +19,7 @@ from .._tap import UsageTap
 from ._decode import Decompressor, decompressor_for
 from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
 from ._redact import redact_report
-from ._retrieval import RetrievalResult, retrieval_request
+from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
 
 
 class StreamMeter:
@@ -49,6 +49,7 @@ class StreamMeter:
         "metering",
         "request_body",
         "request_sent",
+        "responses",
         "secrets",
         "warnings",
     )
@@ -74,6 +75,8 @@ class StreamMeter:
         self.warnings: list[str] = []
         #: Pipeline stages that failed (``decode``, ``tap``, ``strip``): counted by gateways.
         self.faults: list[str] = []
+        #: Every response the stream held, once ``report()`` ran (usually one).
+        self.responses: tuple[StreamReport, ...] = ()
         #: False once the tap stopped reading this body (undecodable, or a fault).
         self.metering = True
         self._tap = UsageTap(collect_output=collect_output)
@@ -162,6 +165,9 @@ class StreamMeter:
         """What the stream itself said (no fallbacks yet). Ends the stream if it was not."""
         self.end("closed early")
         report = self._tap.finish()
+        self.responses = self._tap.reports
+        if len(self.responses) > 1:
+            report = _combined(report, self.responses)
         if report.usage is not None:
             reason = "usage read from the stream"
         else:
@@ -180,18 +186,27 @@ class StreamMeter:
         estimate: bool,
         request: Any = None,
         interrupted: str | None = None,
+        http_status: int | None = None,
     ) -> Plan:
         """The fallbacks ``report`` needs. ``request`` (anything with ``url`` and ``headers``)
         is what the retrieval reads back; ``interrupted`` names a cancellation, during which
-        nothing may wait on the network. A body the tap could not read gets none: an estimate
+        nothing may wait on the network; an ``http_status`` of 400 or more gets no fallback
+        (an error answer is not estimated as if it were output). A body the tap could not read gets none: an estimate
         of unread output would count nothing."""
         if not self.metering or report.usage is not None:
             return NOTHING
+        if http_status is not None and http_status >= 400:
+            # An error answer generated no output to estimate, whatever its content type.
+            reason = f"the answer is an HTTP {http_status} error; no usage to estimate"
+            return Plan(skipped=(Attempt("estimate", False, reason),))
         target = None
         skipped: tuple[Attempt, ...] = ()
         if retrieve and needs_retrieval(report):
             if interrupted is not None:
                 reason = f"interrupted ({interrupted}); retrieval skipped"
+                skipped = (Attempt("retrieval", False, reason),)
+            elif not valid_response_id(report.response_id):
+                reason = "the stream's response id is not a valid id; retrieval skipped"
                 skipped = (Attempt("retrieval", False, reason),)
             elif request is not None:
                 target = retrieval_request(request, report.response_id or "")
@@ -213,3 +228,19 @@ class StreamMeter:
             output_tokens=None if report.usage is None else report.usage.output_tokens,
         )
         return report.replace(timings=timings)
+
+
+def _combined(last: StreamReport, responses: tuple[StreamReport, ...]) -> StreamReport:
+    """The report of a stream that held several responses: the last one's (as ``UsageTap``
+    reports it), with a warning that names every response and what it used."""
+    parts = "; ".join(
+        f"{r.response_id}: {r.status}, "
+        + (
+            "no usage"
+            if r.usage is None
+            else f"{r.usage.input_tokens} in / {r.usage.output_tokens} out"
+        )
+        for r in responses
+    )
+    warning = f"the stream held {len(responses)} responses ({parts}); the report is the last one's"
+    return last.replace(warnings=(*last.warnings, warning[:2000]))

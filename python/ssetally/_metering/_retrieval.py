@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ class RetrievalResult:
 
     report: StreamReport | None
     reason: str
+
+
+#: What a response id may look like: it names one path segment, never ``.``, ``..`` or a path.
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
+
+
+def valid_response_id(response_id: str | None) -> bool:
+    """True for an id that can be read back (``resp_...``); ids from the network are checked
+    before a request carrying credentials is built from them."""
+    return response_id is not None and _RESPONSE_ID.fullmatch(response_id) is not None
 
 
 def retrieval_url(request_url: str, response_id: str) -> str:
@@ -113,6 +124,9 @@ class _Attempts:
             return RetrievalResult(
                 None, "retrieval got 404: the response was not stored (store=false?)"
             )
+        if 300 <= status < 400:
+            # The credentials were sent to this origin only: a redirect is never followed.
+            return RetrievalResult(None, f"retrieval was redirected (HTTP {status}); not followed")
         if status == 429:
             return self._wait("rate limited (429)", _retry_after(headers))
         if status >= 500:
@@ -157,7 +171,9 @@ def retrieve(
     attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
-            response = client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)
+            response = client.get(
+                url, headers=dict(headers), timeout=policy.max_delay * 2, follow_redirects=False
+            )
             step = attempts.answer(response.status_code, response.content, response.headers)
         except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
             step = attempts.failure(exc)
@@ -173,7 +189,9 @@ async def aretrieve(
     attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
-            response = await client.get(url, headers=dict(headers), timeout=policy.max_delay * 2)
+            response = await client.get(
+                url, headers=dict(headers), timeout=policy.max_delay * 2, follow_redirects=False
+            )
             step = attempts.answer(response.status_code, response.content, response.headers)
         except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
             step = attempts.failure(exc)
