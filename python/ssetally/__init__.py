@@ -15,7 +15,7 @@ from ._core import (
     SSEDecoder,
     __version__,
 )
-from ._exceptions import SSEError
+from ._exceptions import SSEError, StreamTimeoutError
 from ._metering import RetrievalPolicy
 from ._report import Attempt, StreamReport, Timings, Usage
 from ._tap import UsageTap
@@ -35,6 +35,7 @@ __all__ = [
     "SSEError",
     "ServerSentEvent",
     "StreamReport",
+    "StreamTimeoutError",
     "Timings",
     "Usage",
     "UsageStream",

@@ -5,12 +5,13 @@ record, whatever happened (usage in the stream, a cut stream, no usage sent, an 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
-from ._exceptions import SSEError
+from ._exceptions import SSEError, StreamTimeoutError
 from ._metering import (
     Plan,
     RetrievalPolicy,
@@ -79,9 +80,25 @@ def _prepare(
     return new, True
 
 
+class _Limits(NamedTuple):
+    idle: float | None = None
+    deadline: float | None = None
+
+
+_NO_LIMITS = _Limits()
+
+
 class _Base:
-    def __init__(self, meter: StreamMeter, policy: RetrievalPolicy, retrieve: bool, estimate: bool):
+    def __init__(
+        self,
+        meter: StreamMeter,
+        policy: RetrievalPolicy,
+        retrieve: bool,
+        estimate: bool,
+        limits: _Limits = _NO_LIMITS,
+    ):
         self._meter = meter
+        self._limits = limits
         self._decoder = SSEDecoder()
         self._policy = policy
         self._retrieve = retrieve
@@ -113,7 +130,22 @@ class _Base:
             return exc.events
 
     def _on_chunk(self, chunk: bytes) -> list[ServerSentEvent]:
-        return self._events(self._meter.feed(chunk))
+        events = self._events(self._meter.feed(chunk))
+        if self._limits.idle is not None or self._limits.deadline is not None:
+            self._check_limits()
+        return events
+
+    def _check_limits(self) -> None:
+        """Raise ``StreamTimeoutError`` past the idle timeout or the deadline (checked as
+        bytes arrive: a silent connection is the HTTP client's read timeout's job)."""
+        meter = self._meter
+        now = time.monotonic()
+        idle, deadline = self._limits
+        if deadline is not None and now - meter.request_sent > deadline:
+            raise StreamTimeoutError(f"the stream passed its deadline of {deadline:g}s")
+        last = meter.last_content or meter.request_sent
+        if idle is not None and now - last > idle:
+            raise StreamTimeoutError(f"no output for {idle:g}s (idle_timeout)")
 
     def _on_eof(self) -> list[ServerSentEvent]:
         """The events of what the stripper held back, at the end of the body."""
@@ -198,6 +230,8 @@ def connect_usage(
     retrieve: bool = True,
     estimate: bool = True,
     retrieval: RetrievalPolicy | None = None,
+    idle_timeout: float | None = None,
+    deadline: float | None = None,
     **kwargs: Any,
 ) -> Iterator[UsageStream]:
     """Stream a request with an ``httpx.Client`` or ``httpx2.Client``; yields a ``UsageStream``.
@@ -207,13 +241,18 @@ def connect_usage(
     - ``retrieve``: a Responses stream that ended without its terminal event has its usage
       fetched with ``GET /responses/{id}`` (polling while it is still in progress).
     - ``estimate``: when no usage can be had, count tokens with tiktoken (``source="estimate"``).
+    - ``idle_timeout`` / ``deadline``: seconds without an output-bearing event, and in all,
+      after which iterating raises ``StreamTimeoutError`` (default: no limit; comments and
+      pings do not reset the idle clock, so they cannot keep a stream alive forever).
 
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
     """
     body, injected = _prepare(method, url, include_usage, kwargs)
     meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
-    stream = UsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
+    stream = UsageStream(
+        meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
+    )
     with client.stream(method, url, **kwargs) as response:
         stream._response = response
         meter.secrets = request_secrets(response.request)
@@ -241,12 +280,16 @@ async def aconnect_usage(
     retrieve: bool = True,
     estimate: bool = True,
     retrieval: RetrievalPolicy | None = None,
+    idle_timeout: float | None = None,
+    deadline: float | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
     body, injected = _prepare(method, url, include_usage, kwargs)
     meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
-    stream = AsyncUsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
+    stream = AsyncUsageStream(
+        meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
+    )
     async with client.stream(method, url, **kwargs) as response:
         stream._response = response
         meter.secrets = request_secrets(response.request)

@@ -18,3 +18,8 @@ class SSEError(*_TRANSPORT_ERRORS):  # type: ignore[misc]
     A subclass of ``httpx.TransportError`` (and of ``httpx2.TransportError`` when httpx2 is
     installed), as in httpx-sse.
     """
+
+
+class StreamTimeoutError(TimeoutError):
+    """A stream went on too long: no output-bearing event for ``idle_timeout`` seconds
+    (comments and pings keep a connection alive but do not count), or past ``deadline``."""

@@ -159,6 +159,27 @@ def load_encoding(name: str) -> Encoding:
     return encoding
 
 
+#: Characters one estimate encodes at most; more is extrapolated, so that a fallback never
+#: takes longer than a fraction of a second per MiB, whatever the text.
+MAX_COUNTED_CHARS = 4 * 1024 * 1024
+#: Longest piece encoded at once; pieces are cut at white space where there is some.
+_PIECE = 4096
+
+
+def _pieces(text: str) -> Iterable[str]:
+    """``text`` in pieces of at most ``_PIECE`` characters, cut after white space when there
+    is some near the end of a piece (so almost no token is split)."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + _PIECE)
+        if end < len(text):
+            cut = max(text.rfind(" ", end - 256, end), text.rfind("\n", end - 256, end))
+            if cut > start:
+                end = cut
+        yield text[start:end]
+        start = end
+
+
 def _items(value: Any) -> Iterable[Any]:
     """The elements of a JSON array (a list or tuple); nothing for anything else."""
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
@@ -172,6 +193,8 @@ class _Counter:
     def __init__(self, encoding: Encoding, notes: list[str] | None) -> None:
         self.encoding = encoding
         self.notes = notes if notes is not None else []
+        #: Characters this counter may still encode (see ``text``).
+        self.budget = MAX_COUNTED_CHARS
         cl100k = encoding.name == "cl100k_base"
         self.tool_constants = _TOOLS_CL100K if cl100k else _TOOLS_O200K
 
@@ -180,10 +203,26 @@ class _Counter:
             self.notes.append(text)
 
     def text(self, value: Any) -> int:
-        """Tokens of a string; special-token text such as ``<|endoftext|>`` counts as text."""
-        if isinstance(value, str) and value:
+        """Tokens of a string; special-token text such as ``<|endoftext|>`` counts as text.
+
+        The cost is bounded: a long string is counted in pieces cut at white space (BPE time
+        grows faster than linearly on one long run of letters), and past ``MAX_COUNTED_CHARS``
+        in all the rest is extrapolated from what was counted (with a note)."""
+        if not isinstance(value, str) or not value:
+            return 0
+        if len(value) <= _PIECE and self.budget >= len(value):
+            self.budget -= len(value)
             return len(self.encoding.encode_ordinary(value))
-        return 0
+        counted = value[: max(0, self.budget)]
+        self.budget -= len(counted)
+        tokens = sum(len(self.encoding.encode_ordinary(p)) for p in _pieces(counted))
+        if len(counted) < len(value):
+            self.note(f"text beyond {MAX_COUNTED_CHARS} characters was extrapolated, not counted")
+            if counted:
+                tokens += round(tokens * (len(value) - len(counted)) / len(counted))
+            else:
+                tokens += len(value) // 4
+        return tokens
 
     def json_text(self, value: Any) -> int:
         """Tokens of a string, or of the JSON of anything else (tool inputs, enum items)."""
