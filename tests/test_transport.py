@@ -278,7 +278,7 @@ def test_early_close_reports_once(lib: ModuleType, how: str) -> None:
                 gc.collect()
             report = reports.only()
         assert server.last.events_planned > 3
-    assert report.status == "truncated" and report.usage is None
+    assert report.status == "cancelled" and report.usage is None
     assert "closed early" in report.attempts[0].reason
     assert 0 < report.events < server.last.events_planned
     assert len(reports.calls) == 1  # closing the client reported nothing more
@@ -584,7 +584,7 @@ async def test_async_early_close(lib: ModuleType) -> None:
                 break
             await stream.close()
             report = reports.only()
-    assert report.status == "truncated" and "closed early" in report.attempts[0].reason
+    assert report.status == "cancelled" and "closed early" in report.attempts[0].reason
     assert len(reports.calls) == 1
 
 
@@ -611,7 +611,7 @@ async def test_async_cancelled_task_reports(lib: ModuleType) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             report = reports.only()
-    assert report.status == "truncated" and report.usage is None
+    assert report.status == "cancelled" and report.usage is None
     assert "CancelledError" in report.attempts[0].reason
 
 

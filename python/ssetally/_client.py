@@ -156,7 +156,7 @@ class _Base:
 
     def _on_error(self, exc: BaseException) -> None:
         self._note_interruption(exc)
-        self._meter.end(f"{type(exc).__name__}: {exc}")
+        self._meter.end(f"{type(exc).__name__}: {exc}", by_client=self._interrupted is not None)
 
     def _note_interruption(self, exc: BaseException) -> None:
         """Remember a cancellation (any ``BaseException`` that is not an ``Exception``)."""

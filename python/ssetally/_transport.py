@@ -380,7 +380,8 @@ class _End(Generic[_Owner]):
                 return None
             self._ended = True
         meter = self._meter
-        meter.end(how)
+        # The caller closed the response, or its task was cancelled, before the end.
+        meter.end(how, by_client=how == "closed early" or how.startswith("CancelledError"))
         report = meter.report()
         options = self._owner._options
         plan = meter.plan(

@@ -526,7 +526,7 @@ class MeteringProxy:
             if not isinstance(meter, StreamMeter):
                 self._emit(x, self._json_report(x, meter))
                 return
-            meter.end(x.ended_by or "closed early")
+            meter.end(x.ended_by or "closed early", by_client=x.ended_by == "client disconnected")
             x.stripped = meter.stripped
             for stage in meter.faults:
                 if stage != "decode":  # counted when the meter was set up

@@ -36,13 +36,17 @@ class Plan(NamedTuple):
 NOTHING = Plan()
 
 
-def needs_retrieval(report: StreamReport) -> bool:
-    """A Responses stream without a terminal event may have its usage stored."""
+def needs_retrieval(report: StreamReport, stopped_by_client: bool = False) -> bool:
+    """A Responses stream without a terminal event may have its usage stored (a stream the
+    client stopped reading is ``cancelled`` without having seen one)."""
+    unfinished = report.status not in _TERMINAL or (
+        stopped_by_client and report.status == "cancelled"
+    )
     return (
         report.usage is None
         and report.api == "responses"
         and report.response_id is not None
-        and report.status not in _TERMINAL
+        and unfinished
     )
 
 

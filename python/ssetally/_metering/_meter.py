@@ -51,6 +51,7 @@ class StreamMeter:
         "request_sent",
         "responses",
         "secrets",
+        "stopped_by_client",
         "warnings",
     )
 
@@ -72,6 +73,8 @@ class StreamMeter:
         self.last_content: float | None = None
         self.end_time: float | None = None
         self.ended_by: str | None = None
+        #: The caller stopped reading before the body ended.
+        self.stopped_by_client = False
         self.warnings: list[str] = []
         #: Pipeline stages that failed (``decode``, ``tap``, ``strip``): counted by gateways.
         self.faults: list[str] = []
@@ -154,24 +157,29 @@ class StreamMeter:
         """Add a warning to the report (e.g. from the front-end's own event decoder)."""
         self.warnings.append(text)
 
-    def end(self, how: str) -> None:
-        """The body ended: ``eof``, ``closed early`` or an error description. Only the first
-        call counts."""
+    def end(self, how: str, *, by_client: bool = False) -> None:
+        """The body ended: ``eof``, ``closed early`` or an error description; ``by_client``
+        when the caller stopped reading (break, close, cancel, disconnect): a stream left
+        without its end is then ``cancelled``, not ``truncated``. Only the first call counts."""
         if self.end_time is None:
             self.end_time = time.monotonic()
             self.ended_by = how
+            self.stopped_by_client = by_client
 
     def report(self) -> StreamReport:
         """What the stream itself said (no fallbacks yet). Ends the stream if it was not."""
-        self.end("closed early")
+        self.end("closed early", by_client=True)
         report = self._tap.finish()
+        if self.stopped_by_client and report.status == "truncated":
+            report = report.replace(status="cancelled")
         self.responses = self._tap.reports
         if len(self.responses) > 1:
             report = _combined(report, self.responses)
         if report.usage is not None:
             reason = "usage read from the stream"
         else:
-            reason = f"no usage in the stream (status {report.status}, ended: {self.ended_by})"
+            who = "the client stopped reading: " if self.stopped_by_client else ""
+            reason = f"no usage in the stream (status {report.status}, ended: {who}{self.ended_by})"
         return report.replace(
             attempts=(Attempt("stream", report.usage is not None, reason),),
             output=self._tap.output(),
@@ -201,8 +209,12 @@ class StreamMeter:
             return Plan(skipped=(Attempt("estimate", False, reason),))
         target = None
         skipped: tuple[Attempt, ...] = ()
-        if retrieve and needs_retrieval(report):
-            if interrupted is not None:
+        if retrieve and needs_retrieval(report, self.stopped_by_client):
+            body = self.request_body
+            if body is not None and body.get("store") is False:
+                reason = "the request set store=false: nothing to read back; retrieval skipped"
+                skipped = (Attempt("retrieval", False, reason),)
+            elif interrupted is not None:
                 reason = f"interrupted ({interrupted}); retrieval skipped"
                 skipped = (Attempt("retrieval", False, reason),)
             elif not valid_response_id(report.response_id):

@@ -66,12 +66,14 @@ def valid_response_id(response_id: str | None) -> bool:
 
 
 def retrieval_url(request_url: str, response_id: str) -> str:
-    """``{base}/responses/{id}`` for a request that went to ``{base}/responses``. The id
-    comes from the stream, so it is percent-encoded: it can only name ``/responses/{id}``,
-    never another path (``../``), a query or a fragment."""
-    base = request_url.split("?", 1)[0].rstrip("/")
-    base = base.removesuffix("/responses")
-    return f"{base}/responses/{quote(response_id, safe='')}"
+    """``{base}/responses/{id}?{query}`` for a request that went to ``{base}/responses?{query}``
+    (the query is kept: Azure routes by ``api-version``). The id comes from the stream, so it
+    is percent-encoded: it can only name ``/responses/{id}``, never another path (``../``), a
+    query or a fragment."""
+    base, sep, query = request_url.partition("?")
+    base = base.rstrip("/").removesuffix("/responses")
+    query = query.partition("#")[0]
+    return f"{base}/responses/{quote(response_id, safe='')}" + (sep + query if query else "")
 
 
 def retrieval_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
