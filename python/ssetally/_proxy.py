@@ -55,7 +55,7 @@ from ._retrieve import (
     retrieval_request,
     secrets_of,
 )
-from ._sinks import Sink, open_sink
+from .sinks import Sink, open_sink
 from ._tally import (
     StreamTally,
     decompressor_for,
