@@ -55,7 +55,6 @@ from ._retrieve import (
     retrieval_request,
     secrets_of,
 )
-from .sinks import Sink, open_sink
 from ._tally import (
     StreamTally,
     decompressor_for,
@@ -65,6 +64,7 @@ from ._tally import (
     requested_model,
     skipped,
 )
+from .sinks import Sink, open_sink
 
 if TYPE_CHECKING:
     from typing_extensions import Self

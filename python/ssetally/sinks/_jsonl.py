@@ -11,9 +11,16 @@ from ._base import Sink
 __all__ = ["JsonlSink"]
 
 
+# Line breaks to str.splitlines() that JSON leaves raw: escaped, so any reader sees one
+# record per line (they can only occur inside strings, where the escape means the same).
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def dumps(record: Any) -> str:
-    """A sanitised record as compact strict JSON (NaN refused: sanitising removed it)."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """A sanitised record as compact strict JSON on one line (NaN refused: sanitising
+    removed it)."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.translate(_LINE_BREAKS)
 
 
 class JsonlSink(Sink):

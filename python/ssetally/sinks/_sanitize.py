@@ -62,6 +62,7 @@ class _Walk:
 
     def note(self, path: str, what: str) -> None:
         if len(self.notes) < self.limits.notes:
+            path = path if len(path) <= 200 else path[:100] + "..." + path[-97:]
             self.notes.append(f"{path or '$'}: {what}")
         else:
             self.more += 1

@@ -170,12 +170,37 @@ class Spool:
             self.size += len(data)
             self.depth += data.count(b"\n")
         self._next_seq = seq
+        self._load_cursor()
         # Never append to a segment of an earlier run: its last line may be torn.
         self._sealed = bool(self._segments)
         if self.depth:
             logger.warning(
                 "ssetally sink: %d records waiting in the spool %s", self.depth, self.directory
             )
+
+    def _load_cursor(self) -> None:
+        """Skip what an earlier run already delivered of its oldest segment."""
+        try:
+            with open(os.path.join(self.directory, "cursor"), encoding="ascii") as f:
+                name, _, offset = f.read().partition(" ")
+        except (OSError, ValueError):
+            return
+        if not self._segments or os.path.basename(self._segments[0][0]) != name:
+            return
+        try:
+            pos = min(int(offset), self._segments[0][1])
+        except ValueError:
+            return
+        with open(self._segments[0][0], "rb") as f:
+            self.depth -= f.read(pos).count(b"\n")
+        self._read_pos = pos
+
+    def _save_cursor(self) -> None:
+        # Not fsynced: a cursor lost in a crash only means records delivered once more.
+        path = os.path.join(self.directory, "cursor")
+        with open(path + ".tmp", "w", encoding="ascii") as f:
+            f.write(f"{os.path.basename(self._segments[0][0])} {self._read_pos}")
+        os.replace(path + ".tmp", path)
 
     # -- writing
 
@@ -270,6 +295,8 @@ class Spool:
         self.depth -= count
         if self._read_pos >= self._segments[0][1]:
             self._finish_segment()
+        else:
+            self._save_cursor()
 
     def _corrupt(self, path: str, pos: int, counted: bool) -> None:
         self.corrupt += 1
