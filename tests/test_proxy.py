@@ -33,7 +33,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from ssetally import UsageTap
 from ssetally._gateway import ProxyConfig, ProxyServer, key_fingerprint
 from ssetally._replay import ReplayServer
-from ssetally._sinks import open_sink
+from ssetally.sinks import open_sink
 
 pytest.importorskip("uvicorn")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")

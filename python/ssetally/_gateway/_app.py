@@ -49,7 +49,7 @@ from .._metering import (
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
-from .._sinks import Sink
+from ..sinks import Sink
 from ._config import ProxyConfig, safe_url
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (

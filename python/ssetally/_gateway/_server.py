@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._sinks import Sink, open_sink
+from ..sinks import Sink, open_sink
 from ._app import MeteringProxy
 from ._config import ProxyConfig
 from ._guard import with_header_timeout
