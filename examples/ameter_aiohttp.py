@@ -6,7 +6,6 @@ import asyncio
 import os
 
 import aiohttp
-
 import ssetally
 
 BASE_URL = os.environ.get("SSETALLY_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -18,12 +17,12 @@ async def main() -> None:
             "messages": [{"role": "user", "content": "Say hello"}]}
     headers = {"Authorization": f"Bearer {KEY}"}
     size = 0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async with session.post(f"{BASE_URL}/v1/chat/completions",
-                                json=body, headers=headers) as resp:
-            async with ssetally.ameter(resp.content.iter_any(), request=body) as chunks:
-                async for chunk in chunks:  # the very bytes objects aiohttp produced
-                    size += len(chunk)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
+        f"{BASE_URL}/v1/chat/completions", json=body, headers=headers
+    ) as resp, ssetally.ameter(resp.content.iter_any(), request=body) as chunks:
+        async for chunk in chunks:  # the very bytes objects aiohttp produced
+            size += len(chunk)
     usage = chunks.report.usage
     print(f"bytes={size} input={usage.input_tokens} output={usage.output_tokens} "
           f"source={usage.source}")

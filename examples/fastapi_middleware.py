@@ -14,7 +14,6 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-
 from ssetally.asgi import UsageMiddleware
 
 UPSTREAM = os.environ.get("SSETALLY_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -71,10 +70,11 @@ def main() -> None:
     body = {"model": "gpt-4o-mini", "stream": True,
             "messages": [{"role": "user", "content": "Say hello"}]}
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
-    with httpx.Client(timeout=60, trust_env=False) as client:
-        with client.stream("POST", url, json=body) as resp:
-            for _ in resp.iter_raw():
-                pass
+    with httpx.Client(timeout=60, trust_env=False) as client, client.stream(
+        "POST", url, json=body
+    ) as resp:
+        for _ in resp.iter_raw():
+            pass
     deadline = time.monotonic() + 10
     while not sink.records and time.monotonic() < deadline:
         time.sleep(0.01)

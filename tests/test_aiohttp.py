@@ -53,26 +53,27 @@ async def web_url() -> AsyncIterator[str]:
 
 
 async def test_aconnect_sse_events(web_url: str) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        async with aconnect_sse(session, "GET", f"{web_url}/sse") as source:
-            events = [e async for e in source.aiter_sse()]
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
+        session, "GET", f"{web_url}/sse"
+    ) as source:
+        events = [e async for e in source.aiter_sse()]
     assert [(e.event, e.data, e.id) for e in events] == [("a", "1", ""), ("message", "2", "7")]
 
 
 async def test_aconnect_sse_wrong_content_type(web_url: str) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        async with aconnect_sse(session, "GET", f"{web_url}/html") as source:
-            with pytest.raises(ssetally.SSEError):
-                async for _ in source.aiter_sse():
-                    pass
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
+        session, "GET", f"{web_url}/html"
+    ) as source:
+        with pytest.raises(ssetally.SSEError):
+            async for _ in source.aiter_sse():
+                pass
 
 
 async def test_usage_injected_and_hidden(server: ReplayServer) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        async with aconnect_usage(
-            session, "POST", f"{server.url}/chat/completions", json=CHAT, headers=AUTH
-        ) as stream:
-            events = [e async for e in stream]
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/chat/completions", json=CHAT, headers=AUTH
+    ) as stream:
+        events = [e async for e in stream]
     assert stream.report is not None and stream.report.usage is not None
     assert dict(stream.report.usage.raw) == server.last_usage
     assert stream.report.usage.source == "stream"
@@ -83,13 +84,12 @@ async def test_usage_injected_and_hidden(server: ReplayServer) -> None:
 async def test_cut_responses_stream_is_retrieved(server: ReplayServer) -> None:
     body = {"model": "gpt-4o-mini", "stream": True, "input": "Hello there"}
     headers = {**AUTH, "x-replay-cut-after-events": "5"}
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        async with aconnect_usage(
-            session, "POST", f"{server.url}/responses", json=body, headers=headers, retrieval=FAST
-        ) as stream:
-            with pytest.raises(aiohttp.ClientError):
-                async for _ in stream:
-                    pass
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/responses", json=body, headers=headers, retrieval=FAST
+    ) as stream:
+        with pytest.raises(aiohttp.ClientError):
+            async for _ in stream:
+                pass
     report = stream.report
     assert report is not None and report.usage is not None
     assert report.usage.source == "retrieval"
@@ -97,13 +97,12 @@ async def test_cut_responses_stream_is_retrieved(server: ReplayServer) -> None:
 
 
 async def test_early_break_has_report(server: ReplayServer) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        async with aconnect_usage(
-            session, "POST", f"{server.url}/chat/completions", json=CHAT,
-            headers={**AUTH, "x-replay-delay-ms": "30"}, estimate=False,
-        ) as stream:  # fmt: skip
-            async for _ in stream:
-                break
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/chat/completions", json=CHAT,
+        headers={**AUTH, "x-replay-delay-ms": "30"}, estimate=False,
+    ) as stream:  # fmt: skip
+        async for _ in stream:
+            break
     assert stream.report is not None and stream.report.status == "truncated"
 
 

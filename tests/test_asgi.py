@@ -7,7 +7,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,7 +113,7 @@ class Serve:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
-    def __enter__(self) -> Serve:
+    def __enter__(self) -> Serve:  # noqa: PYI034
         self.thread.start()
         deadline = time.monotonic() + TIMEOUT
         while not self.server.started:
@@ -210,9 +210,9 @@ def test_json_answer(kind: str) -> None:
 
 def test_app_raises_mid_stream(kind: str) -> None:
     sink = ListSink()
-    with Serve(UsageMiddleware(make_app(kind, "http://127.0.0.1:9"), sink=sink)) as b:
-        with pytest.raises(httpx.HTTPError):
-            post(b.url + "/v1/boom/chat/completions", CHAT)
+    app = UsageMiddleware(make_app(kind, "http://127.0.0.1:9"), sink=sink)
+    with Serve(app) as b, pytest.raises(httpx.HTTPError):
+        post(b.url + "/v1/boom/chat/completions", CHAT)
     record = sink.wait()[0]
     assert record["ended_by"] == "app raised RuntimeError"
     assert record["status"] == "truncated" and record["events"] == 1

@@ -32,8 +32,7 @@ def test_requests_iter_content_identity_and_usage(server: ReplayServer) -> None:
     ) as resp:
         source = list(resp.iter_content(None))
     with ssetally.meter(iter(source), request=body, on_report=got.append) as m:
-        for chunk in m:
-            seen.append(chunk)
+        seen.extend(m)
     assert len(seen) == len(source) and all(a is b for a, b in zip(seen, source))
     assert m.report is not None and got == [m.report]
     assert m.report.usage is not None and dict(m.report.usage.raw) == server.last_usage
@@ -112,10 +111,9 @@ async def test_ameter_aiohttp_iter_any(server: ReplayServer) -> None:
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
         f"{server.url}/chat/completions", json=body, headers=AUTH
-    ) as resp:
-        async with ssetally.ameter(resp.content.iter_any(), request=body) as m:
-            async for _chunk in m:
-                pass
+    ) as resp, ssetally.ameter(resp.content.iter_any(), request=body) as m:
+        async for _chunk in m:
+            pass
     assert m.report is not None and m.report.usage is not None
     assert dict(m.report.usage.raw) == server.last_usage
 
@@ -147,10 +145,9 @@ async def test_ameter_cancelled_gives_report(server: ReplayServer) -> None:
             f"{server.url}/chat/completions",
             json=CHAT,
             headers={**AUTH, "x-replay-delay-ms": "200"},
-        ) as resp:
-            async with ssetally.ameter(resp.content.iter_any(), on_report=got.append) as m:
-                async for _ in m:
-                    started.set()
+        ) as resp, ssetally.ameter(resp.content.iter_any(), on_report=got.append) as m:
+            async for _ in m:
+                started.set()
 
     task = asyncio.ensure_future(consume())
     await asyncio.wait_for(started.wait(), TIMEOUT)
