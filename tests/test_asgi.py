@@ -196,7 +196,7 @@ def test_include_usage_is_added_and_stripped(kind: str) -> None:
     assert record["usage"]["input_tokens"] == truth["prompt_tokens"]  # type: ignore[index]
 
 
-def test_json_answer(kind: str) -> None:
+def test_again(kind: str) -> None:
     sink = ListSink()
     with ReplayServer() as upstream:
         with Serve(UsageMiddleware(make_app(kind, base(upstream)), sink=sink)) as b:
@@ -252,3 +252,31 @@ def test_retrieval_without_upstream_url_says_so(kind: str) -> None:
     assert any(
         a["source"] == "retrieval" and "upstream_url" in a["reason"] for a in record["attempts"]
     )
+
+
+def test_metering_faults_never_touch_the_response(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_feed(self: Any, chunk: bytes) -> bytes:
+        raise RuntimeError("tap is broken")
+
+    class BrokenSink:
+        def write(self, record: Any) -> bool:
+            raise OSError("disk full")
+
+    def broken_report(report: Any, scope: Any) -> None:
+        raise ValueError("callback is broken")
+
+    with ReplayServer(streams=[SAMPLE], cycle=True) as upstream:
+        plain = make_app(kind, base(upstream))
+        wrapped = UsageMiddleware(
+            make_app(kind, base(upstream)), sink=BrokenSink(), on_report=broken_report
+        )
+        with Serve(plain) as a, Serve(wrapped) as b:
+            want = post(a.url + "/v1/chat/completions", CHAT).content
+            monkeypatch.setattr(ssetally.asgi.StreamMeter, "feed", broken_feed)
+            got = post(b.url + "/v1/chat/completions", CHAT).content
+            monkeypatch.undo()
+            again = post(b.url + "/v1/chat/completions", CHAT).content
+    assert got == want == again
+    assert wrapped.faults >= 2  # the tap, then the sink (twice)
