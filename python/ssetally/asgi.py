@@ -288,6 +288,11 @@ class _Exchange:
         except Exception as exc:  # noqa: BLE001 - fail open: the app gets what was read
             self.owner._fault(x, "request", exc)
             self.live = False
+        except BaseException as exc:  # cancelled while reading the body: still one record
+            x.outcome = "client_disconnected"
+            x.ended_by = f"{type(exc).__name__} while reading the request body"
+            self.owner._emit(x, None, scope)
+            raise
         try:
             await self.owner.app(scope, self._receive(receive), self._send(send))
         except BaseException as exc:
