@@ -16,6 +16,7 @@ from ._core import (
     __version__,
 )
 from ._exceptions import SSEError, StreamTimeoutError
+from ._iterate import AsyncMeteredStream, MeteredStream, ameter, meter
 from ._metering import RetrievalPolicy
 from ._report import Attempt, StreamReport, Timings, Usage
 from ._tap import UsageTap
@@ -23,12 +24,14 @@ from ._transport import AsyncMeteringTransport, MeteringTransport
 
 __all__ = [
     "APIStatusError",
+    "AsyncMeteredStream",
     "AsyncMeteringTransport",
     "AsyncUsageStream",
     "Attempt",
     "EventSource",
     "EventTooLargeError",
     "LineDecoder",
+    "MeteredStream",
     "MeteringTransport",
     "RetrievalPolicy",
     "SSEDecoder",
@@ -43,6 +46,8 @@ __all__ = [
     "__version__",
     "aconnect_sse",
     "aconnect_usage",
+    "ameter",
     "connect_sse",
     "connect_usage",
+    "meter",
 ]

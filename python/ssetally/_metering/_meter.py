@@ -34,6 +34,7 @@ class StreamMeter:
     :param collect_output: reassemble the output text (needed for an estimate).
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
+    :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
     """
 
     __slots__ = (
@@ -64,6 +65,7 @@ class StreamMeter:
         collect_output: bool = False,
         request_sent: float | None = None,
         secrets: tuple[str, ...] = (),
+        api: str = "auto",
     ) -> None:
         self.request_body = request_body
         self.secrets = secrets
@@ -82,7 +84,7 @@ class StreamMeter:
         self.responses: tuple[StreamReport, ...] = ()
         #: False once the tap stopped reading this body (undecodable, or a fault).
         self.metering = True
-        self._tap = UsageTap(collect_output=collect_output)
+        self._tap = UsageTap(api, collect_output=collect_output)
         self._decoder: Decompressor | None = None
         try:
             self._decoder = decompressor_for(content_encoding)

@@ -1,0 +1,118 @@
+"""``ssetally.aiohttp``: a real aiohttp client against an aiohttp.web server and the replay
+server, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+import ssetally
+from aiohttp import web
+from ssetally import RetrievalPolicy
+from ssetally._replay import ReplayServer
+from ssetally.aiohttp import aconnect_sse, aconnect_usage
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+AUTH = {"Authorization": "Bearer test-key-123456"}
+CHAT = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+FAST = RetrievalPolicy(deadline=5.0, first_delay=0.02, backoff=2.0, max_delay=0.5)
+
+
+@pytest.fixture
+def server() -> Iterator[ReplayServer]:
+    with ReplayServer() as s:
+        yield s
+
+
+@pytest.fixture
+async def web_url() -> AsyncIterator[str]:
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for part in (b"\xef\xbb\xbfevent: a\ndata: 1\n\n", b"id: 7\ndata: 2\r\n", b"\r\n"):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<p>no</p>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/html", html)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_aconnect_sse_events(web_url: str) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
+        session, "GET", f"{web_url}/sse"
+    ) as source:
+        events = [e async for e in source.aiter_sse()]
+    assert [(e.event, e.data, e.id) for e in events] == [("a", "1", ""), ("message", "2", "7")]
+
+
+async def test_aconnect_sse_wrong_content_type(web_url: str) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
+        session, "GET", f"{web_url}/html"
+    ) as source:
+        with pytest.raises(ssetally.SSEError):
+            async for _ in source.aiter_sse():
+                pass
+
+
+async def test_usage_injected_and_hidden(server: ReplayServer) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/chat/completions", json=CHAT, headers=AUTH
+    ) as stream:
+        events = [e async for e in stream]
+    assert stream.report is not None and stream.report.usage is not None
+    assert dict(stream.report.usage.raw) == server.last_usage
+    assert stream.report.usage.source == "stream"
+    assert not any('"usage":{' in e.data for e in events)
+    assert server.requests[-1].body["stream_options"] == {"include_usage": True}
+
+
+async def test_cut_responses_stream_is_retrieved(server: ReplayServer) -> None:
+    body = {"model": "gpt-4o-mini", "stream": True, "input": "Hello there"}
+    headers = {**AUTH, "x-replay-cut-after-events": "5"}
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/responses", json=body, headers=headers, retrieval=FAST
+    ) as stream:
+        with pytest.raises(aiohttp.ClientError):
+            async for _ in stream:
+                pass
+    report = stream.report
+    assert report is not None and report.usage is not None
+    assert report.usage.source == "retrieval"
+    assert any(r.method == "GET" for r in server.requests)
+
+
+async def test_early_break_has_report(server: ReplayServer) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
+        session, "POST", f"{server.url}/chat/completions", json=CHAT,
+        headers={**AUTH, "x-replay-delay-ms": "30"}, estimate=False,
+    ) as stream:  # fmt: skip
+        async for _ in stream:
+            break
+    assert stream.report is not None and stream.report.status == "truncated"
+
+
+async def test_error_status_raises(server: ReplayServer) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        with pytest.raises(ssetally.APIStatusError) as info:
+            async with aconnect_usage(
+                session, "POST", f"{server.url}/chat/completions",
+                json={**CHAT, "model": "error-429"}, headers=AUTH,
+            ):  # fmt: skip
+                pass
+    assert info.value.status_code == 429
+    assert "test-key-123456" not in str(info.value.body)
