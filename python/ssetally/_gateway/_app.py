@@ -289,7 +289,8 @@ class MeteringProxy:
         length = header(headers, b"content-length")
         declared = 0 if length is None else int(length.split(",", 1)[0])
         if declared > cfg.max_body_bytes:
-            await self._reject(x, send, 413, "request body too large")
+            # The body is left unread: the connection cannot carry another request.
+            await self._reject(x, send, 413, "request body too large", close=True)
             return
         try:
             body_parts = await asyncio.wait_for(
