@@ -122,9 +122,13 @@ class _SessionGetter:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    async def get(self, url: str, *, headers: dict[str, str], timeout: float) -> _Answer:
+    async def get(
+        self, url: str, *, headers: dict[str, str], timeout: float, follow_redirects: bool = False
+    ) -> _Answer:
         limit = aiohttp.ClientTimeout(total=timeout)
-        async with self._session.get(url, headers=headers, timeout=limit) as response:
+        async with self._session.get(
+            url, headers=headers, timeout=limit, allow_redirects=follow_redirects
+        ) as response:
             content = await _read_capped(response)
             lowered = {k.lower(): v for k, v in response.headers.items()}
             return _Answer(response.status, content, lowered)

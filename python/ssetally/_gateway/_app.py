@@ -3,7 +3,7 @@
 A plain ASGI application (``MeteringProxy``) served by uvicorn. Every request is forwarded to
 one fixed upstream (method, path, query, headers less the hop-by-hop ones, body); the answer is
 relayed byte for byte as it arrives, and exactly one usage record per proxied request goes to
-a sink (JSONL or SQLite, see ``_sinks``). ``/metrics`` serves Prometheus metrics.
+a sink (see ``ssetally.sinks``). ``/metrics`` serves Prometheus metrics.
 
 Safety and failure rules:
 
@@ -49,7 +49,7 @@ from .._metering import (
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
-from ..sinks import Sink
+from ..sinks import Sink, SinkCollector
 from ._config import ProxyConfig, safe_url
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
@@ -125,6 +125,8 @@ class MeteringProxy:
         self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies = BodyBudget(config.max_inflight_body_bytes)
+        if isinstance(sink, Sink):  # its counters (written, failed, dropped, spooled) on /metrics
+            self.metrics.registry.register(SinkCollector(sink))
         #: The salt of this proxy's key fingerprints (``--key-salt``, or the sink's own).
         self.key_salt = key_salt(config.key_salt, sink)
         #: Records handed to the sink so far.

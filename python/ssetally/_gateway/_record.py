@@ -107,6 +107,8 @@ def build_record(
     return {
         "time": x.time,
         "request_id": x.request_id,
+        # Unique per request: sinks deduplicate retried writes on it.
+        "record_id": x.request_id,
         "instance_id": instance_id,
         "key_fingerprint": x.key_fingerprint,
         "method": x.method,
