@@ -59,10 +59,10 @@ def _zlib(wbits: int) -> Callable[[Iterator[bytes]], bytes]:
 
 
 def _brotli(blocks: Iterator[bytes]) -> bytes:
-    import brotli
+    import brotli  # type: ignore[import-untyped]
 
     c = brotli.Compressor(quality=5, lgwin=22)
-    return b"".join(c.process(b) for b in blocks) + c.finish()
+    return bytes(b"".join(c.process(b) for b in blocks) + c.finish())
 
 
 def _zstd(blocks: Iterator[bytes]) -> bytes:

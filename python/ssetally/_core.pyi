@@ -160,8 +160,8 @@ class ContentDecoder:
         cls,
         content_encoding: str,
         *,
-        max_output_per_feed: int = 8388608,
-        max_total_output: int = 268435456,
+        max_output_per_feed: int = ...,
+        max_total_output: int = ...,
     ) -> ContentDecoder: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """The decoded bytes this chunk completes (any chunking of the body works).
