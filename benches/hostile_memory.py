@@ -156,6 +156,7 @@ def main() -> int:
     for case in CASES:
         proc = subprocess.run(
             [sys.executable, __file__, "--case", case],
+            check=False,
             capture_output=True,
             text=True,
             timeout=300,
