@@ -6,6 +6,9 @@ from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE_BYTES",
+    "ContentDecoder",
+    "DecompressionBombError",
+    "DecompressionError",
     "EventTooLargeError",
     "LineDecoder",
     "SSEDecoder",
@@ -132,3 +135,49 @@ class UsageChunkStripper:
     @property
     def stripped(self) -> int:
         """How many usage chunks were removed."""
+
+class DecompressionError(ValueError):
+    """A compressed body is corrupt or truncated (raised by ``ContentDecoder``)."""
+
+class DecompressionBombError(DecompressionError):
+    """A compressed body decompressed past a ``ContentDecoder`` limit."""
+
+@final
+class ContentDecoder:
+    """Bounded incremental decoder of a ``Content-Encoding`` value: ``gzip``/``x-gzip``,
+    ``deflate`` (zlib-wrapped or raw), ``br``, ``zstd``, ``identity``, or several stacked
+    (``"gzip, br"`` is decoded br first). Case and whitespace are ignored.
+
+    One ``feed`` never returns more than ``max_output_per_feed`` bytes (8 MiB by default) and
+    the body never more than ``max_total_output`` (256 MiB); past either it raises
+    ``DecompressionBombError``. zstd frames with a window over 8 MiB and large-window brotli
+    are refused. After an error the decoder is finished: later calls raise
+    ``DecompressionError``. ``identity`` passes bytes through and is not limited. Raises
+    ``ValueError`` for an unsupported coding.
+    """
+
+    def __new__(
+        cls,
+        content_encoding: str,
+        *,
+        max_output_per_feed: int = ...,
+        max_total_output: int = ...,
+    ) -> ContentDecoder: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The decoded bytes this chunk completes (any chunking of the body works).
+
+        Raises ``DecompressionBombError`` past a limit, ``DecompressionError`` on corrupt
+        input, ``MemoryError`` when the output cannot be allocated.
+        """
+    def finish(self) -> None:
+        """End of the body: raises ``DecompressionError`` if it was truncated."""
+    @property
+    def total_output(self) -> int:
+        """Decoded bytes produced so far."""
+    @property
+    def encoding(self) -> str:
+        """The codings in header order, normalized (``"identity"`` when none)."""
+    @property
+    def max_output_per_feed(self) -> int: ...
+    @property
+    def max_total_output(self) -> int: ...

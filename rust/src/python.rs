@@ -12,6 +12,20 @@ create_exception!(
     "An event exceeded the decoder's max_event_size and was discarded."
 );
 
+create_exception!(
+    ssetally._core,
+    DecompressionError,
+    PyValueError,
+    "A compressed body is corrupt or truncated."
+);
+
+create_exception!(
+    ssetally._core,
+    DecompressionBombError,
+    DecompressionError,
+    "A compressed body decompressed past a ContentDecoder limit."
+);
+
 #[pymodule(gil_used = false)]
 mod _core {
     use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -38,6 +52,9 @@ mod _core {
 
     #[pymodule_export]
     use super::EventTooLargeError;
+
+    #[pymodule_export]
+    use super::{DecompressionBombError, DecompressionError};
 
     /// Chunks at least this large are decoded with the interpreter released.
     const DETACH_THRESHOLD: usize = 64 * 1024;
@@ -664,6 +681,105 @@ mod _core {
         #[getter]
         fn stripped(&self) -> u64 {
             self.inner.stripped
+        }
+    }
+
+    /// Bounded incremental decoder of a `Content-Encoding` (gzip, deflate,
+    /// br, zstd, identity, or several stacked), for metering a compressed
+    /// body while the raw bytes are forwarded.
+    #[pyclass(module = "ssetally._core")]
+    pub struct ContentDecoder {
+        inner: crate::decode::ContentDecoder,
+        out: Vec<u8>,
+    }
+
+    fn decode_err(e: crate::decode::Error) -> PyErr {
+        use crate::decode::Error;
+        match e {
+            Error::Bomb { .. } => super::DecompressionBombError::new_err(e.to_string()),
+            Error::OutOfMemory => pyo3::exceptions::PyMemoryError::new_err(e.to_string()),
+            Error::Unsupported(msg) => PyValueError::new_err(msg),
+            _ => super::DecompressionError::new_err(e.to_string()),
+        }
+    }
+
+    #[pymethods]
+    impl ContentDecoder {
+        #[new]
+        #[pyo3(signature = (
+            content_encoding,
+            *,
+            max_output_per_feed=crate::decode::DEFAULT_MAX_OUTPUT_PER_FEED,
+            max_total_output=crate::decode::DEFAULT_MAX_TOTAL_OUTPUT,
+        ))]
+        fn new(
+            content_encoding: &str,
+            max_output_per_feed: usize,
+            max_total_output: u64,
+        ) -> PyResult<Self> {
+            if max_output_per_feed == 0 || max_total_output == 0 {
+                return Err(PyValueError::new_err("limits must be positive"));
+            }
+            let limits = crate::decode::Limits {
+                max_output_per_feed,
+                max_total_output,
+            };
+            let inner =
+                crate::decode::ContentDecoder::new(content_encoding, limits).map_err(decode_err)?;
+            Ok(Self {
+                inner,
+                out: Vec::new(),
+            })
+        }
+
+        /// The decoded bytes this chunk completes (at most
+        /// `max_output_per_feed`). Raises `DecompressionBombError` past a
+        /// limit and `DecompressionError` on corrupt input; after either the
+        /// decoder is finished.
+        fn feed<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyBytes>> {
+            let chunk = chunk_bytes(data)?;
+            let (inner, out) = (&mut self.inner, &mut self.out);
+            out.clear();
+            // Decoding owns `chunk` and `out`: nothing Python can touch.
+            let result = py.detach(|| inner.feed(&chunk, out));
+            let bytes = PyBytes::new(py, out);
+            // A bomb's full buffer is not kept for the next feed.
+            if out.capacity() > 1 << 20 {
+                *out = Vec::new();
+            }
+            result.map_err(decode_err)?;
+            Ok(bytes)
+        }
+
+        /// End of the body: raises `DecompressionError` if it was cut short.
+        fn finish(&mut self) -> PyResult<()> {
+            self.inner.finish().map_err(decode_err)
+        }
+
+        /// Decoded bytes produced so far.
+        #[getter]
+        fn total_output(&self) -> u64 {
+            self.inner.total_output()
+        }
+
+        /// The codings in header order, normalized (`"identity"` for none).
+        #[getter]
+        fn encoding(&self) -> &str {
+            self.inner.encoding()
+        }
+
+        #[getter]
+        fn max_output_per_feed(&self) -> usize {
+            self.inner.limits().max_output_per_feed
+        }
+
+        #[getter]
+        fn max_total_output(&self) -> u64 {
+            self.inner.limits().max_total_output
         }
     }
 }
