@@ -103,7 +103,7 @@ async def test_early_break_has_report(server: ReplayServer) -> None:
     ) as stream:  # fmt: skip
         async for _ in stream:
             break
-    assert stream.report is not None and stream.report.status == "truncated"
+    assert stream.report is not None and stream.report.status == "cancelled"
 
 
 async def test_error_status_raises(server: ReplayServer) -> None:

@@ -131,6 +131,8 @@ class _Base:
 
     def _on_chunk(self, chunk: bytes) -> list[ServerSentEvent]:
         events = self._events(self._meter.feed(chunk))
+        if self._meter.undecodable is not None:
+            raise SSEError(self._meter.undecodable)
         if self._limits.idle is not None or self._limits.deadline is not None:
             self._check_limits()
         return events
@@ -181,7 +183,7 @@ class UsageStream(_Base):
 
     def __iter__(self) -> Iterator[ServerSentEvent]:
         try:
-            for chunk in self._response.iter_bytes():
+            for chunk in self._response.iter_raw():
                 yield from self._on_chunk(chunk)
         except GeneratorExit:
             raise  # the caller stopped reading: "closed early"
@@ -201,7 +203,7 @@ class AsyncUsageStream(_Base):
 
     async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self._response.aiter_raw():
                 for event in self._on_chunk(chunk):
                     yield event
         except GeneratorExit:
@@ -249,13 +251,22 @@ def connect_usage(
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
     """
     body, injected = _prepare(method, url, include_usage, kwargs)
+    # Replaced by the meter of the answer (its Content-Encoding) once it arrives.
     meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
     stream = UsageStream(
         meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
     )
     with client.stream(method, url, **kwargs) as response:
         stream._response = response
-        meter.secrets = request_secrets(response.request)
+        stream._meter = meter = StreamMeter(
+            request_body=body,
+            injected=injected,
+            content_encoding=response.headers.get("content-encoding", ""),
+            collect_output=True,
+            request_sent=meter.request_sent,
+            secrets=request_secrets(response.request),
+            pass_decoded=True,
+        )
         error_body = response.read() if response.status_code >= 300 else None
         _check_response(response, error_body)
         try:
@@ -292,7 +303,15 @@ async def aconnect_usage(
     )
     async with client.stream(method, url, **kwargs) as response:
         stream._response = response
-        meter.secrets = request_secrets(response.request)
+        stream._meter = meter = StreamMeter(
+            request_body=body,
+            injected=injected,
+            content_encoding=response.headers.get("content-encoding", ""),
+            collect_output=True,
+            request_sent=meter.request_sent,
+            secrets=request_secrets(response.request),
+            pass_decoded=True,
+        )
         error_body = await response.aread() if response.status_code >= 300 else None
         _check_response(response, error_body)
         try:

@@ -67,7 +67,9 @@ def deliver(callback: Callable[..., object] | None, *args: Any) -> None:
     try:
         result = callback(*args)
     except Exception as exc:  # noqa: BLE001 - the caller's stream is not affected
-        logger.warning("ssetally: on_report raised %s; the stream was not affected", type(exc).__name__)
+        logger.warning(
+            "ssetally: on_report raised %s; the stream was not affected", type(exc).__name__
+        )
         return
     if inspect.isawaitable(result):
         try:
@@ -85,7 +87,9 @@ async def _logged(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
     except Exception as exc:  # noqa: BLE001
-        logger.warning("ssetally: on_report raised %s; the stream was not affected", type(exc).__name__)
+        logger.warning(
+            "ssetally: on_report raised %s; the stream was not affected", type(exc).__name__
+        )
 
 
 class _Metered:
@@ -124,7 +128,9 @@ class _Metered:
         """Build the report and call ``on_report``, the first time only."""
         if self.report is None:
             self._meter.end(how)
-            self.report = final_report(self._meter, estimate=self._estimate, interrupted=interrupted)
+            self.report = final_report(
+                self._meter, estimate=self._estimate, interrupted=interrupted
+            )
             deliver(self._on_report, self.report)
         return self.report
 
@@ -273,9 +279,7 @@ def meter(
         compressed (e.g. urllib3 with ``decode_content=False``); the tap reads a
         decompressed copy, the caller still gets the raw chunks.
     """
-    return MeteredStream(
-        chunks, api, request, include_usage, estimate, on_report, content_encoding
-    )
+    return MeteredStream(chunks, api, request, include_usage, estimate, on_report, content_encoding)
 
 
 def ameter(

@@ -7,7 +7,7 @@ from typing import Any
 
 from .._report import Attempt, StreamReport
 from .._tap import UsageTap
-from ._decode import decompressor_for
+from ._decode import decoder_for
 from ._request import parse_json_object
 
 
@@ -77,8 +77,10 @@ class JsonCapture:
         ``ValueError`` for a body that cannot be decoded."""
         if not self._parts:
             return None
-        data = b"".join(self._parts)
-        decoder = decompressor_for(self._encoding)
-        if decoder is not None:
-            data = decoder.decompress(data)
+        decoder = decoder_for(self._encoding)
+        if decoder is None:
+            return report_of_json_body(b"".join(self._parts))
+        # Chunk by chunk: the per-feed output limit then applies to each, as it arrived.
+        data = b"".join([decoder.feed(part) for part in self._parts])
+        decoder.finish()
         return report_of_json_body(data)

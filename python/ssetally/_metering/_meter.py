@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._core import UsageChunkStripper
+from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
 from .._report import Attempt, StreamReport, Timings
 from .._tap import UsageTap
-from ._decode import Decompressor, decompressor_for
+from ._decode import decoder_for
 from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
 from ._redact import redact_report
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
@@ -39,6 +39,7 @@ class StreamMeter:
 
     __slots__ = (
         "_decoder",
+        "_pass_decoded",
         "_stripper",
         "_tap",
         "end_time",
@@ -53,6 +54,7 @@ class StreamMeter:
         "responses",
         "secrets",
         "stopped_by_client",
+        "undecodable",
         "warnings",
     )
 
@@ -66,6 +68,7 @@ class StreamMeter:
         request_sent: float | None = None,
         secrets: tuple[str, ...] = (),
         api: str = "auto",
+        pass_decoded: bool = False,
     ) -> None:
         self.request_body = request_body
         self.secrets = secrets
@@ -84,15 +87,23 @@ class StreamMeter:
         self.responses: tuple[StreamReport, ...] = ()
         #: False once the tap stopped reading this body (undecodable, or a fault).
         self.metering = True
+        #: Why the body stopped decoding (bomb, corrupt), when ``pass_decoded`` is on.
+        self.undecodable: str | None = None
+        self._pass_decoded = pass_decoded
         self._tap = UsageTap(api, collect_output=collect_output)
-        self._decoder: Decompressor | None = None
+        self._decoder: ContentDecoder | None = None
         try:
-            self._decoder = decompressor_for(content_encoding)
+            self._decoder = decoder_for(content_encoding)
         except ValueError as exc:
             self._stop("decode", str(exc))
         # Compressed bytes cannot be stripped; injecting front-ends ask for identity.
-        strip = injected and self._decoder is None and self.metering
+        strip = injected and (self._decoder is None or pass_decoded) and self.metering
         self._stripper: UsageChunkStripper | None = UsageChunkStripper() if strip else None
+
+    def _undecodable(self, why: str) -> None:
+        self._stop("decode", why)
+        if self._pass_decoded:
+            self.undecodable = why
 
     def _stop(self, stage: str, why: str) -> None:
         self.metering = False
@@ -120,11 +131,20 @@ class StreamMeter:
         now = time.monotonic()
         if self.first_byte is None:
             self.first_byte = now
+        data = chunk
         if self.metering:
             tap = self._tap
             before = tap.delta_chunks
             try:
-                tap.feed(chunk if self._decoder is None else self._decoder.decompress(chunk))
+                if self._decoder is not None:
+                    data = self._decoder.feed(chunk)
+                tap.feed(data)
+            except DecompressionBombError as exc:
+                self._undecodable(f"metering stopped: decompression limit passed: {exc}")
+                data = b""
+            except ValueError as exc:  # DecompressionError: not what it says it is
+                self._undecodable(f"metering stopped: the body does not decode: {exc}")
+                data = b""
             except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
                 self._stop("tap", f"metering stopped: {type(exc).__name__}: {exc}")
             else:
@@ -132,6 +152,8 @@ class StreamMeter:
                     if self.first_content is None:
                         self.first_content = now
                     self.last_content = now
+        if self._pass_decoded:
+            chunk = data
         stripper = self._stripper
         if stripper is None:
             return chunk
@@ -167,6 +189,11 @@ class StreamMeter:
             self.end_time = time.monotonic()
             self.ended_by = how
             self.stopped_by_client = by_client
+            if how == "eof" and self._decoder is not None and self.metering:
+                try:
+                    self._decoder.finish()
+                except ValueError as exc:
+                    self.warnings.append(f"the compressed body ended early: {exc}")
 
     def report(self) -> StreamReport:
         """What the stream itself said (no fallbacks yet). Ends the stream if it was not."""
