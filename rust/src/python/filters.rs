@@ -11,9 +11,6 @@ use crate::lines::LineSplitter;
 use crate::sse::DEFAULT_MAX_EVENT_SIZE;
 use crate::strip::UsageChunkStripper as CoreStripper;
 
-/// Chunks at least this large are processed with the interpreter released.
-const DETACH_THRESHOLD: usize = 64 * 1024;
-
 /// Splits bytes into lines at CR, LF or CRLF (the SSE line rule).
 #[pyclass(module = "ssetally._core")]
 pub struct LineDecoder {
@@ -116,15 +113,11 @@ impl UsageChunkStripper {
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        // The interpreter is kept (the stripper is fast, and a stripper
+        // shared between threads then serialises its calls).
         let chunk = chunk_bytes(data)?;
         let mut out = Vec::new();
-        let inner = &mut self.inner;
-        if chunk.len() >= DETACH_THRESHOLD {
-            py.detach(|| inner.feed(&chunk, &mut out))
-        } else {
-            inner.feed(&chunk, &mut out)
-        }
-        .map_err(memory_error)?;
+        self.inner.feed(&chunk, &mut out).map_err(memory_error)?;
         to_bytes(py, &out)
     }
 
