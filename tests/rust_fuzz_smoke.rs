@@ -16,8 +16,17 @@ use std::path::PathBuf;
 
 use props::{encode, show, Rng, Seen, HEADER};
 
-/// Mutated inputs per target (on top of every seed as it is).
+/// Mutated inputs per target (on top of every seed as it is); the
+/// `SSETALLY_FUZZ_MUTANTS` environment variable asks for more (a longer
+/// local run where `cargo fuzz` is not available).
 const MUTANTS: usize = 1500;
+
+fn mutants() -> usize {
+    std::env::var("SSETALLY_FUZZ_MUTANTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(MUTANTS)
+}
 
 /// Bytes that matter to the parsers, spliced in by the mutator.
 const TOKENS: &[&[u8]] = &[
@@ -125,7 +134,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Runs `check` on every seed, then on `MUTANTS` mutants; returns what the
+/// Runs `check` on every seed, then on [`mutants`] mutants; returns what the
 /// checks saw.
 fn mini_fuzz(target: &str, seed: u64, check: fn(&[u8]) -> Seen) -> Seen {
     let corpus = seeds(target);
@@ -141,7 +150,7 @@ fn mini_fuzz(target: &str, seed: u64, check: fn(&[u8]) -> Seen) -> Seen {
         run(input);
     }
     let mut rng = Rng::new(seed);
-    for _ in 0..MUTANTS {
+    for _ in 0..mutants() {
         let a = &corpus[rng.below(corpus.len())];
         let b = &corpus[rng.below(corpus.len())];
         run(&mutate(&mut rng, a, b));
