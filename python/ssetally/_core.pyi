@@ -69,7 +69,10 @@ class SSEDecoder:
         """Decode a chunk; returns the events it completed.
 
         Raises ``EventTooLargeError`` (carrying the chunk's other events) when an event
-        exceeded ``max_event_size``; decoding goes on after it.
+        exceeded ``max_event_size``; decoding goes on after it. No more than
+        ``max_event_size`` bytes of an event are ever buffered, however the stream is cut,
+        and a discarded event's memory is released. Raises ``MemoryError`` when memory to
+        buffer an event could not be allocated (that event is discarded, decoding goes on).
         """
     def finish(self) -> bool:
         """End of stream: drop an unterminated event and reset. True when one was dropped."""
@@ -87,7 +90,9 @@ class LineDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
         """The lines ``data`` completes, without their terminators. A line longer than
         ``max_line_size`` (16 MiB by default) is discarded and raises ``EventTooLargeError``,
-        whose ``lines`` attribute holds the other lines of the call."""
+        whose ``lines`` attribute holds the other lines of the call; no more than
+        ``max_line_size`` bytes of a line are ever buffered. ``MemoryError`` when memory to
+        buffer a line could not be allocated (the line is discarded)."""
     @property
     def max_line_size(self) -> int: ...
     def finish(self) -> list[str]:
@@ -102,7 +107,10 @@ class UsageTap:
         cls, api: str = "auto", *, max_event_size: int = ..., collect_output: bool = False
     ) -> Self: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Tap one chunk of the stream. Never raises on any bytes."""
+        """Tap one chunk of the stream. Never raises on any bytes. An event over
+        ``max_event_size`` is discarded (never buffered beyond the limit) and counted in
+        the report's ``oversized_events``; so is one that memory could not be allocated for
+        (with a warning)."""
     def finish_raw(self) -> list[tuple[Any, ...]]:
         """End of stream: a report per response (at least one), as tuples of every field of
         ``StreamReport`` in order (usages as tuples of every field of ``Usage``); resets the
@@ -124,17 +132,36 @@ class UsageTap:
 
 @final
 class UsageChunkStripper:
-    """Removes the usage-only chunk a metering layer requested on the caller's behalf; every
-    other byte is forwarded unchanged (held back only until its event block ends)."""
+    """Removes what ``stream_options.include_usage``, requested on the caller's behalf, adds
+    to a Chat Completions stream: the usage-only chunk (``"choices": []`` with a ``usage``
+    object), and the ``"usage": null`` member of every other chunk (a top-level ``null``
+    usage of a chunk with a ``choices`` array, with its separating comma, wherever it
+    stands). Every other byte is forwarded unchanged, held back only until its event block
+    ends; a chunk whose JSON does not parse is forwarded as it is.
 
-    def __new__(cls) -> UsageChunkStripper: ...
+    At most ``max_event_size`` bytes of a block (16 MiB by default,
+    ``DEFAULT_MAX_EVENT_SIZE_BYTES``) are held: a longer block is forwarded unchanged as it
+    arrives, unstripped, and counted in ``oversized``.
+    """
+
+    def __new__(cls, *, max_event_size: int = ...) -> UsageChunkStripper: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
-        """The bytes that can be forwarded now."""
+        """The bytes that can be forwarded now. Raises ``MemoryError`` (with nothing
+        consumed) when memory for the output could not be allocated."""
     def finish(self) -> bytes:
         """End of stream: whatever is still held back, unchanged."""
     @property
     def stripped(self) -> int:
-        """How many usage chunks were removed."""
+        """How many usage-only chunks were removed."""
+    @property
+    def nulls_removed(self) -> int:
+        """How many ``"usage": null`` members were removed."""
+    @property
+    def oversized(self) -> int:
+        """How many blocks were forwarded unstripped because they were longer than
+        ``max_event_size``."""
+    @property
+    def max_event_size(self) -> int: ...
 
 class DecompressionError(ValueError):
     """A compressed body is corrupt or truncated (raised by ``ContentDecoder``)."""

@@ -31,6 +31,8 @@ USAGE_COLLECT = 0x40
 USAGE_SMALL_LIMIT = 0x80
 USAGE_CHAT_JSON = 0x02 | 0x04  # mode 2, primed
 USAGE_RESPONSES_JSON = 0x03 | 0x08  # mode 3, named response.completed
+# strip: the default limit, then 300 and 1000 bytes (chunks of the 2026 capture are ~330).
+STRIP_CTRLS = (0x00, 0x06, 0x07)
 
 
 def seed(ctrl: int, chunk_seed: int, body: bytes) -> bytes:
@@ -85,6 +87,29 @@ CHAT_CHUNK = (
     '"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":FINISH}],"usage":null}'
 )
 
+#: (name, ctrl, body) of hand-written strip seeds (with the framing ones named strip-*).
+STRIP_HANDWRITTEN: list[tuple[str, int, bytes]] = [
+    (
+        "null-members",
+        0x00,
+        (
+            b'data: {"usage":null,"choices":[{}]}\n\ndata: {"choices": [{}], "usage": null}\r\n\r\n'
+            b'data: { "id" : 1 , "usage" : null , "choices":[]}\r\rdata: {"type":"x","usage":null}\n\n'
+            b'data: {"choices":[{}],"usage":null,"usage":null}\n\ndata: {"choices":[{}],"usage":null} x\n\n'
+            b'data: {"choices":[{}],\ndata: "usage":null}\n\n'
+        ),
+    ),
+    (
+        "oversized",
+        0x04,
+        (
+            b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+            b'data: {"choices":[{}],"usage":null}\n\n' + b"x" * 100 + b"\r\n\r\n"
+            b'data: {"choices":[],"usage":{}}\n\nendless ' + b"y" * 80
+        ),
+    ),
+]
+
 #: (name, ctrl, body) of hand-written usage seeds.
 USAGE_HANDWRITTEN: list[tuple[str, int, bytes]] = [
     # Two responses with an oversized event between them (ctrl 0x80: 256-byte limit).
@@ -129,6 +154,11 @@ def main() -> None:
         ctrl = USAGE_STREAM | (USAGE_COLLECT if i % 3 == 1 else 0)
         ctrl |= USAGE_SMALL_LIMIT if i % 3 == 2 else 0
         write("usage", name, seed(ctrl, i, base), written)
+        # strip: the Chat Completions streams (the ones a stripper sees), LF or CRLF.
+        if f.family == "chat" or f.name.startswith("openai-chat/"):
+            ctrl = STRIP_CTRLS[i % len(STRIP_CTRLS)]
+            framed = window(rebuild(f, crlf=i % 2 == 0, keepalive=i % 3 == 1), head=3, tail=3)
+            write("strip", name, seed(ctrl, i * 3, framed), written)
         if not f.is_raw:
             lines = json_lines(f)
             if i % 2 == 0:
@@ -148,6 +178,10 @@ def main() -> None:
                     break
     for name, ctrl, body in HANDWRITTEN:
         write("framing", name, seed(ctrl, len(name), body), written)
+        if name.startswith("strip-"):
+            write("strip", name, seed(ctrl, len(name), body), written)
+    for name, ctrl, body in STRIP_HANDWRITTEN:
+        write("strip", name, seed(ctrl, len(name), body), written)
     for name, ctrl, body in USAGE_HANDWRITTEN:
         write("usage", name, seed(ctrl, len(name), body), written)
     for target, size in sorted(written.items()):

@@ -2,6 +2,7 @@
 //! extraction for streaming LLM APIs. Pure Rust; the Python bindings live in
 //! the `python` module behind the `python` cargo feature.
 
+mod buf;
 pub mod decode;
 pub mod lines;
 pub mod reassemble;

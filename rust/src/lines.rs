@@ -3,10 +3,13 @@
 
 use memchr::memchr2;
 
+use crate::buf;
+
 /// Incremental line splitter; a CR ends its line at once, and an LF that
 /// follows it in the next chunk is swallowed. A line longer than
 /// `max_line_size` is discarded (and counted) wherever the chunks cut it,
-/// so a stream that never ends its line cannot grow the buffer.
+/// so a stream that never ends its line cannot grow the buffer: no more
+/// than the limit is ever copied, and a discard gives the memory back.
 #[derive(Debug)]
 pub struct LineSplitter {
     partial: Vec<u8>,
@@ -14,6 +17,9 @@ pub struct LineSplitter {
     max_line_size: usize,
     /// The line being read went over the limit: drop it up to its end.
     skipping: bool,
+    /// Lines discarded because memory for them could not be had (they are
+    /// counted as discarded too).
+    out_of_memory: u64,
 }
 
 impl Default for LineSplitter {
@@ -30,7 +36,21 @@ impl LineSplitter {
             pending_cr: false,
             max_line_size,
             skipping: false,
+            out_of_memory: 0,
         }
+    }
+
+    /// Lines discarded so far because memory for them could not be had.
+    #[must_use]
+    pub fn out_of_memory(&self) -> u64 {
+        self.out_of_memory
+    }
+
+    /// Bytes of memory the splitter holds: at most the limit (plus a
+    /// constant) after any `feed`.
+    #[must_use]
+    pub fn retained_capacity(&self) -> usize {
+        self.partial.capacity()
     }
 
     #[must_use]
@@ -55,13 +75,16 @@ impl LineSplitter {
                 // The end of a line already counted as discarded.
             } else if self.partial.len() + part.len() > self.max_line_size {
                 discarded += 1;
-                self.partial.clear();
+                buf::release(&mut self.partial);
             } else if self.partial.is_empty() {
                 on_line(part);
-            } else {
-                self.partial.extend_from_slice(part);
+            } else if buf::extend(&mut self.partial, part, self.max_line_size).is_ok() {
                 on_line(&self.partial);
                 self.partial.clear();
+            } else {
+                discarded += 1;
+                self.out_of_memory += 1;
+                buf::release(&mut self.partial);
             }
             let rest = &input[end + 1..];
             input = match (input[end], rest.first()) {
@@ -74,12 +97,16 @@ impl LineSplitter {
             };
         }
         if !input.is_empty() && !self.skipping {
+            // Checked before copying, so the buffer never passes the limit.
             if self.partial.len() + input.len() > self.max_line_size {
                 discarded += 1;
-                self.partial.clear();
+                buf::release(&mut self.partial);
                 self.skipping = true;
-            } else {
-                self.partial.extend_from_slice(input);
+            } else if buf::extend(&mut self.partial, input, self.max_line_size).is_err() {
+                discarded += 1;
+                self.out_of_memory += 1;
+                buf::release(&mut self.partial);
+                self.skipping = true;
             }
         }
         discarded

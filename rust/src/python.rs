@@ -1,5 +1,9 @@
 //! PyO3 bindings: the `ssetally._core` extension module. All Python glue of
-//! the crate lives here; the modules it wraps know nothing of Python.
+//! the crate lives here (and in the submodules); the modules it wraps know
+//! nothing of Python.
+
+mod convert;
+mod filters;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -28,19 +32,17 @@ create_exception!(
 
 #[pymodule(gil_used = false)]
 mod _core {
-    use pyo3::exceptions::{PyTypeError, PyValueError};
+    use pyo3::exceptions::{PyMemoryError, PyValueError};
     use pyo3::prelude::*;
-    use pyo3::pybacked::PyBackedBytes;
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
     use jiter::JsonValue;
 
-    use crate::lines::LineSplitter;
+    use super::convert::{chunk_bytes, memory_error, text, try_copy};
     use crate::reassemble::Output;
     use crate::sse::{Decoder, DecoderConfig, EventRef, DEFAULT_MAX_EVENT_SIZE};
-    use crate::strip::UsageChunkStripper as CoreStripper;
     use crate::usage::{ApiHint, Report, Usage, UsageTap as CoreTap};
 
     #[pymodule_export]
@@ -56,6 +58,9 @@ mod _core {
     #[pymodule_export]
     use super::{DecompressionBombError, DecompressionError};
 
+    #[pymodule_export]
+    use super::filters::{LineDecoder, UsageChunkStripper};
+
     /// Chunks at least this large are decoded with the interpreter released.
     const DETACH_THRESHOLD: usize = 64 * 1024;
 
@@ -66,30 +71,6 @@ mod _core {
                 Ok::<_, PyErr>(py.import("json")?.getattr("loads")?.unbind())
             })
             .map(|f| f.bind(py))
-    }
-
-    /// Decodes UTF-8 with U+FFFD for invalid bytes, in one pass (CPython's
-    /// decoder, which replaces maximal invalid subparts as WHATWG does).
-    fn text<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-        let Ok(len) = isize::try_from(bytes.len()) else {
-            return PyString::new(py, &String::from_utf8_lossy(bytes));
-        };
-        // SAFETY: `bytes` is a live slice of `len` bytes that CPython only reads
-        // (it copies them into the new string) while we hold the interpreter;
-        // the error handler name is a NUL-terminated static string. The call
-        // returns a new reference or NULL with an exception set, which
-        // `from_owned_ptr_or_err` takes over.
-        let decoded = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                pyo3::ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), len, c"replace".as_ptr()),
-            )
-        };
-        match decoded.map(|obj| obj.cast_into::<PyString>()) {
-            Ok(Ok(s)) => s,
-            // Only memory exhaustion can get here; fall back to the safe path.
-            _ => PyString::new(py, &String::from_utf8_lossy(bytes)),
-        }
     }
 
     /// One Server-Sent Event.
@@ -197,30 +178,30 @@ mod _core {
         py: Python<'_>,
         slot: &mut Option<(Vec<u8>, Py<PyString>)>,
         bytes: &[u8],
-    ) -> Py<PyString> {
+    ) -> PyResult<Py<PyString>> {
         if let Some((key, value)) = slot {
             if key == bytes {
-                return value.clone_ref(py);
+                return Ok(value.clone_ref(py));
             }
         }
-        let value = text(py, bytes).unbind();
-        *slot = Some((bytes.to_vec(), value.clone_ref(py)));
-        value
+        let value = text(py, bytes)?.unbind();
+        *slot = Some((try_copy(bytes).map_err(memory_error)?, value.clone_ref(py)));
+        Ok(value)
     }
 
     impl StringCache {
-        fn build(&mut self, py: Python<'_>, ev: EventRef<'_>) -> ServerSentEvent {
+        fn build(&mut self, py: Python<'_>, ev: EventRef<'_>) -> PyResult<ServerSentEvent> {
             let event = if ev.event.is_empty() {
                 intern!(py, "message").clone().unbind()
             } else {
-                cached(py, &mut self.event, ev.event)
+                cached(py, &mut self.event, ev.event)?
             };
-            ServerSentEvent {
+            Ok(ServerSentEvent {
                 event,
-                data: text(py, ev.data).unbind(),
-                id: cached(py, &mut self.id, ev.id),
+                data: text(py, ev.data)?.unbind(),
+                id: cached(py, &mut self.id, ev.id)?,
                 retry: ev.retry,
-            }
+            })
         }
     }
 
@@ -256,20 +237,43 @@ mod _core {
         ) -> PyResult<Bound<'py, PyList>> {
             let chunk = chunk_bytes(data)?;
             let mut events: Vec<ServerSentEvent> = Vec::new();
+            // The first failure to build an event; the rest of the chunk is
+            // still decoded, so the decoder stays in step with the stream.
+            let mut failed: Option<PyErr> = None;
             let status = if chunk.len() >= DETACH_THRESHOLD {
                 let inner = &mut self.inner;
                 let mut owned = Vec::new();
-                let status =
-                    py.detach(|| inner.feed(&chunk, |ev| owned.push(OwnedEvent::from(ev))));
+                let mut copy_failed = None;
+                let status = py.detach(|| {
+                    inner.feed(&chunk, |ev| match OwnedEvent::try_from(ev) {
+                        Ok(ev) => owned.push(ev),
+                        Err(e) => copy_failed = copy_failed.take().or(Some(e)),
+                    })
+                });
+                failed = copy_failed.map(memory_error);
                 for ev in &owned {
-                    events.push(self.cache.build(py, ev.as_ref()));
+                    match self.cache.build(py, ev.as_ref()) {
+                        Ok(ev) => events.push(ev),
+                        Err(e) => failed = failed.take().or(Some(e)),
+                    }
                 }
                 status
             } else {
                 let cache = &mut self.cache;
-                self.inner
-                    .feed(&chunk, |ev| events.push(cache.build(py, ev)))
+                self.inner.feed(&chunk, |ev| match cache.build(py, ev) {
+                    Ok(ev) => events.push(ev),
+                    Err(e) => failed = failed.take().or(Some(e)),
+                })
             };
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            if status.out_of_memory > 0 {
+                return Err(PyMemoryError::new_err(format!(
+                    "ssetally: out of memory while buffering the stream; {} event(s) were discarded",
+                    status.out_of_memory
+                )));
+            }
             let list = PyList::new(py, events)?;
             if status.oversized_events > 0 {
                 let err = EventTooLargeError::new_err(format!(
@@ -292,7 +296,7 @@ mod _core {
 
         /// The last event ID seen, for a `Last-Event-ID` reconnect header.
         #[getter]
-        fn last_event_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        fn last_event_id<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
             text(py, self.inner.last_event_id())
         }
 
@@ -302,14 +306,16 @@ mod _core {
         }
     }
 
-    impl From<EventRef<'_>> for OwnedEvent {
-        fn from(ev: EventRef<'_>) -> Self {
-            Self {
-                event: ev.event.to_vec(),
-                data: ev.data.to_vec(),
-                id: ev.id.to_vec(),
+    impl TryFrom<EventRef<'_>> for OwnedEvent {
+        type Error = std::collections::TryReserveError;
+
+        fn try_from(ev: EventRef<'_>) -> Result<Self, Self::Error> {
+            Ok(Self {
+                event: try_copy(ev.event)?,
+                data: try_copy(ev.data)?,
+                id: try_copy(ev.id)?,
                 retry: ev.retry,
-            }
+            })
         }
     }
 
@@ -321,80 +327,6 @@ mod _core {
                 id: &self.id,
                 retry: self.retry,
             }
-        }
-    }
-
-    /// Accepts `bytes` without a copy, and `bytearray`/`memoryview` with one.
-    fn chunk_bytes(data: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
-        data.extract::<PyBackedBytes>().or_else(|_| {
-            if let Ok(view) = data.cast::<pyo3::types::PyMemoryView>() {
-                let bytes = view.call_method0(intern!(data.py(), "tobytes"))?;
-                return bytes.extract::<PyBackedBytes>().map_err(Into::into);
-            }
-            Err(PyTypeError::new_err(format!(
-                "feed() takes bytes, got {}",
-                data.get_type().name()?
-            )))
-        })
-    }
-
-    /// Splits bytes into lines at CR, LF or CRLF (the SSE line rule).
-    #[pyclass(module = "ssetally._core")]
-    pub struct LineDecoder {
-        inner: LineSplitter,
-    }
-
-    #[pymethods]
-    impl LineDecoder {
-        #[new]
-        #[pyo3(signature = (*, max_line_size=DEFAULT_MAX_EVENT_SIZE))]
-        fn new(max_line_size: usize) -> PyResult<Self> {
-            if max_line_size == 0 {
-                return Err(PyValueError::new_err("max_line_size must be positive"));
-            }
-            Ok(Self {
-                inner: LineSplitter::new(max_line_size),
-            })
-        }
-
-        /// Returns the lines `data` completes, without their terminators.
-        /// A line over `max_line_size` raises `EventTooLargeError` (its
-        /// `lines` attribute holds the other lines of the call).
-        fn feed<'py>(
-            &mut self,
-            py: Python<'py>,
-            data: &Bound<'py, PyAny>,
-        ) -> PyResult<Bound<'py, PyList>> {
-            let chunk = chunk_bytes(data)?;
-            let list = PyList::empty(py);
-            let mut result = Ok(());
-            let discarded = self.inner.feed(&chunk, |line| {
-                if result.is_ok() {
-                    result = list.append(text(py, line));
-                }
-            });
-            result?;
-            if discarded > 0 {
-                let err = EventTooLargeError::new_err(format!(
-                    "{discarded} line(s) exceeded max_line_size={} bytes and were discarded",
-                    self.inner.max_line_size()
-                ));
-                err.value(py).setattr("lines", &list)?;
-                return Err(err);
-            }
-            Ok(list)
-        }
-
-        #[getter]
-        fn max_line_size(&self) -> usize {
-            self.inner.max_line_size()
-        }
-
-        /// End of input: returns the unterminated last line, if any.
-        fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-            let lines: Vec<Bound<'py, PyString>> =
-                self.inner.finish().iter().map(|l| text(py, l)).collect();
-            PyList::new(py, lines)
         }
     }
 
@@ -635,52 +567,6 @@ mod _core {
         #[getter]
         fn api(&self) -> &'static str {
             self.inner.api().as_str()
-        }
-    }
-
-    /// Removes the usage-only chunk (`choices: []` plus `usage`) that a
-    /// metering layer requested on the caller's behalf; every other byte is
-    /// forwarded unchanged.
-    #[pyclass(module = "ssetally._core")]
-    pub struct UsageChunkStripper {
-        inner: CoreStripper,
-        out: Vec<u8>,
-    }
-
-    #[pymethods]
-    impl UsageChunkStripper {
-        #[new]
-        fn new() -> Self {
-            Self {
-                inner: CoreStripper::new(),
-                out: Vec::new(),
-            }
-        }
-
-        /// The bytes that can be forwarded now (held-back bytes of an
-        /// unfinished event block come later).
-        fn feed<'py>(
-            &mut self,
-            py: Python<'py>,
-            data: &Bound<'py, PyAny>,
-        ) -> PyResult<Bound<'py, PyBytes>> {
-            let chunk = chunk_bytes(data)?;
-            self.out.clear();
-            self.inner.feed(&chunk, &mut self.out);
-            Ok(PyBytes::new(py, &self.out))
-        }
-
-        /// End of stream: whatever is still held back, unchanged.
-        fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
-            self.out.clear();
-            self.inner.finish(&mut self.out);
-            PyBytes::new(py, &self.out)
-        }
-
-        /// How many usage chunks were removed.
-        #[getter]
-        fn stripped(&self) -> u64 {
-            self.inner.stripped
         }
     }
 

@@ -9,6 +9,8 @@
 
 use memchr::{memchr, memchr2};
 
+use crate::buf;
+
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
 /// Default limit on the bytes one event may buffer (16 MiB).
@@ -61,8 +63,12 @@ pub enum Dispatch<'a> {
 /// What one `feed` call noticed besides the events it dispatched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FeedStatus {
-    /// Events discarded in this call because they exceeded `max_event_size`.
+    /// Events discarded in this call because they exceeded `max_event_size`
+    /// (those counted in `out_of_memory` included).
     pub oversized_events: u32,
+    /// Events discarded because memory to buffer them could not be had
+    /// (they are reported like oversized events, and counted here too).
+    pub out_of_memory: u32,
 }
 
 /// What `finish` found at the end of the stream.
@@ -181,9 +187,10 @@ impl Decoder {
                 if let Some(data) = borrowed.take() {
                     if part.is_empty() {
                         self.dispatch_borrowed(data, on_event);
-                    } else {
-                        self.append_data(data);
+                    } else if self.append_data(data).is_ok() {
                         self.process_line(part, on_event, &mut status);
+                    } else {
+                        self.out_of_memory(&mut status, on_event);
                     }
                 } else if let Some(value) = self.borrowable_data(part) {
                     self.block_started = true;
@@ -191,12 +198,24 @@ impl Decoder {
                 } else {
                     self.process_line(part, on_event, &mut status);
                 }
+            } else if self.skip_event {
+                // The line is ignored (`process_line` would): no copy.
+                self.line.clear();
+            } else if self.buffered() + part.len() > self.config.max_event_size {
+                // The same check `process_line` makes, before copying `part`.
+                self.overflow(&mut status, on_event);
             } else {
                 let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(part);
-                self.process_line(&line, on_event, &mut status);
-                line.clear();
-                self.line = line;
+                if buf::extend(&mut line, part, self.config.max_event_size).is_ok() {
+                    self.process_line(&line, on_event, &mut status);
+                    if self.skip_event {
+                        buf::release(&mut line);
+                    }
+                    line.clear();
+                    self.line = line;
+                } else {
+                    self.out_of_memory(&mut status, on_event);
+                }
             }
             let rest = &input[end + 1..];
             input = if input[end] == b'\r' {
@@ -213,17 +232,55 @@ impl Decoder {
             };
         }
         if let Some(data) = borrowed {
-            self.append_data(data);
-        }
-        if !input.is_empty() && !self.skip_line {
-            self.line.extend_from_slice(input);
-            if self.buffered() > self.config.max_event_size {
-                self.line.clear();
-                self.skip_line = true;
-                self.overflow(&mut status, on_event);
+            if self.append_data(data).is_err() {
+                self.out_of_memory(&mut status, on_event);
             }
         }
+        if !input.is_empty() && !self.skip_line {
+            // Checked before copying: an unterminated line in one huge chunk
+            // must not be buffered beyond the limit.
+            if self.buffered() + input.len() > self.config.max_event_size {
+                self.skip_line = true;
+                self.overflow(&mut status, on_event);
+            } else if buf::extend(&mut self.line, input, self.config.max_event_size).is_err() {
+                self.skip_line = true;
+                self.out_of_memory(&mut status, on_event);
+            }
+        }
+        self.trim();
         status
+    }
+
+    /// Bytes of memory the decoder's buffers hold (their capacity): never
+    /// more than twice `max_event_size` plus a constant after a `feed`.
+    #[must_use]
+    pub fn retained_capacity(&self) -> usize {
+        self.line.capacity()
+            + self.data.capacity()
+            + self.event_type.capacity()
+            + self.last_id.capacity()
+    }
+
+    /// Buffers emptied by earlier events keep their capacity (they are
+    /// reused), each within the limit; when together they hold more than
+    /// twice the limit they are cut back to what they contain, which the
+    /// limit bounds (line, data and type together, and the last id).
+    fn trim(&mut self) {
+        let budget = self
+            .config
+            .max_event_size
+            .saturating_mul(2)
+            .saturating_add(64);
+        if self.retained_capacity() > budget {
+            for b in [
+                &mut self.line,
+                &mut self.data,
+                &mut self.event_type,
+                &mut self.last_id,
+            ] {
+                b.shrink_to_fit();
+            }
+        }
     }
 
     /// End of stream: drop any unterminated event and reset for a new stream.
@@ -289,7 +346,8 @@ impl Decoder {
                     input = &input[1..];
                 }
                 Some(_) => {
-                    // Not a BOM after all: the bytes matched so far are content.
+                    // Not a BOM after all: the bytes matched so far are content
+                    // (at most two bytes, checked with the rest of the line).
                     self.line.extend_from_slice(&BOM[..matched as usize]);
                     break;
                 }
@@ -310,9 +368,20 @@ impl Decoder {
         }
         self.skip_event = true;
         self.block_started = true;
+        // The discarded event's memory goes back at once.
+        buf::release(&mut self.line);
         self.data = Vec::new();
-        self.event_type.clear();
+        buf::release(&mut self.event_type);
         self.retry = None;
+    }
+
+    /// An event is discarded because memory for it could not be had: it is
+    /// reported as oversized, and counted apart.
+    fn out_of_memory<F: FnMut(Dispatch<'_>)>(&mut self, status: &mut FeedStatus, on: &mut F) {
+        if !self.skip_event {
+            status.out_of_memory += 1;
+        }
+        self.overflow(status, on);
     }
 
     fn process_line<F: FnMut(Dispatch<'_>)>(
@@ -346,24 +415,29 @@ impl Decoder {
             None => (line, &line[line.len()..]),
         };
         self.block_started = true;
-        match name {
+        let limit = self.config.max_event_size;
+        let stored = match name {
             b"data" => self.append_data(value),
             b"event" => {
                 self.event_type.clear();
-                self.event_type.extend_from_slice(value);
                 // The whole line passed the limit check above.
-                debug_assert!(self.buffered() <= self.config.max_event_size);
+                buf::extend(&mut self.event_type, value, limit)
             }
             b"id" if memchr(0, value).is_none() => {
                 self.last_id.clear();
-                self.last_id.extend_from_slice(value);
+                buf::extend(&mut self.last_id, value, limit)
             }
             b"retry" => {
                 if let Some(ms) = parse_retry(value) {
                     self.retry = Some(ms);
                 }
+                Ok(())
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        debug_assert!(self.buffered() <= limit);
+        if stored.is_err() {
+            self.out_of_memory(status, on_event);
         }
     }
 
@@ -384,10 +458,12 @@ impl Decoder {
 
     /// Appends one data line's value. The limit was checked on the whole
     /// line before (value and LF are shorter than `data:` plus the value).
-    fn append_data(&mut self, value: &[u8]) {
+    fn append_data(&mut self, value: &[u8]) -> Result<(), std::collections::TryReserveError> {
+        buf::reserve(&mut self.data, value.len() + 1, self.config.max_event_size)?;
         self.data.extend_from_slice(value);
         self.data.push(b'\n');
         debug_assert!(self.buffered() <= self.config.max_event_size);
+        Ok(())
     }
 
     /// Dispatch a one-line event whose data was never copied.
@@ -444,226 +520,4 @@ fn parse_retry(value: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, PartialEq, Eq)]
-    struct Ev(String, String, String, Option<u64>);
-
-    fn run(chunks: &[&[u8]], config: DecoderConfig) -> (Vec<Ev>, FinishStatus) {
-        let mut d = Decoder::new(config);
-        let mut out = Vec::new();
-        for c in chunks {
-            d.feed(c, |e| {
-                out.push(Ev(
-                    String::from_utf8_lossy(e.event).into_owned(),
-                    String::from_utf8_lossy(e.data).into_owned(),
-                    String::from_utf8_lossy(e.id).into_owned(),
-                    e.retry,
-                ));
-            });
-        }
-        let fin = d.finish();
-        (out, fin)
-    }
-
-    fn ev(event: &str, data: &str, id: &str, retry: Option<u64>) -> Ev {
-        Ev(event.into(), data.into(), id.into(), retry)
-    }
-
-    fn every_split(input: &[u8]) -> Vec<Vec<&[u8]>> {
-        let mut out = vec![vec![input]];
-        for i in 0..=input.len() {
-            out.push(vec![&input[..i], &input[i..]]);
-        }
-        out.push(input.chunks(1).collect());
-        out
-    }
-
-    fn check(input: &[u8], expected: &[Ev]) {
-        for chunks in every_split(input) {
-            let (got, _) = run(&chunks, DecoderConfig::default());
-            assert_eq!(got, expected, "chunks {chunks:?}");
-        }
-    }
-
-    #[test]
-    fn spec_examples() {
-        check(
-            b"data: YHOO\ndata: +2\ndata: 10\n\n",
-            &[ev("", "YHOO\n+2\n10", "", None)],
-        );
-        check(
-            b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
-            &[
-                ev("", "first event", "1", None),
-                ev("", "second event", "", None),
-                ev("", " third event", "", None),
-            ],
-        );
-        check(
-            b"data\n\ndata\ndata\n\ndata:",
-            &[ev("", "", "", None), ev("", "\n", "", None)],
-        );
-    }
-
-    #[test]
-    fn line_endings_and_bom() {
-        check(
-            b"\xEF\xBB\xBFdata:1\r\n\r\n\xEF\xBB\xBFdata:2\r\rdata:3\n\n",
-            &[ev("", "1", "", None), ev("", "3", "", None)],
-        );
-        check(
-            b"\xEF\xBB\xBF\xEF\xBB\xBFdata:1\n\ndata:2\n\n",
-            &[ev("", "2", "", None)],
-        );
-        check(b"\xEF\xBBdata:1\n\n", &[]);
-    }
-
-    #[test]
-    fn cr_dispatches_without_waiting() {
-        let mut d = Decoder::default();
-        let mut n = 0;
-        d.feed(b"data: x\r\r", |_| n += 1);
-        assert_eq!(n, 1);
-        d.feed(b"\ndata: y\n\n", |_| n += 1);
-        assert_eq!(n, 2);
-    }
-
-    #[test]
-    fn fields() {
-        check(
-            b"retry:2000\nretry:1000x\nid: a\0b\nid: 7\ndata:x\n\nevent: e\n\ndata:y\n\n",
-            &[ev("", "x", "7", Some(2000)), ev("", "y", "7", None)],
-        );
-        check(b"retry: 10000\n\ndata: z\n\n", &[ev("", "z", "", None)]);
-        let (got, _) = run(
-            &[b"retry: 10000\n\n"],
-            DecoderConfig {
-                retry_only_events: true,
-                ..DecoderConfig::default()
-            },
-        );
-        assert_eq!(got, vec![ev("", "", "", Some(10000))]);
-        assert_eq!(parse_retry(b"99999999999999999999999"), None);
-        assert_eq!(parse_retry(b"+5"), None);
-    }
-
-    #[test]
-    fn finish_reports_partial() {
-        assert!(
-            run(&[b"data: x\n"], DecoderConfig::default())
-                .1
-                .dropped_partial
-        );
-        assert!(run(&[b"dat"], DecoderConfig::default()).1.dropped_partial);
-        assert!(
-            !run(&[b"data: x\n\n"], DecoderConfig::default())
-                .1
-                .dropped_partial
-        );
-    }
-
-    #[test]
-    fn finish_flushing_reads_an_unterminated_last_event() {
-        let mut d = Decoder::default();
-        let mut got = Vec::new();
-        d.feed(b"data: a\n\nevent: stop\ndata: {\"x\"", |e| {
-            got.push(e.data.to_vec())
-        });
-        let status = d.finish_flushing(|e| {
-            assert_eq!(e.event, b"stop");
-            got.push(e.data.to_vec());
-        });
-        assert_eq!(got, vec![b"a".to_vec(), b"{\"x\"".to_vec()]);
-        assert!(status.flushed_partial && !status.dropped_partial);
-        assert!(
-            !d.finish_flushing(|_| panic!("nothing pending"))
-                .flushed_partial
-        );
-    }
-
-    #[test]
-    fn oversized_event_is_skipped_and_decoding_recovers() {
-        let config = DecoderConfig {
-            max_event_size: 16,
-            ..DecoderConfig::default()
-        };
-        let mut d = Decoder::new(config);
-        let mut got = Vec::new();
-        let mut status = d.feed(b"data: 0123456789abcdefghij\n\ndata: ok\n\n", |e| {
-            got.push(e.data.to_vec());
-        });
-        assert_eq!(status.oversized_events, 1);
-        // A line that never ends is cut off too, across chunks.
-        for _ in 0..10 {
-            status = d.feed(b"data: xxxxxxxxxxxx", |_| panic!("no event expected"));
-        }
-        d.feed(b"\n\ndata: after\n\n", |e| got.push(e.data.to_vec()));
-        assert_eq!(got, vec![b"ok".to_vec(), b"after".to_vec()]);
-        assert_eq!(status.oversized_events, 0);
-    }
-
-    /// Events and oversized markers, in order, for `chunks`.
-    fn run_each(chunks: &[&[u8]], max_event_size: usize) -> Vec<Option<Vec<u8>>> {
-        let mut d = Decoder::new(DecoderConfig {
-            max_event_size,
-            ..DecoderConfig::default()
-        });
-        let mut out = Vec::new();
-        for c in chunks {
-            d.feed_each(c, |item| {
-                out.push(match item {
-                    Dispatch::Event(e) => Some(e.data.to_vec()),
-                    Dispatch::Oversized => None,
-                });
-            });
-        }
-        out
-    }
-
-    /// Regression (found by the `framing` fuzz target): a line longer than
-    /// the limit only counted while it was unterminated at the end of a
-    /// chunk, so the same stream dropped an event or not depending on where
-    /// it was cut (a long comment line dropped its event only when split; a
-    /// long `id:` line set an unbounded last event id only when whole).
-    #[test]
-    fn limit_does_not_depend_on_chunking() {
-        let stream: &[u8] = b"data: a\n: 0123456789abcdefghij\n\ndata: 0123456\n\nid: 0123456789\ndata: b\n\nevent: x\ndata: o\n\ndata: ok\n\ndata: ok1\n\n";
-        let expected = vec![
-            None,                 // the comment line overflows its event
-            None,                 // a 13-byte data line
-            None,                 // a 14-byte id line (the id is not kept)
-            Some(b"o".to_vec()),  // type + line fit: 1 + 7
-            Some(b"ok".to_vec()), // a line of exactly the limit
-            None,
-        ];
-        for chunks in every_split(stream) {
-            assert_eq!(run_each(&chunks, 8), expected, "chunks {chunks:?}");
-        }
-        let mut d = Decoder::new(DecoderConfig {
-            max_event_size: 8,
-            ..DecoderConfig::default()
-        });
-        d.feed(stream, |e| assert!(e.id.is_empty()));
-        assert!(d.last_event_id().is_empty());
-    }
-
-    #[test]
-    fn oversized_markers_come_in_stream_order() {
-        let stream: &[u8] = b"data: a\n\ndata: 0123456789\n\ndata: b\n\n";
-        let expected = vec![Some(b"a".to_vec()), None, Some(b"b".to_vec())];
-        for chunks in every_split(stream) {
-            assert_eq!(run_each(&chunks, 8), expected);
-        }
-        let mut d = Decoder::new(DecoderConfig {
-            max_event_size: 8,
-            ..DecoderConfig::default()
-        });
-        d.feed(b"data: a\n\ndata: 01", |_| {});
-        let mut seen = Vec::new();
-        let status = d.finish_flushing_each(|item| seen.push(item == Dispatch::Oversized));
-        assert_eq!(seen, vec![false]);
-        assert!(status.flushed_partial);
-    }
-}
+mod tests;

@@ -1,237 +1,218 @@
-//! Removes the usage chunk that a metering layer asked for on the caller's
-//! behalf (`stream_options.include_usage`), so the caller receives byte for
-//! byte what it would have received without the request being changed.
+//! Removes what a metering layer added to a Chat Completions stream when
+//! it asked for usage on the caller's behalf (`stream_options.include_usage`):
+//! the usage-only chunk, and the `"usage":null` member OpenAI then writes
+//! into every other chunk. The caller receives byte for byte what it would
+//! have received without the request being changed.
 //!
-//! Bytes are held back only until the end of the event block they belong to;
-//! every block but the usage chunk is forwarded unchanged, and so are all
-//! bytes when the stream is not SSE-shaped.
+//! Bytes are held back only until the end of the event block they belong
+//! to, and at most `max_event_size` of them: a longer block is forwarded
+//! unchanged as it arrives (and counted). Every other block is forwarded
+//! unchanged, and so are all bytes when the stream is not SSE-shaped.
 
-use jiter::{Jiter, Peek};
+mod chunk;
+#[cfg(test)]
+mod tests;
+
+use std::collections::TryReserveError;
+
 use memchr::memchr2;
 
+use crate::buf;
+use crate::sse::DEFAULT_MAX_EVENT_SIZE;
+use chunk::{judge, Verdict};
+
+/// What becomes of an LF that follows a CR which ended the previous chunk
+/// (it belongs to the CR's line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lf {
+    /// Held with the block being read.
+    Hold,
+    Forward,
+    /// The CR ended a block that was dropped.
+    Drop,
+}
+
 /// Streaming filter: feed bytes, get the bytes to forward.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UsageChunkStripper {
-    /// Raw bytes of the block being read (not yet forwarded).
+    max_event_size: usize,
+    /// Raw bytes of the block being read (not yet forwarded); never more
+    /// than `max_event_size`.
     block: Vec<u8>,
-    /// Where the current (unterminated) line starts inside `block`.
-    line_start: usize,
-    /// The last byte seen was a CR that ended a line; a following LF belongs
-    /// to it. `Some(kept)` when that CR ended a block that was already
-    /// decided: the LF follows the block's fate.
-    after_cr: Option<Option<bool>>,
-    /// Blocks removed so far.
+    /// No byte of the current line has been read: a line terminator here
+    /// is a blank line, which ends the block.
+    at_line_start: bool,
+    /// The last byte seen was a CR that ended a line.
+    after_cr: Option<Lf>,
+    /// The block being read went over the limit: its bytes are forwarded as
+    /// they come until it ends.
+    passing: bool,
+    /// Usage-only blocks removed so far.
     pub stripped: u64,
+    /// `"usage":null` members removed so far.
+    pub nulls_removed: u64,
+    /// Blocks forwarded unchanged because they were longer than
+    /// `max_event_size`.
+    pub oversized: u64,
+}
+
+impl Default for UsageChunkStripper {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_EVENT_SIZE)
+    }
 }
 
 impl UsageChunkStripper {
+    /// A stripper that holds at most `max_event_size` bytes of a block.
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(max_event_size: usize) -> Self {
+        Self {
+            max_event_size,
+            block: Vec::new(),
+            at_line_start: true,
+            after_cr: None,
+            passing: false,
+            stripped: 0,
+            nulls_removed: 0,
+            oversized: 0,
+        }
     }
 
-    /// Returns the bytes of `chunk` (and of earlier held-back bytes) that
-    /// can be forwarded now.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut input = chunk;
-        if input.is_empty() {
+    #[must_use]
+    pub fn max_event_size(&self) -> usize {
+        self.max_event_size
+    }
+
+    /// Bytes of memory the stripper holds (at most `max_event_size` plus a
+    /// constant).
+    #[must_use]
+    pub fn retained_capacity(&self) -> usize {
+        self.block.capacity()
+    }
+
+    /// Bytes held back right now.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.block.len()
+    }
+
+    /// Appends to `out` the bytes of `chunk` (and of earlier held-back
+    /// bytes) that can be forwarded now. Fails, changing nothing, only when
+    /// memory for the output cannot be had.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TryReserveError> {
+        if chunk.is_empty() {
             // Nothing to forward, and a pending CR must wait for real bytes.
-            return;
+            return Ok(());
         }
-        if let Some(decided) = self.after_cr.take() {
-            if input.first() == Some(&b'\n') {
-                match decided {
-                    Some(true) => out.push(b'\n'),
-                    Some(false) => {}
-                    None => self.block.push(b'\n'),
+        // Each held and each new byte is forwarded at most once: with this
+        // room, nothing below allocates for the output.
+        out.try_reserve(self.block.len() + chunk.len())?;
+        let mut input = chunk;
+        if let Some(lf) = self.after_cr.take() {
+            if input[0] == b'\n' {
+                match lf {
+                    Lf::Hold => self.take(b"\n", out),
+                    Lf::Forward => out.push(b'\n'),
+                    Lf::Drop => {}
                 }
                 input = &input[1..];
-                if decided.is_none() {
-                    self.line_start = self.block.len();
-                }
             }
         }
         while let Some(end) = memchr2(b'\n', b'\r', input) {
-            let blank = self.block.len() == self.line_start && end == 0;
-            self.block.extend_from_slice(&input[..=end]);
-            let mut rest = &input[end + 1..];
+            let blank = self.at_line_start && end == 0;
             let is_cr = input[end] == b'\r';
-            let mut crlf_done = !is_cr;
-            if is_cr && rest.first() == Some(&b'\n') {
-                self.block.push(b'\n');
-                rest = &rest[1..];
-                crlf_done = true;
-            }
-            self.line_start = self.block.len();
-            if blank {
-                let kept = self.decide(out);
-                if !crlf_done && rest.is_empty() {
-                    self.after_cr = Some(Some(kept));
+            let crlf = is_cr && input.get(end + 1) == Some(&b'\n');
+            let line_end = end + 1 + usize::from(crlf);
+            let line = &input[..line_end];
+            input = &input[line_end..];
+            self.at_line_start = true;
+            let lf = if blank {
+                self.end_block(line, out)
+            } else {
+                self.take(line, out);
+                if self.passing {
+                    Lf::Forward
+                } else {
+                    Lf::Hold
                 }
-            } else if !crlf_done && rest.is_empty() {
-                self.after_cr = Some(None);
+            };
+            if is_cr && !crlf && input.is_empty() {
+                self.after_cr = Some(lf);
             }
-            input = rest;
         }
-        self.block.extend_from_slice(input);
+        if !input.is_empty() {
+            self.at_line_start = false;
+            self.take(input, out);
+        }
+        Ok(())
     }
 
     /// End of stream: the held-back bytes of an unfinished block, unchanged.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        out.append(&mut self.block);
-        self.line_start = 0;
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TryReserveError> {
+        out.try_reserve(self.block.len())?;
+        out.extend_from_slice(&self.block);
+        buf::release(&mut self.block);
+        self.at_line_start = true;
         self.after_cr = None;
+        self.passing = false;
+        Ok(())
     }
 
-    /// A block ended: forward it unless it is the usage-only chunk.
-    fn decide(&mut self, out: &mut Vec<u8>) -> bool {
-        let kept = !is_usage_only_chunk(&block_data(&self.block));
-        if kept {
-            out.extend_from_slice(&self.block);
-        } else {
-            self.stripped += 1;
+    /// Bytes of the block being read: held, or forwarded once the block is
+    /// too long to hold (or memory to hold it cannot be had).
+    fn take(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.passing {
+            out.extend_from_slice(bytes);
+        } else if self.block.len() + bytes.len() > self.max_event_size
+            || buf::extend(&mut self.block, bytes, self.max_event_size).is_err()
+        {
+            self.pass(out);
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// The block goes over the limit: what is held is forwarded, and so is
+    /// the rest of the block as it comes.
+    fn pass(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.block);
+        buf::release(&mut self.block);
+        self.passing = true;
+        self.oversized += 1;
+    }
+
+    /// A blank line (`line`, its terminator) ended the block: forward the
+    /// block, cut or not, or drop it. Returns the fate of an LF that may
+    /// still follow a CR.
+    fn end_block(&mut self, line: &[u8], out: &mut Vec<u8>) -> Lf {
+        // The first terminator byte counts; a CRLF's LF may come in the next
+        // chunk, so it must not decide anything.
+        if !self.passing && self.block.len() + 1 > self.max_event_size {
+            self.pass(out);
+        }
+        if std::mem::take(&mut self.passing) {
+            out.extend_from_slice(line);
+            return Lf::Forward;
+        }
+        let lf = match judge(&self.block) {
+            Verdict::Keep => {
+                out.extend_from_slice(&self.block);
+                Lf::Forward
+            }
+            Verdict::Drop => {
+                self.stripped += 1;
+                Lf::Drop
+            }
+            Verdict::Cut(range) => {
+                self.nulls_removed += 1;
+                out.extend_from_slice(&self.block[..range.start]);
+                out.extend_from_slice(&self.block[range.end..]);
+                Lf::Forward
+            }
+        };
+        if lf == Lf::Forward {
+            out.extend_from_slice(line);
         }
         self.block.clear();
-        self.line_start = 0;
-        kept
-    }
-}
-
-/// The `data` of a raw event block (field lines joined with LF).
-fn block_data(block: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in block.split(|&b| b == b'\n' || b == b'\r') {
-        let value = match line.strip_prefix(b"data") {
-            Some([]) => &[][..],
-            Some([b':', rest @ ..]) => rest.strip_prefix(b" ").unwrap_or(rest),
-            _ => continue,
-        };
-        if !data.is_empty() {
-            data.push(b'\n');
-        }
-        data.extend_from_slice(value);
-    }
-    data
-}
-
-/// `{"choices": [], "usage": {...}, ...}`: the chunk `include_usage` adds.
-fn is_usage_only_chunk(data: &[u8]) -> bool {
-    #[derive(PartialEq)]
-    enum Key {
-        Choices,
-        Usage,
-        Other,
-    }
-    let classify = |k: &str| match k {
-        "choices" => Key::Choices,
-        "usage" => Key::Usage,
-        _ => Key::Other,
-    };
-    let mut jiter = Jiter::new(data);
-    let (mut empty_choices, mut usage) = (false, false);
-    let mut key = match jiter.next_object() {
-        Ok(k) => k.map(classify),
-        Err(_) => return false,
-    };
-    while let Some(k) = key {
-        let ok = match k {
-            Key::Choices => match jiter.next_array() {
-                Ok(None) => {
-                    empty_choices = true;
-                    true
-                }
-                _ => return false,
-            },
-            Key::Usage => {
-                usage = matches!(jiter.peek(), Ok(Peek::Object));
-                jiter.next_skip().is_ok()
-            }
-            Key::Other => jiter.next_skip().is_ok(),
-        };
-        if !ok {
-            return false;
-        }
-        key = match jiter.next_key() {
-            Ok(k) => k.map(classify),
-            Err(_) => return false,
-        };
-    }
-    // Only a whole JSON object: trailing bytes make it something else.
-    empty_choices && usage && jiter.finish().is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\r\n\r\n: keep-alive\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n";
-
-    fn expected() -> Vec<u8> {
-        let drop: &[u8] = b"data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\r\n\r\n";
-        let at = STREAM.windows(drop.len()).position(|w| w == drop).unwrap();
-        [&STREAM[..at], &STREAM[at + drop.len()..]].concat()
-    }
-
-    fn run(chunks: &[&[u8]]) -> (Vec<u8>, u64) {
-        let mut s = UsageChunkStripper::new();
-        let mut out = Vec::new();
-        for c in chunks {
-            s.feed(c, &mut out);
-        }
-        s.finish(&mut out);
-        (out, s.stripped)
-    }
-
-    #[test]
-    fn strips_only_the_usage_chunk_under_every_split() {
-        assert_eq!(run(&[STREAM]), (expected(), 1));
-        for i in 0..=STREAM.len() {
-            assert_eq!(
-                run(&[&STREAM[..i], &STREAM[i..]]).0,
-                expected(),
-                "split {i}"
-            );
-        }
-        let bytewise: Vec<&[u8]> = STREAM.chunks(1).collect();
-        assert_eq!(run(&bytewise).0, expected());
-    }
-
-    /// Regression (found by the `framing` fuzz target): an empty chunk
-    /// between the CR and the LF of a CRLF dropped the pending CR, so the
-    /// LF was read as a blank line of its own and forwarded after the
-    /// stripped block (or ended a block early).
-    #[test]
-    fn empty_chunks_change_nothing() {
-        for i in 0..=STREAM.len() {
-            let chunks = [&STREAM[..i], b"", b"", &STREAM[i..], b""];
-            assert_eq!(run(&chunks), (expected(), 1), "split {i}");
-        }
-        let partial: &[u8] = b"data: x\r";
-        assert_eq!(
-            run(&[partial, b"", b"\ndata: y\r\n"]).0,
-            b"data: x\r\ndata: y\r\n"
-        );
-    }
-
-    #[test]
-    fn only_a_whole_json_object_is_a_usage_chunk() {
-        let trailing: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} x\n\n";
-        assert_eq!(run(&[trailing]), (trailing.to_vec(), 0));
-        let spaced: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} \n\ndata: y\n\n";
-        assert_eq!(run(&[spaced]), (b"data: y\n\n".to_vec(), 1));
-    }
-
-    #[test]
-    fn keeps_everything_else() {
-        let other: &[u8] = b"data: {\"choices\":[],\"prompt_filter_results\":[]}\n\ndata: {\"choices\":[{}],\"usage\":{\"t\":1}}\n\ndata: {\"choices\":[],\"usage\":null}\n\ndata: nope\n\npartial";
-        assert_eq!(run(&[other]), (other.to_vec(), 0));
-        let cr_only: &[u8] = b"data: {\"choices\":[],\"usage\":{}}\r\rdata: x\r\r";
-        for i in 0..=cr_only.len() {
-            assert_eq!(
-                run(&[&cr_only[..i], &cr_only[i..]]).0,
-                b"data: x\r\r",
-                "split {i}"
-            );
-        }
+        lf
     }
 }

@@ -122,7 +122,20 @@ impl UsageTap {
         // Bytes go to the report that is current when the chunk begins; an
         // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        decoder.feed_each(chunk, |d| on_dispatch(tap, output, d));
+        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, d));
+        if status.out_of_memory > 0 {
+            tap.warn(format!(
+                "{} event(s) were discarded because memory to buffer them could not be allocated",
+                status.out_of_memory
+            ));
+        }
+    }
+
+    /// Bytes of memory the framing buffers hold (see
+    /// [`Decoder::retained_capacity`]).
+    #[must_use]
+    pub fn retained_capacity(&self) -> usize {
+        self.decoder.retained_capacity()
     }
 
     /// Ends the stream: one report per response seen, in order, and always

@@ -1,0 +1,136 @@
+//! Unit tests of the usage-chunk stripper.
+
+use super::*;
+
+const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\r\n\r\n: keep-alive\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n";
+
+fn expected() -> Vec<u8> {
+    let without = |s: &[u8], cut: &[u8]| {
+        let at = s.windows(cut.len()).position(|w| w == cut).unwrap();
+        [&s[..at], &s[at + cut.len()..]].concat()
+    };
+    let stream = without(STREAM, b",\"usage\":null");
+    without(
+        &stream,
+        b"data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\r\n\r\n",
+    )
+}
+
+fn run_with(limit: usize, chunks: &[&[u8]]) -> (Vec<u8>, u64) {
+    let mut s = UsageChunkStripper::new(limit);
+    let mut out = Vec::new();
+    for c in chunks {
+        s.feed(c, &mut out).unwrap();
+        assert!(s.held() <= limit && s.retained_capacity() <= limit.max(64));
+    }
+    s.finish(&mut out).unwrap();
+    (out, s.stripped)
+}
+
+fn run(chunks: &[&[u8]]) -> (Vec<u8>, u64) {
+    run_with(1 << 20, chunks)
+}
+
+#[test]
+fn strips_only_the_usage_chunk_under_every_split() {
+    assert_eq!(run(&[STREAM]), (expected(), 1));
+    for i in 0..=STREAM.len() {
+        assert_eq!(
+            run(&[&STREAM[..i], &STREAM[i..]]).0,
+            expected(),
+            "split {i}"
+        );
+    }
+    let bytewise: Vec<&[u8]> = STREAM.chunks(1).collect();
+    assert_eq!(run(&bytewise).0, expected());
+}
+
+/// Regression (found by the `framing` fuzz target): an empty chunk
+/// between the CR and the LF of a CRLF dropped the pending CR, so the
+/// LF was read as a blank line of its own and forwarded after the
+/// stripped block (or ended a block early).
+#[test]
+fn empty_chunks_change_nothing() {
+    for i in 0..=STREAM.len() {
+        let chunks = [&STREAM[..i], b"", b"", &STREAM[i..], b""];
+        assert_eq!(run(&chunks), (expected(), 1), "split {i}");
+    }
+    let partial: &[u8] = b"data: x\r";
+    assert_eq!(
+        run(&[partial, b"", b"\ndata: y\r\n"]).0,
+        b"data: x\r\ndata: y\r\n"
+    );
+}
+
+#[test]
+fn only_a_whole_json_object_is_a_usage_chunk() {
+    let trailing: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} x\n\n";
+    assert_eq!(run(&[trailing]), (trailing.to_vec(), 0));
+    let spaced: &[u8] = b"data: {\"choices\":[],\"usage\":{\"a\":1}} \n\ndata: y\n\n";
+    assert_eq!(run(&[spaced]), (b"data: y\n\n".to_vec(), 1));
+}
+
+#[test]
+fn keeps_everything_else() {
+    let other: &[u8] = b"data: {\"choices\":[],\"prompt_filter_results\":[]}\n\ndata: {\"choices\":[{}],\"usage\":{\"t\":1}}\n\ndata: {\"type\":\"x\",\"usage\":null}\n\ndata: nope\n\npartial";
+    assert_eq!(run(&[other]), (other.to_vec(), 0));
+    let cr_only: &[u8] = b"data: {\"choices\":[],\"usage\":{}}\r\rdata: x\r\r";
+    for i in 0..=cr_only.len() {
+        assert_eq!(
+            run(&[&cr_only[..i], &cr_only[i..]]).0,
+            b"data: x\r\r",
+            "split {i}"
+        );
+    }
+}
+
+/// A block longer than the limit is forwarded unchanged as it comes (a
+/// usage chunk too), the stripper never holds more than the limit, and
+/// the blocks after it are stripped again, however the bytes are cut.
+#[test]
+fn long_blocks_pass_through_unchanged() {
+    let long: &[u8] = b"data: {\"choices\":[],\"usage\":{\"total_tokens\":12345678}}\r\n\r\n";
+    let short: &[u8] = b"data: {\"choices\":[{}],\"usage\":null}\r\n\r\n";
+    let stream = [long, short, long].concat();
+    let want = [long, b"data: {\"choices\":[{}]}\r\n\r\n", long].concat();
+    for limit in [38, 50, 56] {
+        for i in 0..=stream.len() {
+            let chunks = [&stream[..i], &stream[i..]];
+            assert_eq!(
+                run_with(limit, &chunks),
+                (want.clone(), 0),
+                "limit {limit} split {i}"
+            );
+        }
+        let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(run_with(limit, &bytewise).0, want);
+    }
+    // A limit the usage chunk fits (its first CR included) strips it.
+    let mut s = UsageChunkStripper::new(long.len() - 1);
+    let mut out = Vec::new();
+    s.feed(&stream, &mut out).unwrap();
+    assert_eq!((s.stripped, s.oversized, s.nulls_removed), (2, 0, 1));
+    let mut s = UsageChunkStripper::new(long.len() - 2);
+    s.feed(&stream, &mut Vec::new()).unwrap();
+    assert_eq!((s.stripped, s.oversized, s.nulls_removed), (0, 2, 1));
+}
+
+/// A line that never ends is forwarded as it comes, never held whole.
+#[test]
+fn an_endless_line_is_not_held() {
+    let mut s = UsageChunkStripper::new(1000);
+    let mut forwarded = 0;
+    let piece = vec![b'x'; 700];
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        s.feed(&piece, &mut out).unwrap();
+        forwarded += out.len();
+        assert!(s.held() <= 1000 && s.retained_capacity() <= 1000);
+    }
+    assert_eq!(forwarded, 100 * 700);
+    let mut out = Vec::new();
+    s.feed(b"\n\ndata: {\"choices\":[],\"usage\":{}}\n\n", &mut out)
+        .unwrap();
+    assert_eq!(out, b"\n\n");
+    assert_eq!((s.stripped, s.oversized), (1, 1));
+}

@@ -1,0 +1,336 @@
+"""Bounded native buffers under hostile input, and the ``"usage":null`` members.
+
+Memory: a 200 MiB line that never ends, fed at once or in 1 MiB chunks to ``SSEDecoder``,
+``UsageTap``, ``LineDecoder`` and ``UsageChunkStripper`` with a 1 MiB limit, leaves the
+resident set no more than twice the limit (plus slack) larger than before: nothing copies
+more than the limit, and a discard gives the memory back. When memory runs out (an address
+space limit in a child interpreter) a feed raises ``MemoryError`` or flags the discard; it
+never aborts the process.
+
+Stripper: ``max_event_size`` (keyword, default ``DEFAULT_MAX_EVENT_SIZE_BYTES``) bounds what
+it holds; a longer block is forwarded unchanged and counted in ``oversized``. It removes the
+``"usage":null`` member OpenAI writes into every chunk once ``include_usage`` is on, so the
+recorded 2026 stream comes out as the same stream without the injection (built here by
+parsing each line with ``json``), whatever the chunking; the 2024 captures, which have no
+such member, lose only their usage-only chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ssetally._core import (
+    DEFAULT_MAX_EVENT_SIZE_BYTES,
+    EventTooLargeError,
+    LineDecoder,
+    SSEDecoder,
+    UsageChunkStripper,
+    UsageTap,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+LIMIT = 1 * MiB
+HUGE = 200 * MiB
+#: Growth of the resident set allowed after the feeds.
+SLACK = 2 * LIMIT + 32 * MiB
+CHAT = Path(__file__).parent / "data" / "corpus" / "openai-chat"
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc/self/statm"
+)
+
+# ------------------------------------------------------------------------ memory
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pieces(data: bytes, size: int | None) -> Iterator[bytes]:
+    if size is None:
+        yield data
+        return
+    view = memoryview(data)
+    for at in range(0, len(data), size):
+        yield bytes(view[at : at + size])
+
+
+def feed_decoder(chunks: Iterator[bytes]) -> Callable[[bytes], object]:
+    decoder = SSEDecoder(max_event_size=LIMIT)
+    raised = 0
+    for chunk in chunks:
+        try:
+            decoder.feed(chunk)
+        except EventTooLargeError:
+            raised += 1
+    assert raised == 1
+
+    def after(tail: bytes) -> object:
+        return [e.data for e in decoder.feed(tail)]
+
+    return after
+
+
+def feed_tap(chunks: Iterator[bytes]) -> Callable[[bytes], object]:
+    tap = UsageTap(max_event_size=LIMIT)
+    for chunk in chunks:
+        tap.feed(chunk)
+
+    def after(tail: bytes) -> object:
+        tap.feed(tail)
+        (report,) = tap.finish_raw()
+        return report[12]  # oversized_events
+
+    return after
+
+
+def feed_lines(chunks: Iterator[bytes]) -> Callable[[bytes], object]:
+    lines = LineDecoder(max_line_size=LIMIT)
+    raised = 0
+    for chunk in chunks:
+        try:
+            lines.feed(chunk)
+        except EventTooLargeError:
+            raised += 1
+    assert raised == 1
+
+    def after(tail: bytes) -> object:
+        return lines.feed(tail)
+
+    return after
+
+
+def feed_stripper(chunks: Iterator[bytes]) -> Callable[[bytes], object]:
+    stripper = UsageChunkStripper(max_event_size=LIMIT)
+    forwarded = 0
+    for chunk in chunks:
+        forwarded += len(stripper.feed(chunk))
+    # Everything but at most the limit went straight through.
+    assert forwarded >= len(b"data: ") + HUGE - LIMIT
+
+    def after(tail: bytes) -> object:
+        return stripper.feed(tail), stripper.oversized
+
+    return after
+
+
+TAIL = b"\n\ndata: ok\n\n"
+FEEDERS: dict[str, tuple[Callable[[Iterator[bytes]], Callable[[bytes], object]], object]] = {
+    "decoder": (feed_decoder, ["ok"]),
+    "tap": (feed_tap, 1),
+    "lines": (feed_lines, ["", "data: ok", ""]),
+    "stripper": (feed_stripper, (b"\n\ndata: ok\n\n", 1)),
+}
+
+
+@pytest.fixture(scope="module")
+def endless_line() -> bytes:
+    return b"data: " + b"x" * HUGE
+
+
+@linux_only
+@pytest.mark.parametrize("chunk", [None, MiB], ids=["one-chunk", "1MiB-chunks"])
+@pytest.mark.parametrize("kind", sorted(FEEDERS))
+def test_an_endless_line_is_not_kept(kind: str, chunk: int | None, endless_line: bytes) -> None:
+    feeder, after_tail = FEEDERS[kind]
+    before = rss()
+    after = feeder(pieces(endless_line, chunk))
+    grown = rss() - before
+    assert grown <= SLACK, f"{kind}: {grown / MiB:.0f} MiB retained"
+    # The stream goes on normally after the discarded line.
+    assert after(TAIL) == after_tail
+
+
+# ------------------------------------------------------------------------ out of memory
+
+_OOM = """
+import resource, sys
+from ssetally._core import LineDecoder, SSEDecoder, UsageChunkStripper, UsageTap
+GiB = 1 << 30
+data = b"data: " + b"x" * (300 << 20)
+with open("/proc/self/statm") as f:
+    size = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (96 << 20), resource.RLIM_INFINITY))
+kind = sys.argv[1]
+if kind == "tap":
+    tap = UsageTap(max_event_size=GiB)
+    tap.feed(data)
+    tap.feed(b"\\n\\n")
+    (report,) = tap.finish_raw()
+    print("flagged" if report[12] == 1 and any("memory" in w for w in report[14]) else report)
+else:
+    obj = {
+        "decoder": lambda: SSEDecoder(max_event_size=GiB),
+        "lines": lambda: LineDecoder(max_line_size=GiB),
+        "stripper": lambda: UsageChunkStripper(max_event_size=GiB),
+    }[kind]()
+    try:
+        obj.feed(data)
+    except MemoryError:
+        print("MemoryError")
+    else:
+        print("no error")
+"""
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("kind", "outcome"),
+    [
+        ("decoder", "MemoryError"),
+        ("lines", "MemoryError"),
+        ("stripper", "MemoryError"),
+        ("tap", "flagged"),
+    ],
+)
+def test_running_out_of_memory_does_not_abort(kind: str, outcome: str) -> None:
+    """Under an address-space limit too small for the 300 MiB line, with a limit that
+    would allow it, the feed fails cleanly instead of aborting the interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", _OOM, kind], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == outcome
+
+
+# ------------------------------------------------------------------------ stripper limit
+
+
+def strip(chunks: list[bytes], **kwargs: int) -> tuple[bytes, tuple[int, int, int]]:
+    stripper = UsageChunkStripper(**kwargs)
+    out = b"".join(stripper.feed(c) for c in chunks) + stripper.finish()
+    return out, (stripper.stripped, stripper.nulls_removed, stripper.oversized)
+
+
+def test_stripper_limit_api() -> None:
+    assert UsageChunkStripper().max_event_size == DEFAULT_MAX_EVENT_SIZE_BYTES == 16 * MiB
+    assert UsageChunkStripper(max_event_size=100).max_event_size == 100
+    with pytest.raises(ValueError, match="positive"):
+        UsageChunkStripper(max_event_size=0)
+    with pytest.raises(TypeError):
+        UsageChunkStripper(100)  # type: ignore[misc]
+
+
+USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n\r\n'
+CONTENT = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
+CONTENT_CUT = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+BIG = b'data: {"id":"c","choices":[{"delta":{"content":"' + b"y" * 500 + b'"}}],"usage":null}\n\n'
+
+
+def test_a_block_over_the_limit_is_forwarded_unstripped() -> None:
+    stream = CONTENT + BIG + USAGE + b"data: [DONE]\n\n"
+    assert strip([stream], max_event_size=len(USAGE)) == (
+        CONTENT_CUT + BIG + b"data: [DONE]\n\n",
+        (1, 1, 1),
+    )
+    # A usage chunk longer than the limit too: it reaches the caller unchanged.
+    assert strip([stream], max_event_size=len(USAGE) - 3) == (
+        CONTENT_CUT + BIG + USAGE + b"data: [DONE]\n\n",
+        (0, 1, 2),
+    )
+
+
+blocks = st.lists(
+    st.sampled_from([USAGE, CONTENT, BIG, b": keep-alive\r\r", b"data: [DONE]\r\n\r\n", b"\r\n"]),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=blocks, cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+def test_stripper_limit_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    for limit in (64, len(USAGE) - 1, 300, DEFAULT_MAX_EVENT_SIZE_BYTES):
+        assert strip(chunks, max_event_size=limit) == strip([data], max_event_size=limit)
+        assert strip(list(map(bytes, [[b] for b in data])), max_event_size=limit) == strip(
+            [data], max_event_size=limit
+        )
+
+
+# ------------------------------------------------------------------------ "usage": null
+
+
+def test_null_usage_members_are_removed_in_any_position() -> None:
+    cases = {
+        b'data: {"choices":[{}],"usage":null}\n\n': b'data: {"choices":[{}]}\n\n',
+        b'data: {"choices": [{}], "usage": null}\n\n': b'data: {"choices": [{}]}\n\n',
+        b'data: {"usage":null,"id":"x","choices":[{}]}\n\n': b'data: {"id":"x","choices":[{}]}\n\n',
+        b'data: {"usage": null, "choices": []}\r\n\r\n': b'data: {"choices": []}\r\n\r\n',
+        b'data: {"choices":[{}],"usage":null,"obfuscation":"ab"}\r\r': (
+            b'data: {"choices":[{}],"obfuscation":"ab"}\r\r'
+        ),
+    }
+    for block, want in cases.items():
+        assert strip([block]) == (want, (0, 1, 0)), block
+
+
+def test_everything_else_with_a_usage_member_is_kept() -> None:
+    kept = [
+        # a real usage object on a content chunk
+        b'data: {"choices":[{}],"usage":{"total_tokens":3}}\n\n',
+        # not a chat chunk: a Responses event
+        b'event: response.created\ndata: {"type":"response.created","usage":null}\n\n',
+        b'data: {"response":{"usage":null}}\n\n',
+        # JSON that does not parse, or trailing bytes
+        b'data: {"choices":[{}],"usage":null\n\n',
+        b'data: {"choices":[{}],"usage":null} x\n\n',
+        b'data: {"choices":[{}],"usage":nul}\n\n',
+        # a nested usage
+        b'data: {"choices":[{"usage":null}]}\n\n',
+        # an unfinished block
+        b'data: {"choices":[{}],"usage":null}\n',
+    ]
+    for block in kept:
+        assert strip([block]) == (block, (0, 0, 0)), block
+
+
+def uninjected(line: bytes) -> bytes | None:
+    """The chunk OpenAI sends without ``include_usage``: no usage-only chunk, and no
+    ``usage`` member in the others (JSON re-serialised compactly, as recorded)."""
+    obj = json.loads(line)
+    assert json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() == line
+    if obj["choices"] == [] and isinstance(obj.get("usage"), dict):
+        return None
+    assert obj.pop("usage") is None
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def framed(lines: list[bytes], crlf: bool) -> bytes:
+    out = b"".join(b"data: " + line + b"\n\n" for line in lines) + b"data: [DONE]\n\n"
+    return out.replace(b"\n", b"\r\n") if crlf else out
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+def test_the_2026_capture_becomes_the_uninjected_stream(crlf: bool) -> None:
+    lines = [l for l in (CHAT / "openai-text.chunks.txt").read_bytes().split(b"\n") if l]
+    assert all(b'"usage":null' in l for l in lines[:-1])
+    expected = framed([u for u in map(uninjected, lines) if u is not None], crlf)
+    stream = framed(lines, crlf)
+    want = (expected, (1, len(lines) - 1, 0))
+    assert strip([stream]) == want
+    for size in (1, 7, 333, 4096):
+        assert strip([stream[i : i + size] for i in range(0, len(stream), size)]) == want
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CHAT.glob("*.bin")))
+def test_the_2024_captures_lose_only_their_usage_chunk(name: str) -> None:
+    raw = (CHAT / name).read_bytes()
+    blocks = raw.split(b"\n\n")
+    assert blocks[-1] == b""
+    usage_blocks = [b for b in blocks if b'"choices":[]' in b]
+    assert len(usage_blocks) == 1 and b'"usage":{' in usage_blocks[0]
+    content = [b for b in blocks[:-1] if b not in usage_blocks]
+    assert not any(b"usage" in b for b in content)
+    expected = b"".join(b + b"\n\n" for b in content)
+    assert strip([raw]) == (expected, (1, 0, 0))
+    assert strip([raw[i : i + 13] for i in range(0, len(raw), 13)]) == (expected, (1, 0, 0))
