@@ -68,7 +68,9 @@ def _plan_chat(server: _Context, body: JSON) -> _Plan:
     obfuscate = options.get("include_obfuscation") is not False
 
     def chunk(choice_list: list[JSON], usage_value: JSON | None = None) -> bytes:
-        obj = {**base, "choices": choice_list, "usage": usage_value}
+        obj = {**base, "choices": choice_list}
+        if include_usage:  # as OpenAI does: "usage" (null until the last chunk) only then
+            obj["usage"] = usage_value
         if obfuscate:
             obj["obfuscation"] = _obfuscation(rng)
         return _data_event(obj)
@@ -185,7 +187,7 @@ def _plan_completions(server: _Context, body: JSON) -> _Plan:
                 "created": created,
                 "choices": choice_list,
                 "model": model,
-                "usage": None,
+                **({"usage": None} if include_usage else {}),
             }
         )
 
