@@ -409,10 +409,14 @@ class Telemetry:
             attributes["server.address"] = host
             if isinstance(server_port, int) and 0 < server_port < 65536:
                 attributes["server.port"] = server_port
+        # Metric attributes see the uncut names: a cut one would be a misleading series.
         metric_attributes = dict(attributes)
-        for key in ("gen_ai.request.model", "gen_ai.response.model"):
-            if key in metric_attributes:
-                metric_attributes[key] = self._model_value(metric_attributes[key])
+        for key, raw in (
+            ("gen_ai.request.model", request_model),
+            ("gen_ai.response.model", report.model),
+        ):
+            if key in metric_attributes and isinstance(raw, str):
+                metric_attributes[key] = self._model_value(raw)
 
         span_attributes = dict(attributes)
         span_attributes["gen_ai.request.stream"] = True
