@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -108,6 +109,54 @@ class Timings(NamedTuple):
         return out
 
 
+class Cost(NamedTuple):
+    """What a stream cost, priced by ``ssetally.cost_of`` (genai-prices).
+
+    Amounts are exact ``Decimal`` values in ``currency``. ``cached_input`` (cache reads) and
+    ``cache_write`` are parts of ``input``; ``total`` is ``input + output`` plus any per-request
+    fee. ``source`` names the price list, provider and model; ``estimated`` is True when the
+    token counts were estimated, not reported. ``to_dict()`` writes amounts as strings, so JSON
+    keeps them exact.
+    """
+
+    currency: str
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+    total: Decimal
+    source: str
+    estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; amounts as decimal strings."""
+        out = self._asdict()
+        for key in ("input", "output", "cached_input", "cache_write", "total"):
+            out[key] = str(out[key])
+        return out
+
+
+class ChoiceUsage(NamedTuple):
+    """One choice of an ``n > 1`` stream: its share of the output tokens and output cost.
+
+    Providers report one usage for all choices, so with ``apportioned`` True the shares are
+    split by tokenizer counts of each choice's output; they add up exactly to the totals.
+    ``cost`` (a ``Decimal``, or None when the stream has no cost) is output cost only: the
+    prompt is billed once for all choices.
+    """
+
+    index: int  # type: ignore[assignment]  # the choice's index, as the API names it
+    output_tokens: int
+    cost: Decimal | None = None
+    apportioned: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``cost`` as a decimal string."""
+        out = self._asdict()
+        out["cost"] = None if self.cost is None else str(self.cost)
+        return out
+
+
 class StreamReport(NamedTuple):
     """What one streamed response cost and how it ended.
 
@@ -136,6 +185,8 @@ class StreamReport(NamedTuple):
     attempts: tuple[Attempt, ...] = ()
     timings: Timings | None = None
     output: Mapping[str, Any] | None = None
+    cost: Cost | None = None
+    choices: tuple[ChoiceUsage, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``usage`` is a dict too (or None)."""
@@ -146,6 +197,8 @@ class StreamReport(NamedTuple):
         out["attempts"] = [a._asdict() for a in self.attempts]
         out["timings"] = None if self.timings is None else self.timings.to_dict()
         out["output"] = None if self.output is None else dict(self.output)
+        out["cost"] = None if self.cost is None else self.cost.to_dict()
+        out["choices"] = [c.to_dict() for c in self.choices]
         return out
 
     def replace(self, **changes: Any) -> StreamReport:
@@ -155,6 +208,10 @@ class StreamReport(NamedTuple):
 
 #: Builds a NamedTuple from a ready tuple of all its fields without a call per field.
 _new_tuple = tuple.__new__
+
+#: Defaults of the trailing fields the native extension does not return (cost, choices).
+_NATIVE_FIELDS = 19
+_TRAILING_DEFAULTS = (None, ())
 
 
 def report_from_core(d: tuple[Any, ...]) -> StreamReport:
@@ -168,4 +225,6 @@ def report_from_core(d: tuple[Any, ...]) -> StreamReport:
             tuple(_new_tuple(Usage, s) for s in steps),
             *d[16:],
         )
+    if len(d) == _NATIVE_FIELDS:
+        d = (*d, *_TRAILING_DEFAULTS)
     return _new_tuple(StreamReport, d)
