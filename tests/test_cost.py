@@ -257,7 +257,7 @@ def test_apportion_equal_split_for_empty_texts() -> None:
 
 
 def test_apportion_by_tokenizer_counts() -> None:
-    from ssetally._estimate import load_encoding
+    from ssetally._metering._estimate import load_encoding
 
     enc = load_encoding("o200k_base")
     texts = {0: "The quick brown fox jumps over the lazy dog.", 1: "Hi", 2: ""}

@@ -339,7 +339,7 @@ def apportion(
     each choice's text (``encoding``: a tiktoken ``Encoding`` or its name). Integer shares
     that add up exactly to the total; an equal split when every text is empty."""
     if isinstance(encoding, str):
-        from ._estimate import load_encoding
+        from ._metering._estimate import load_encoding
 
         encoding = load_encoding(encoding)
     counts = {
@@ -365,7 +365,12 @@ def split_amount(amount: Decimal, weights: Mapping[int, int]) -> dict[int, Decim
 
 def _choice_weights(report: StreamReport, encoding: _Encoder | str | None) -> dict[int, int] | None:
     """Tokenizer counts of each reassembled choice (text, refusals, reasoning, tool calls)."""
-    from ._estimate import EstimateError, count_completion_tokens, encoding_name_for, load_encoding
+    from ._metering._estimate import (
+        EstimateError,
+        count_completion_tokens,
+        encoding_name_for,
+        load_encoding,
+    )
 
     output = report.output or {}
     choices = output.get("choices")
@@ -381,7 +386,7 @@ def _choice_weights(report: StreamReport, encoding: _Encoder | str | None) -> di
         if encoding is None:
             encoding = encoding_name_for(report.model)[0]
         enc = load_encoding(encoding) if isinstance(encoding, str) else encoding
-        counts = count_completion_tokens(output, enc)  # type: ignore[arg-type]
+        counts = count_completion_tokens(output, enc)
     except EstimateError:
         return {i: 0 for i in indexes}  # no tokenizer: an equal split
     return dict(zip(sorted(indexes), counts))
