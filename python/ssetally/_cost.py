@@ -386,7 +386,7 @@ def _choice_weights(report: StreamReport, encoding: _Encoder | str | None) -> di
         if encoding is None:
             encoding = encoding_name_for(report.model)[0]
         enc = load_encoding(encoding) if isinstance(encoding, str) else encoding
-        counts = count_completion_tokens(output, enc)
+        counts = count_completion_tokens(output, enc)  # type: ignore[arg-type]
     except EstimateError:
         return {i: 0 for i in indexes}  # no tokenizer: an equal split
     return dict(zip(sorted(indexes), counts))
