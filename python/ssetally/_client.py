@@ -172,10 +172,14 @@ class _Base:
             report,
             retrieve=self._retrieve,
             estimate=self._estimate,
-            request=self._response.request,
+            request=self._sent_request(),
             interrupted=self._interrupted,
         )
         return report, plan
+
+    def _sent_request(self) -> Any:
+        """The request as sent (``url`` and ``headers``), which a retrieval reads back."""
+        return self._response.request
 
 
 class UsageStream(_Base):
@@ -201,9 +205,18 @@ class UsageStream(_Base):
 class AsyncUsageStream(_Base):
     """Async twin of ``UsageStream``: ``async for event in stream``."""
 
+    def _raw_chunks(self) -> AsyncIterator[bytes]:
+        """The body's raw bytes as they arrive (the HTTP library's own iterator)."""
+        chunks: AsyncIterator[bytes] = self._response.aiter_raw()
+        return chunks
+
+    def _getter(self, client: Any) -> Any:
+        """What the retrieval calls ``get`` on."""
+        return client
+
     async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._raw_chunks():
                 for event in self._on_chunk(chunk):
                     yield event
         except GeneratorExit:
@@ -217,7 +230,7 @@ class AsyncUsageStream(_Base):
     async def _finalize(self, client: Any) -> StreamReport:
         report, plan = self._stream_report()
         self.report = await arun_fallbacks(
-            self._meter, report, plan, client, self._policy, offload=False
+            self._meter, report, plan, self._getter(client), self._policy, offload=False
         )
         return self.report
 

@@ -18,21 +18,19 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from ._api import _sse_headers
-from ._client import APIStatusError, _Base, _parse_body
+from ._client import APIStatusError, _parse_body
+from ._client import AsyncUsageStream as _AsyncUsageStream
 from ._core import ServerSentEvent, SSEDecoder
 from ._exceptions import SSEError
 from ._metering import (
-    Plan,
     RetrievalPolicy,
     StreamMeter,
-    arun_fallbacks,
     parse_json_object,
     redact,
     secrets_of,
     usage_request,
 )
 from ._mime import is_event_stream
-from ._report import StreamReport
 
 __all__ = ["AsyncUsageStream", "EventSource", "aconnect_sse", "aconnect_usage"]
 
@@ -134,42 +132,21 @@ class _SessionGetter:
             return _Answer(response.status, content, lowered)
 
 
-class AsyncUsageStream(_Base):
+class AsyncUsageStream(_AsyncUsageStream):
     """A streamed LLM response over aiohttp: ``async for event in stream``; ``report`` holds
     the usage record once the ``async with`` block exited."""
 
     _request: _Request | None = None
 
-    async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                for event in self._on_chunk(chunk):
-                    yield event
-        except GeneratorExit:
-            raise  # the caller stopped reading: "closed early"
-        except BaseException as exc:
-            self._on_error(exc)
-            raise
-        for event in self._on_eof():
-            yield event
+    def _raw_chunks(self) -> AsyncIterator[bytes]:
+        chunks: AsyncIterator[bytes] = self._response.content.iter_any()
+        return chunks
 
-    def _stream_report(self) -> tuple[StreamReport, Plan]:
-        report = self._meter.report()
-        plan = self._meter.plan(
-            report,
-            retrieve=self._retrieve,
-            estimate=self._estimate,
-            request=self._request,
-            interrupted=self._interrupted,
-        )
-        return report, plan
+    def _sent_request(self) -> Any:
+        return self._request
 
-    async def _finalize(self, session: aiohttp.ClientSession) -> StreamReport:
-        report, plan = self._stream_report()
-        self.report = await arun_fallbacks(
-            self._meter, report, plan, _SessionGetter(session), self._policy, offload=False
-        )
-        return self.report
+    def _getter(self, client: Any) -> Any:
+        return _SessionGetter(client)
 
 
 def _prepare(
