@@ -90,6 +90,22 @@ fn push(dst: &mut String, src: Option<&str>) {
     }
 }
 
+/// Appends a piece of a tool call's id or name. Some providers repeat the
+/// full value in every chunk, or send the value so far: a piece equal to
+/// what is there is dropped, and one that starts with it replaces it.
+/// (Arguments are never deduplicated: they really are streamed in pieces.)
+fn push_ident(dst: &mut String, src: Option<&str>) {
+    match src {
+        None | Some("") => {}
+        Some(s) if s == dst.as_str() => {}
+        Some(s) if !dst.is_empty() && s.starts_with(dst.as_str()) => {
+            dst.clear();
+            dst.push_str(s);
+        }
+        Some(s) => dst.push_str(s),
+    }
+}
+
 impl Output {
     /// Take one event's JSON data into account; anything that is not JSON,
     /// or not a shape this knows, is ignored.
@@ -168,9 +184,9 @@ impl Output {
                 let Some(slot) = call_slot(out, index(get(call, "index"))) else {
                     continue;
                 };
-                push(&mut slot.id, text(get(call, "id")));
+                push_ident(&mut slot.id, text(get(call, "id")));
                 if let Some(function) = obj(get(call, "function")) {
-                    push(&mut slot.name, text(get(function, "name")));
+                    push_ident(&mut slot.name, text(get(function, "name")));
                     push(&mut slot.arguments, text(get(function, "arguments")));
                 }
             }
@@ -463,6 +479,48 @@ mod tests {
         assert_eq!(out.choices[&0].reasoning, "x");
         assert_eq!(out.choices[&0].text, "y");
         assert_eq!(out.choices[&0].tool_calls[&0].arguments, r#"{"k":"v\n"}"#);
+    }
+
+    /// A provider that repeats the full id and name of a tool call in every
+    /// chunk (or sends the value so far) gets them once; arguments append.
+    #[test]
+    fn repeated_tool_call_ids_and_names_are_not_doubled() {
+        let chunk = |id: &str, name: &str, args: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"{id}","function":{{"name":"{name}","arguments":"{args}"}}}}]}}}}]}}"#
+            )
+        };
+        let events = [
+            chunk("call_1", "get_weather", "{"),
+            chunk("call_1", "get_weather", "}"),
+            chunk("", "", ""),
+        ];
+        let out = run(&events.iter().map(String::as_str).collect::<Vec<_>>());
+        let call = &out.choices[&0].tool_calls[&0];
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str()),
+            ("call_1", "get_weather")
+        );
+        assert_eq!(call.arguments, "{}");
+        // The value so far, growing: the longer one replaces it.
+        let events = [
+            chunk("call_", "get", "{}"),
+            chunk("call_1", "get_weather", ""),
+        ];
+        let out = run(&events.iter().map(String::as_str).collect::<Vec<_>>());
+        let call = &out.choices[&0].tool_calls[&0];
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str()),
+            ("call_1", "get_weather")
+        );
+        // Pieces that do not repeat are still appended.
+        let events = [chunk("call_", "get_", ""), chunk("9", "weather", "")];
+        let out = run(&events.iter().map(String::as_str).collect::<Vec<_>>());
+        let call = &out.choices[&0].tool_calls[&0];
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str()),
+            ("call_9", "get_weather")
+        );
     }
 
     /// Regression (hardening review): every new choice or tool-call index
