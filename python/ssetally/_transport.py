@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 import httpx
 
+from ._getters import AsyncTransportGetter, TransportGetter
 from ._metering import (
     Plan,
     RetrievalPolicy,
@@ -85,8 +86,6 @@ logger = logging.getLogger("ssetally")
 #: the caller sent (an ``httpx.Request`` or ``httpx2.Request``). Its return value is ignored
 #: (the async transport awaits it when it is awaitable). Exceptions are logged, never raised.
 OnReport = Callable[[StreamReport, Any], Optional[object]]
-
-_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
 
 def _log_report(report: StreamReport, request: Any) -> None:
@@ -150,54 +149,6 @@ def _prepare(request: Any, include_usage: bool) -> tuple[Any, dict[str, Any] | N
         logger.exception("ssetally: include_usage could not be added; request sent unchanged")
         return request, body, False
     return sent, new, True
-
-
-def _timeout_extension(seconds: float) -> dict[str, float]:
-    return dict.fromkeys(_TIMEOUT_KEYS, seconds)
-
-
-class _SyncGetter:
-    """The ``client.get`` that ``retrieve`` needs, over a bare transport."""
-
-    def __init__(self, transport: Any, lib: Any) -> None:
-        self._transport = transport
-        self._lib = lib
-
-    def get(
-        self, url: str, *, headers: dict[str, str], timeout: float, follow_redirects: bool = False
-    ) -> Any:
-        # A bare transport never follows redirects.
-        request = self._lib.Request(
-            "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
-        )
-        response = self._transport.handle_request(request)
-        try:
-            response.read()
-        finally:
-            response.close()
-        return response
-
-
-class _AsyncGetter:
-    """The ``client.get`` that ``aretrieve`` needs, over a bare async transport."""
-
-    def __init__(self, transport: Any, lib: Any) -> None:
-        self._transport = transport
-        self._lib = lib
-
-    async def get(
-        self, url: str, *, headers: dict[str, str], timeout: float, follow_redirects: bool = False
-    ) -> Any:
-        # A bare transport never follows redirects.
-        request = self._lib.Request(
-            "GET", url, headers=headers, extensions={"timeout": _timeout_extension(timeout)}
-        )
-        response = await self._transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
 
 
 class _Stream:
@@ -505,7 +456,7 @@ class _SyncEnd(_End["MeteringTransport"]):
             logger.exception("ssetally: metering failed; the stream was not affected")
 
     def _complete(self, report: StreamReport, plan: Plan) -> None:
-        getter = _SyncGetter(self._inner, self._lib)
+        getter = TransportGetter(self._inner, self._lib)
         policy = self._owner._options.policy
         final = run_fallbacks(self._meter, report, plan, getter, policy)
         self._owner._deliver(final, self._request)
@@ -615,7 +566,7 @@ class _AsyncEnd(_End["AsyncMeteringTransport"]):
             logger.exception("ssetally: metering failed; the stream was not affected")
 
     async def _complete(self, report: StreamReport, plan: Plan) -> None:
-        getter = _AsyncGetter(self._inner, self._lib)
+        getter = AsyncTransportGetter(self._inner, self._lib)
         policy = self._owner._options.policy
         final = await arun_fallbacks(self._meter, report, plan, getter, policy)
         self._owner._deliver_async(final, self._request)

@@ -24,14 +24,11 @@ Scaling out: run several instances behind a load balancer, each with its own sin
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
-
-import httpx
 
 from .._metering import (
     JsonCapture,
@@ -50,7 +47,7 @@ from .._metering import (
 from .._mime import is_event_stream
 from .._report import StreamReport
 from ..sinks import Sink, SinkCollector
-from ._config import ProxyConfig, safe_url
+from ._config import ProxyConfig, http_library, safe_url
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
     HOP_BY_HOP,
@@ -120,7 +117,7 @@ class MeteringProxy:
         self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
         self._client = client
         self._owns_client = client is None
-        self._http = _http_library(config.upstream_client, client)
+        self._http = http_library(config.upstream_client, client)
         self._timeout_errors: tuple[type[BaseException], ...] = (self._http.TimeoutException,)
         self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -493,7 +490,7 @@ class MeteringProxy:
         if isinstance(meter, StreamMeter):
             feed = meter.feed
         elif meter is not None:
-            feed = _capturing(meter)
+            feed = meter.passing
         sender = Sender(send)
         try:
             async for chunk in response.aiter_raw():
@@ -605,28 +602,3 @@ class MeteringProxy:
         except Exception:
             logger.exception("ssetally proxy: writing the record failed")
             self.metrics.failure("sink")
-
-
-def _capturing(capture: JsonCapture) -> Callable[[bytes], bytes]:
-    """A relay feed that keeps a JSON answer's bytes and passes them on unchanged."""
-
-    def feed(chunk: bytes) -> bytes:
-        capture.feed(chunk)
-        return chunk
-
-    return feed
-
-
-def _http_library(name: str, client: Any) -> Any:
-    """The ``httpx`` or ``httpx2`` module for the upstream pool."""
-    if client is not None:
-        name = type(client).__module__.split(".", 1)[0]
-    if name not in ("auto", "httpx", "httpx2"):
-        raise ValueError(f"upstream_client must be auto, httpx or httpx2, not {name!r}")
-    if name in ("auto", "httpx2"):
-        try:
-            return importlib.import_module("httpx2")
-        except ImportError:
-            if name == "httpx2":
-                raise
-    return httpx

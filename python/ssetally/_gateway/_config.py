@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -102,3 +104,18 @@ class ProxyConfig:
         if url.query or url.fragment:
             raise ValueError("--upstream must not have a query or a fragment")
         return url
+
+
+def http_library(name: str, client: Any) -> Any:
+    """The ``httpx`` or ``httpx2`` module for the upstream pool."""
+    if client is not None:
+        name = type(client).__module__.split(".", 1)[0]
+    if name not in ("auto", "httpx", "httpx2"):
+        raise ValueError(f"upstream_client must be auto, httpx or httpx2, not {name!r}")
+    if name in ("auto", "httpx2"):
+        try:
+            return importlib.import_module("httpx2")
+        except ImportError:
+            if name == "httpx2":
+                raise
+    return httpx

@@ -72,6 +72,11 @@ class JsonCapture:
         else:
             self._parts.append(chunk)
 
+    def passing(self, chunk: bytes) -> bytes:
+        """``feed`` for a relay: keeps ``chunk`` and returns it to pass on unchanged."""
+        self.feed(chunk)
+        return chunk
+
     def report(self) -> StreamReport | None:
         """The answer's report, None when it was too large or holds no usage. Raises
         ``ValueError`` for a body that cannot be decoded."""
