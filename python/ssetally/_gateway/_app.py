@@ -59,7 +59,7 @@ from ._headers import (
 )
 from ._metrics import ProxyMetrics
 from ._record import Exchange, build_record, now_iso
-from ._relay import Sender, Watchdog, watch_disconnect
+from ._relay import Sender, UpstreamAborted, Watchdog, quiet_abort, watch_disconnect
 from ._salt import key_salt
 
 __all__ = ["MeteringProxy"]
@@ -72,21 +72,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _PARSE_INLINE_LIMIT = 256 * 1024
-
-
-class _UpstreamAborted(Exception):
-    """Raised to make the ASGI server drop the client connection, as the upstream did."""
-
-
-class _QuietAbort(logging.Filter):
-    """Keeps uvicorn from logging a traceback for a deliberate abort."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _UpstreamAborted)
-
-
-_quiet_abort = _QuietAbort()
 
 
 class MeteringProxy:
@@ -131,8 +116,8 @@ class MeteringProxy:
         #: Requests being proxied now.
         self.active = 0
         uvicorn_logger = logging.getLogger("uvicorn.error")
-        if _quiet_abort not in uvicorn_logger.filters:
-            uvicorn_logger.addFilter(_quiet_abort)
+        if quiet_abort not in uvicorn_logger.filters:
+            uvicorn_logger.addFilter(quiet_abort)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -480,7 +465,7 @@ class MeteringProxy:
             timer.cancel()
         self._finish(x, meter, request)
         if aborted is not None:
-            raise _UpstreamAborted(x.ended_by) from aborted
+            raise UpstreamAborted(x.ended_by) from aborted
 
     async def _pump(
         self, x: Exchange, meter: StreamMeter | JsonCapture | None, response: Any, send: Send

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
@@ -138,3 +139,18 @@ class Watchdog:
         """The stream ended: no more checks."""
         if self._handle is not None:
             self._handle.cancel()
+
+
+class UpstreamAborted(Exception):
+    """Raised to make the ASGI server drop the client connection, as the upstream did."""
+
+
+class _QuietAbort(logging.Filter):
+    """Keeps uvicorn from logging a traceback for a deliberate abort."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, UpstreamAborted)
+
+
+quiet_abort = _QuietAbort()
