@@ -17,8 +17,7 @@ from ._plan import (
     _n,
     _obfuscation,
     _Plan,
-    _served_for,
-    _stream_options,
+    _streaming_served,
     _tools_tokens,
 )
 from ._sse import _DONE, JSON, _data_event
@@ -37,18 +36,8 @@ def _plan_chat(server: _Context, body: JSON) -> _Plan:
     tool = _pick_tool(body, text)
     choices = [_choice(server, model, text, i, budget, tool) for i in range(_n(body))]
     usage = _chat_usage(prompt, choices)
-    stream = body.get("stream") is True
-    options = _stream_options(body)
-    include_usage = stream and options.get("include_usage") is True
-    served = _served_for(
-        server,
-        "chat.completions",
-        server._new_id("chatcmpl-", 29),
-        model,
-        stream,
-        usage,
-        include_usage or not stream,
-        choices,
+    served, stream, include_usage, options = _streaming_served(
+        server, "chat.completions", "chatcmpl-", body, model, usage, choices
     )
     created = int(time.time())
     fingerprint = "fp_" + hashlib.sha256(server.seed.encode()).hexdigest()[:10]
@@ -133,18 +122,8 @@ def _plan_completions(server: _Context, body: JSON) -> _Plan:
         "completion_tokens": completion,
         "total_tokens": prompt.tokens + completion,
     }
-    stream = body.get("stream") is True
-    options = _stream_options(body)
-    include_usage = stream and options.get("include_usage") is True
-    served = _served_for(
-        server,
-        "completions",
-        server._new_id("cmpl-", 29),
-        model,
-        stream,
-        usage,
-        include_usage or not stream,
-        choices,
+    served, stream, include_usage, _ = _streaming_served(
+        server, "completions", "cmpl-", body, model, usage, choices
     )
     created = int(time.time())
     if not stream:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from ._answers import (
     _PIECE,
@@ -202,6 +202,42 @@ def _served_for(
 def _stream_options(body: Mapping[str, Any]) -> dict[str, Any]:
     options = body.get("stream_options")
     return options if isinstance(options, dict) else {}
+
+
+class _Streaming(NamedTuple):
+    """How a Chat or legacy Completions request asked to be answered."""
+
+    served: Served
+    stream: bool
+    include_usage: bool
+    options: dict[str, Any]
+
+
+def _streaming_served(
+    server: _Context,
+    endpoint: str,
+    id_prefix: str,
+    body: Mapping[str, Any],
+    model: str,
+    usage: JSON,
+    choices: Sequence[_Choice],
+) -> _Streaming:
+    """Read ``stream`` and ``stream_options`` and record the answer: usage is sent unless the
+    request streams without ``include_usage``, as OpenAI does."""
+    stream = body.get("stream") is True
+    options = _stream_options(body)
+    include_usage = stream and options.get("include_usage") is True
+    served = _served_for(
+        server,
+        endpoint,
+        server._new_id(id_prefix, 29),
+        model,
+        stream,
+        usage,
+        include_usage or not stream,
+        choices,
+    )
+    return _Streaming(served, stream, include_usage, options)
 
 
 def _obfuscation(rng: random.Random) -> str:

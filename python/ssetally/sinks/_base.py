@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_QUEUE_SIZE",
     "BatchRejected",
+    "FileSink",
     "Sink",
     "TransientError",
     "redact_url",
@@ -451,6 +453,19 @@ class Sink:
             spool.close()
         with self._cond:
             self._cond.notify_all()
+
+
+class FileSink(Sink):
+    """A sink that writes one local file at ``path``; its folder is created on open."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        self.path = path
+        super().__init__(path, **options)
+
+    def _make_folder(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
 
 
 class RemoteSink(Sink):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from ._base import Sink
+from ._base import FileSink
 
 __all__ = ["JsonlSink"]
 
@@ -23,7 +22,7 @@ def dumps(record: Any) -> str:
     return text.translate(_LINE_BREAKS)
 
 
-class JsonlSink(Sink):
+class JsonlSink(FileSink):
     """One JSON object per line, appended to ``path`` (flushed after every batch).
 
     Several proxy instances each write their own file (every record carries ``instance_id``
@@ -32,14 +31,8 @@ class JsonlSink(Sink):
 
     kind = "jsonl"
 
-    def __init__(self, path: str, **options: Any) -> None:
-        self.path = path
-        super().__init__(path, **options)
-
     def _open(self) -> None:
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        self._make_folder()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - the writer owns it
 
     def _write_batch(self, records: list[dict[str, Any]]) -> None:

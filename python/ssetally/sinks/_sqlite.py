@@ -3,11 +3,10 @@ columns and the whole record as JSON."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any
 
-from ._base import Sink
+from ._base import FileSink
 from ._columns import columns
 from ._jsonl import dumps
 
@@ -48,29 +47,11 @@ _RECORD_ID_INDEX = (
     "CREATE UNIQUE INDEX IF NOT EXISTS usage_records_record_id ON usage_records (record_id)"
 )
 
-_COLUMNS = (
-    "time",
-    "request_id",
-    "instance_id",
-    "key_fingerprint",
-    "method",
-    "path",
-    "model",
-    "api",
-    "status",
-    "stream",
-    "usage_source",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_input_tokens",
-    "reasoning_tokens",
-    "upstream_status",
-    "duration_s",
-    "ttft_s",
-    "client_bytes",
-    "record",
-    "record_id",
+# The columns written, in the schema's order (all but the generated ``id``).
+_COLUMNS = tuple(
+    line.split()[0]
+    for line in SQLITE_SCHEMA.split("(", 1)[1].split(");", 1)[0].splitlines()
+    if line.strip() and not line.strip().startswith("id ")
 )
 # OR IGNORE: a record replayed (same record_id) is not stored twice.
 _INSERT = (
@@ -82,46 +63,23 @@ _INSERT = (
 def _row(record: dict[str, Any]) -> tuple[Any, ...]:
     c = columns(record)
     stream = c["stream"]
-    return (
-        c["time_text"] or "",
-        c["request_id"] or "",
-        c["instance_id"],
-        c["key_fingerprint"],
-        c["method"],
-        c["path"],
-        c["model"],
-        c["api"],
-        c["status"],
-        None if stream is None else int(stream),
-        c["usage_source"],
-        c["input_tokens"],
-        c["output_tokens"],
-        c["total_tokens"],
-        c["cached_input_tokens"],
-        c["reasoning_tokens"],
-        c["upstream_status"],
-        c["duration_s"],
-        c["ttft_s"],
-        c["client_bytes"],
-        dumps(record),
-        c["record_id"],
+    c.update(
+        time=c["time_text"] or "",
+        request_id=c["request_id"] or "",
+        stream=None if stream is None else int(stream),
+        record=dumps(record),
     )
+    return tuple(c[name] for name in _COLUMNS)
 
 
-class SqliteSink(Sink):
+class SqliteSink(FileSink):
     """Rows in the ``usage_records`` table of the SQLite database at ``path`` (WAL mode; one
     transaction per batch, written by the sink's own thread)."""
 
     kind = "sqlite"
 
-    def __init__(self, path: str, **options: Any) -> None:
-        self.path = path
-        super().__init__(path, **options)
-
     def _open(self) -> None:
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        self._make_folder()
         # Create the schema now, so a bad path fails at start-up, not at the first record.
         db = sqlite3.connect(self.path)
         try:
