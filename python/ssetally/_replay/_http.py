@@ -270,10 +270,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             served.request_id = request_id
             served.bytes_sent = len(payload)
             served.body_sha256 = hashlib.sha256(payload).hexdigest()
+        self._send_body(status, "application/json", payload, extra, request_id)
+
+    def _send_body(
+        self,
+        status: int,
+        content_type: str,
+        payload: bytes,
+        extra: Mapping[str, str] | None,
+        request_id: str | None = None,
+        common: bool = True,
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
-        self._common_headers(request_id)
+        if common:
+            self._common_headers(request_id)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -292,16 +304,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             extra["retry-after-ms"] = str(round(opts.retry_after * 1000))
         if opts.html or status < 400:
             page = _html_page(status).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            try:
-                self.wfile.write(page)
-            except OSError:
-                self.close_connection = True
+            # A front page (load balancer, proxy): none of the API's own headers.
+            self._send_body(status, "text/html; charset=utf-8", page, extra, common=False)
             return
         self._send_json(status, _status_error(status), extra)
 
