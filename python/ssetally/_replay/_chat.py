@@ -20,6 +20,7 @@ from ._plan import (
     _streaming_served,
     _tools_tokens,
 )
+from ._records import Served
 from ._sse import _DONE, JSON, _data_event
 
 
@@ -93,12 +94,7 @@ def _plan_chat(server: _Context, body: JSON) -> _Plan:
                 events.append(chunk([delta_choice(c.index, {}, c.finish)]))
     if include_usage:
         events.append(chunk([], usage))
-    events.append(_DONE)
-
-    def on_error(position: int) -> list[bytes]:
-        return [_data_event(_error(_STREAM_ERROR_MESSAGE, "server_error")), _DONE]
-
-    return _Plan(served, events, on_error)
+    return _ending(served, events)
 
 
 def _plan_completions(server: _Context, body: JSON) -> _Plan:
@@ -190,12 +186,7 @@ def _plan_completions(server: _Context, body: JSON) -> _Plan:
                 )
     if include_usage:
         events.append(chunk([], usage))
-    events.append(_DONE)
-
-    def on_error(position: int) -> list[bytes]:
-        return [_data_event(_error(_STREAM_ERROR_MESSAGE, "server_error")), _DONE]
-
-    return _Plan(served, events, on_error)
+    return _ending(served, events)
 
 
 def _chat_deltas(choice: _Choice) -> list[JSON]:
@@ -263,3 +254,13 @@ def _chat_object(
         "service_tier": "default",
         "system_fingerprint": fingerprint,
     }
+
+
+def _ending(served: Served, events: list[bytes]) -> _Plan:
+    """``events`` closed by ``[DONE]``; a scripted error ends the stream as OpenAI's do."""
+    events.append(_DONE)
+
+    def on_error(position: int) -> list[bytes]:
+        return [_data_event(_error(_STREAM_ERROR_MESSAGE, "server_error")), _DONE]
+
+    return _Plan(served, events, on_error)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
-from ._faults import Faults
 from ._server import ReplayServer
 from ._sse import StreamSource
 
@@ -17,32 +16,18 @@ def serve(
     files: Sequence[StreamSource] = (),
     *,
     delay: float = 0.02,
-    faults: Faults | None = None,
-    cycle: bool = False,
-    poll_in_progress: int = 0,
-    retry_after: float = 1.0,
-    require_auth: bool = True,
     log: bool = True,
     ready: Callable[[ReplayServer], None] | None = None,
+    **options: Any,
 ) -> None:
     """Run a ``ReplayServer`` in the calling thread until Ctrl-C.
 
     ``files`` are replayed one per POST (see ``ReplayServer``); ``delay`` paces the events
     (seconds). ``ready`` is called once the port is bound (default: print the base URL to
-    stderr).
+    stderr). Other keyword arguments (``faults``, ``cycle``, ``poll_in_progress``,
+    ``retry_after``, ``require_auth``, ...) are ``ReplayServer``'s.
     """
-    server = ReplayServer(
-        host,
-        port,
-        streams=files,
-        delay=delay,
-        faults=faults,
-        cycle=cycle,
-        poll_in_progress=poll_in_progress,
-        retry_after=retry_after,
-        require_auth=require_auth,
-        log=log,
-    )
+    server = ReplayServer(host, port, streams=files, delay=delay, log=log, **options)
     server._bind()
     if ready is not None:
         ready(server)
