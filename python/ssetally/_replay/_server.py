@@ -66,17 +66,13 @@ class ReplayServer:
     ) -> None:
         if delay < 0 or retry_after < 0 or poll_in_progress < 0:
             raise ValueError("delay, retry_after and poll_in_progress must be >= 0")
-        self.host = host
-        self._port = port
-        self.delay = delay
-        self.faults = faults or Faults()
-        self.cycle = cycle
-        self.poll_in_progress = poll_in_progress
-        self.retry_after = retry_after
-        self.require_auth = require_auth
-        self.seed = seed
+        self.host, self._port, self.log = host, port, log
+        # How answers are paced and broken.
+        self.delay, self.faults, self.cycle = delay, faults or Faults(), cycle
+        # How background responses and rate limits behave.
+        self.poll_in_progress, self.retry_after = poll_in_progress, retry_after
         self.responses_done = responses_done
-        self.log = log
+        self.require_auth, self.seed = require_auth, seed
         if callable(tokenizer):
             self.tokenizer_name, self._count = "custom", tokenizer
         elif tokenizer == "approx":
