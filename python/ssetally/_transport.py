@@ -48,6 +48,7 @@ from ._metering import (
     skipped,
     usage_request,
 )
+from ._metering._rejected import RETRIED, rebuilt, rejection, worth_reading
 from ._mime import is_event_stream
 from ._report import StreamReport
 
@@ -276,8 +277,11 @@ class _Base:
         injected: bool,
         make_end: Callable[[StreamMeter], Callable[[str], None]],
         stream_type: type[_SyncTapStream | _AsyncTapStream],
+        rejected: str | None = None,
     ) -> Any:
-        """Wrap an event-stream answer's body so it is metered as the caller reads it."""
+        """Wrap an event-stream answer's body so it is metered as the caller reads it;
+        ``rejected`` is the server's message when it refused the injected ``stream_options``
+        (the request was then sent again without them)."""
         if not is_event_stream(response.headers.get("content-type", "")):
             return response
         consumed = getattr(response, "is_stream_consumed", False)
@@ -289,6 +293,8 @@ class _Base:
             collect_output=self._options.estimate,
             secrets=request_secrets(request),
         )
+        if rejected is not None:
+            meter.warn(RETRIED.format(message=rejected))
         if consumed:
             meter.feed(response.content)
             make_end(meter)("eof")
@@ -400,11 +406,23 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         lib = _library(request)
         inner = self._inner_for(lib, "HTTPTransport")
         response = inner.handle_request(sent)
+        rejected = None
+        if injected and worth_reading(response):
+            try:
+                raw = b"".join(response.stream)
+            finally:
+                response.close()
+            rejected = rejection(lib, response, raw)
+            if rejected is None:
+                return rebuilt(lib, response, raw)
+            # Sent again as the caller wrote it, and metered as usual.
+            sent, body, injected = request, parse_json_object(_request_content(request)), False
+            response = inner.handle_request(sent)
 
         def make_end(meter: StreamMeter) -> _SyncEnd:
             return _SyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _SyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _SyncTapStream, rejected)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._pending_lock:
@@ -500,11 +518,23 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         lib = _library(request)
         inner = self._inner_for(lib, "AsyncHTTPTransport")
         response = await inner.handle_async_request(sent)
+        rejected = None
+        if injected and worth_reading(response):
+            try:
+                raw = b"".join([chunk async for chunk in response.stream])
+            finally:
+                await response.aclose()
+            rejected = rejection(lib, response, raw)
+            if rejected is None:
+                return rebuilt(lib, response, raw)
+            # Sent again as the caller wrote it, and metered as usual.
+            sent, body, injected = request, parse_json_object(_request_content(request)), False
+            response = await inner.handle_async_request(sent)
 
         def make_end(meter: StreamMeter) -> _AsyncEnd:
             return _AsyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _AsyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _AsyncTapStream, rejected)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to
