@@ -4,6 +4,7 @@ record, whatever happened (usage in the stream, a cut stream, no usage sent, an 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -123,6 +124,12 @@ _NO_LIMITS = _Limits()
 
 
 class _Base:
+    """What ``UsageStream`` and ``AsyncUsageStream`` share. They are made by
+    ``connect_usage`` / ``aconnect_usage``, never called directly."""
+
+    # help() and inspect show no constructor arguments: they are the pipeline's internals.
+    __signature__ = inspect.Signature()
+
     def __init__(
         self,
         meter: StreamMeter,
@@ -143,6 +150,13 @@ class _Base:
         self._interrupted: str | None = None
         self.report: StreamReport | None = None
         """The final report, set when the stream ends or the ``with`` block exits."""
+
+    def require_report(self) -> StreamReport:
+        """``report``, never None: raises ``RuntimeError`` inside the ``with`` block, before
+        the report is made (it is always made when the block exits)."""
+        if self.report is None:
+            raise RuntimeError("the report is made when the connect_usage block exits")
+        return self.report
 
     @property
     def response(self) -> Any:
