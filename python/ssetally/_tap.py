@@ -49,7 +49,9 @@ class UsageTap(_core.UsageTap):
         self._reports: tuple[StreamReport, ...] = ()
 
     def finish(self) -> StreamReport:
-        """End of stream: the report of the last response in it (see ``reports``).
+        """End of stream: the report of the last response in it (see ``reports``). Each
+        report's ``attempts`` starts with the ``stream`` attempt: whether the stream carried
+        usage.
 
         The tap is reset and can meter another stream; ``output()`` stays readable until the
         next stream's bytes arrive.

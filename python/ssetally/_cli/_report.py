@@ -45,15 +45,21 @@ def tally_capture(data: bytes, api: str = "auto", estimate: bool = True) -> Capt
     tap = UsageTap(api, collect_output=True)
     tap.feed(data)
     report = tap.finish().replace(output=tap.output())
-    responses = tap.reports
-    if len(responses) <= 1:
-        report = with_estimate(report, None) if estimate else report
+    responses = tap.reports if len(tap.reports) > 1 else (report,)
+    capture = Capture(report, responses)
+    return with_estimates(capture) if estimate else capture
+
+
+def with_estimates(capture: Capture) -> Capture:
+    """The capture with an estimate for each response that carries no usage and whose output
+    is known (a capture of one response: its output is the whole capture's)."""
+    report, responses = capture
+    if len(responses) == 1:
+        report = with_estimate(report, None)
         return Capture(report, (report,))
-    if estimate:
-        responses = tuple(r if r.output is None else with_estimate(r, None) for r in responses)
-        last = responses[-1]
-        report = report.replace(usage=last.usage, attempts=last.attempts)
-    return Capture(report, responses)
+    responses = tuple(r if r.output is None else with_estimate(r, None) for r in responses)
+    last = responses[-1]
+    return Capture(report.replace(usage=last.usage, attempts=last.attempts), responses)
 
 
 def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:
@@ -88,11 +94,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ssetally: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_UNREADABLE
-    capture = tally_capture(data, args.api, estimate=not args.no_estimate)
+    capture = tally_capture(data, args.api, estimate=False)
     why = not_a_stream(capture)
     if why is not None:
         print(f"ssetally: {source}: {why}", file=sys.stderr)
         return EXIT_NOT_A_STREAM
+    if not args.no_estimate:
+        capture = with_estimates(capture)
     if args.json:
         json.dump(report_json(capture), sys.stdout, indent=2, ensure_ascii=False)
         print()
