@@ -39,6 +39,7 @@ from ._metering import (
     Plan,
     RetrievalPolicy,
     StreamMeter,
+    _rejected,
     arun_fallbacks,
     encode_body,
     parse_json_object,
@@ -48,7 +49,6 @@ from ._metering import (
     skipped,
     usage_request,
 )
-from ._metering._rejected import RETRIED, rebuilt, rejection, worth_reading
 from ._mime import is_event_stream
 from ._report import StreamReport
 
@@ -294,7 +294,7 @@ class _Base:
             secrets=request_secrets(request),
         )
         if rejected is not None:
-            meter.warn(RETRIED.format(message=rejected))
+            meter.warn(_rejected.RETRIED.format(message=rejected))
         if consumed:
             meter.feed(response.content)
             make_end(meter)("eof")
@@ -362,7 +362,8 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         or on a worker thread when a fallback ran.
     :param include_usage: ask Chat/legacy Completions streams for usage when the body did not
         (``stream_options.include_usage``); the usage-only chunk this adds is removed
-        byte-exactly from what the caller reads.
+        byte-exactly from what the caller reads. A 400 answer (up to 64 KiB) that names
+        ``stream_options`` gets the caller's own request sent once more, unchanged.
     :param retrieve: a Responses stream that ended without its terminal event has its usage
         fetched with ``GET /responses/{id}`` through the inner transport, in a worker thread.
     :param estimate: when no usage can be had, count tokens with tiktoken (worker thread).
@@ -407,14 +408,11 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         inner = self._inner_for(lib, "HTTPTransport")
         response = inner.handle_request(sent)
         rejected = None
-        if injected and worth_reading(response):
-            try:
-                raw = b"".join(response.stream)
-            finally:
-                response.close()
-            rejected = rejection(lib, response, raw)
+        if injected and _rejected.worth_reading(response):
+            raw = _rejected.read_closed(response)
+            rejected = _rejected.rejection(lib, response, raw)
             if rejected is None:
-                return rebuilt(lib, response, raw)
+                return _rejected.rebuilt(lib, response, raw)
             # Sent again as the caller wrote it, and metered as usual.
             sent, body, injected = request, parse_json_object(_request_content(request)), False
             response = inner.handle_request(sent)
@@ -519,14 +517,11 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         inner = self._inner_for(lib, "AsyncHTTPTransport")
         response = await inner.handle_async_request(sent)
         rejected = None
-        if injected and worth_reading(response):
-            try:
-                raw = b"".join([chunk async for chunk in response.stream])
-            finally:
-                await response.aclose()
-            rejected = rejection(lib, response, raw)
+        if injected and _rejected.worth_reading(response):
+            raw = await _rejected.aread_closed(response)
+            rejected = _rejected.rejection(lib, response, raw)
             if rejected is None:
-                return rebuilt(lib, response, raw)
+                return _rejected.rebuilt(lib, response, raw)
             # Sent again as the caller wrote it, and metered as usual.
             sent, body, injected = request, parse_json_object(_request_content(request)), False
             response = await inner.handle_async_request(sent)

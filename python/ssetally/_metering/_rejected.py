@@ -75,6 +75,22 @@ def worth_reading(response: Any) -> bool:
     return length.isdigit() and int(length) <= MAX_ERROR_BYTES
 
 
+def read_closed(response: Any) -> bytes:
+    """The raw body of a sync answer ``worth_reading`` said is small, then closed."""
+    try:
+        return b"".join(response.stream)
+    finally:
+        response.close()
+
+
+async def aread_closed(response: Any) -> bytes:
+    """Async twin of ``read_closed``."""
+    try:
+        return b"".join([chunk async for chunk in response.stream])
+    finally:
+        await response.aclose()
+
+
 def rebuilt(lib: Any, response: Any, raw: bytes) -> Any:
     """A response like ``response`` whose (still encoded) body is ``raw``, read already."""
     return lib.Response(
