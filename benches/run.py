@@ -1,6 +1,6 @@
 """ssetally benchmarks: one command, every parser side by side, checked against ground truth.
 
-    python benches/run.py --quick          # about 6-7 minutes on 2 cores
+    python benches/run.py --quick          # 20 MB per corpus, 10 MB end-to-end: the short run
     python benches/run.py                  # 100 MB per corpus
     python benches/run.py --max-size-mb 1000   # adds the 1 GB stream (size sweep, big run)
 

@@ -78,9 +78,9 @@ def ssetally(
 
 
 def fields(output: str) -> dict[str, str]:
-    """The ``name: value`` rows of a printed report (after its last ``---`` line)."""
+    """The ``name: value`` rows of a printed report (after its last ``--- title ---`` line)."""
     lines = output.splitlines()
-    start = len(lines) - lines[::-1].index("---")
+    start = max(i for i, line in enumerate(lines) if line.startswith("--- ")) + 1
     out: dict[str, str] = {}
     for line in lines[start:]:
         if line.startswith(("note:", "warning:")):
@@ -263,7 +263,7 @@ def test_stream_chat(tmp_path: Path) -> None:
     assert sent.header("authorization") == "Bearer x"
     assert sent.body["messages"] == [{"role": "user", "content": prompt}]
     assert sent.body["stream_options"] == {"include_usage": True}
-    assert result.stdout.splitlines()[0] == truth.texts[0]
+    assert result.stdout.splitlines()[:2] == ["--- Assembled Output ---", truth.texts[0]]
     assert result.stdout.count(truth.texts[0]) == 1  # printed as it arrived, not again
     row = fields(result.stdout)
     assert row["usage source"] == "stream"
@@ -278,9 +278,9 @@ def test_stream_json(tmp_path: Path) -> None:
         result = ssetally("stream", "--json", "Hello", env=stream_env(server), cwd=tmp_path)
         truth = server.last
     assert result.returncode == 0, result.stderr
-    first, _, rest = result.stdout.partition("\n")
-    assert first == truth.texts[0]
-    report = json.loads(rest)
+    # stdout is the JSON report alone; the text went to stderr as it arrived.
+    report = json.loads(result.stdout)
+    assert truth.texts[0] in result.stderr.splitlines()
     assert report["api"] == "responses"
     assert report["usage"]["source"] == "stream"
     assert report["usage"]["raw"] == truth.usage
@@ -302,10 +302,11 @@ def test_stream_cut_responses_falls_back_to_retrieval(tmp_path: Path) -> None:
     assert get.method == "GET" and get.path == f"/v1/responses/{truth.id}"
     assert result.returncode == 1
     assert "RemoteProtocolError" in result.stderr
-    printed = result.stdout.strip()
+    title, printed = result.stdout.strip().split("\n")
+    assert title == "--- Assembled Output ---"
     assert printed and truth.texts[0].startswith(printed)
     # The report went to stderr, without repeating the text.
-    assert "--- text ---" not in result.stderr
+    assert "Assembled Output" not in result.stderr and printed not in result.stderr
     row = fields(result.stderr)
     assert row["usage source"] == "retrieval"
     assert row["status"] == "incomplete"

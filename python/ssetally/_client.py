@@ -4,10 +4,11 @@ record, whatever happened (usage in the stream, a cut stream, no usage sent, an 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from typing import Any, NamedTuple
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
@@ -23,6 +24,7 @@ from ._metering import (
     run_fallbacks,
     usage_request,
 )
+from ._metering._rejected import RETRIED, stream_options_rejection
 from ._mime import is_event_stream
 from ._report import StreamReport
 
@@ -80,6 +82,39 @@ def _prepare(
     return new, True
 
 
+class _Sent(NamedTuple):
+    """The request that got the answer being streamed: its body, whether usage was injected,
+    when it was sent, and why it was sent again (a rejected injection), if it was."""
+
+    body: dict[str, Any] | None
+    injected: bool
+    at: float
+    retried: str | None = None
+
+
+def _rejected(injected: bool, response: Any, content: bytes | None) -> str | None:
+    """The server's message when it rejected the injected ``stream_options``."""
+    if not injected or content is None:
+        return None
+    return stream_options_rejection(response.status_code, content)
+
+
+def _meter_for(response: Any, sent: _Sent) -> StreamMeter:
+    """The meter of an answer (its Content-Encoding, the credentials of its request)."""
+    meter = StreamMeter(
+        request_body=sent.body,
+        injected=sent.injected,
+        content_encoding=response.headers.get("content-encoding", ""),
+        collect_output=True,
+        request_sent=sent.at,
+        secrets=request_secrets(response.request),
+        pass_decoded=True,
+    )
+    if sent.retried is not None:
+        meter.warn(RETRIED.format(message=sent.retried))
+    return meter
+
+
 class _Limits(NamedTuple):
     idle: float | None = None
     deadline: float | None = None
@@ -89,6 +124,12 @@ _NO_LIMITS = _Limits()
 
 
 class _Base:
+    """What ``UsageStream`` and ``AsyncUsageStream`` share. They are made by
+    ``connect_usage`` / ``aconnect_usage``, never called directly."""
+
+    # help() and inspect show no constructor arguments: they are the pipeline's internals.
+    __signature__ = inspect.Signature()
+
     def __init__(
         self,
         meter: StreamMeter,
@@ -109,6 +150,13 @@ class _Base:
         self._interrupted: str | None = None
         self.report: StreamReport | None = None
         """The final report, set when the stream ends or the ``with`` block exits."""
+
+    def require_report(self) -> StreamReport:
+        """``report``, never None: raises ``RuntimeError`` inside the ``with`` block, before
+        the report is made (it is always made when the block exits)."""
+        if self.report is None:
+            raise RuntimeError("the report is made when the connect_usage block exits")
+        return self.report
 
     @property
     def response(self) -> Any:
@@ -252,7 +300,9 @@ def connect_usage(
     """Stream a request with an ``httpx.Client`` or ``httpx2.Client``; yields a ``UsageStream``.
 
     - ``include_usage``: ask Chat/legacy Completions streams for usage when the body did not
-      (the added usage chunk is not shown to the caller).
+      (the added usage chunk is not shown to the caller). A server that rejects the added
+      ``stream_options`` (HTTP 400 naming it) gets the caller's request once more, unchanged;
+      ``report.warnings`` says so.
     - ``retrieve``: a Responses stream that ended without its terminal event has its usage
       fetched with ``GET /responses/{id}`` (polling while it is still in progress).
     - ``estimate``: when no usage can be had, count tokens with tiktoken (``source="estimate"``).
@@ -263,24 +313,25 @@ def connect_usage(
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
     """
+    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
     body, injected = _prepare(method, url, include_usage, kwargs)
+    sent = _Sent(body, injected, time.monotonic())
     # Replaced by the meter of the answer (its Content-Encoding) once it arrives.
     meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
     stream = UsageStream(
         meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
     )
-    with client.stream(method, url, **kwargs) as response:
-        stream._response = response
-        stream._meter = meter = StreamMeter(
-            request_body=body,
-            injected=injected,
-            content_encoding=response.headers.get("content-encoding", ""),
-            collect_output=True,
-            request_sent=meter.request_sent,
-            secrets=request_secrets(response.request),
-            pass_decoded=True,
-        )
+    with ExitStack() as opened:
+        response = opened.enter_context(client.stream(method, url, **kwargs))
         error_body = response.read() if response.status_code >= 300 else None
+        rejected = _rejected(injected, response, error_body)
+        if rejected is not None:
+            opened.close()
+            sent = _Sent(json_body(plain), False, time.monotonic(), rejected)
+            response = opened.enter_context(client.stream(method, url, **plain))
+            error_body = response.read() if response.status_code >= 300 else None
+        stream._response = response
+        stream._meter = _meter_for(response, sent)
         _check_response(response, error_body)
         try:
             yield stream
@@ -309,23 +360,24 @@ async def aconnect_usage(
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
+    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
     body, injected = _prepare(method, url, include_usage, kwargs)
+    sent = _Sent(body, injected, time.monotonic())
     meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
     stream = AsyncUsageStream(
         meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
     )
-    async with client.stream(method, url, **kwargs) as response:
-        stream._response = response
-        stream._meter = meter = StreamMeter(
-            request_body=body,
-            injected=injected,
-            content_encoding=response.headers.get("content-encoding", ""),
-            collect_output=True,
-            request_sent=meter.request_sent,
-            secrets=request_secrets(response.request),
-            pass_decoded=True,
-        )
+    async with AsyncExitStack() as opened:
+        response = await opened.enter_async_context(client.stream(method, url, **kwargs))
         error_body = await response.aread() if response.status_code >= 300 else None
+        rejected = _rejected(injected, response, error_body)
+        if rejected is not None:
+            await opened.aclose()
+            sent = _Sent(json_body(plain), False, time.monotonic(), rejected)
+            response = await opened.enter_async_context(client.stream(method, url, **plain))
+            error_body = await response.aread() if response.status_code >= 300 else None
+        stream._response = response
+        stream._meter = _meter_for(response, sent)
         _check_response(response, error_body)
         try:
             yield stream

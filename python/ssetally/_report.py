@@ -44,6 +44,11 @@ class Usage(NamedTuple):
         """A copy with some fields changed."""
         return self._replace(**changes)
 
+    def __repr__(self) -> str:
+        # The counts the provider gave and where they came from; ``raw`` is left to the field.
+        shown = {k: v for k, v in zip(self._fields, self) if v is not None and k != "raw"}
+        return _repr(self, shown)
+
 
 class Attempt(NamedTuple):
     """One way of getting usage that was tried: its ``source`` (``stream``, ``retrieval``,
@@ -204,6 +209,75 @@ class StreamReport(NamedTuple):
     def replace(self, **changes: Any) -> StreamReport:
         """A copy with some fields changed."""
         return self._replace(**changes)
+
+    def require_usage(self) -> Usage:
+        """``usage``, never None: raises ``LookupError`` saying why when no usage could be had
+        (every attempt and its reason)."""
+        if self.usage is not None:
+            return self.usage
+        tried = "; ".join(f"{a.source}: {a.reason}" for a in self.attempts) or "nothing tried"
+        raise LookupError(f"no usage for this stream (status {self.status}; {tried})")
+
+    def require_timings(self) -> Timings:
+        """``timings``, never None: raises ``LookupError`` for a report that has no clock
+        readings (one from ``UsageTap`` or a capture: only a live stream is timed)."""
+        if self.timings is None:
+            raise LookupError("this report has no timings (only a live stream is timed)")
+        return self.timings
+
+    def __repr__(self) -> str:
+        # What a user looks for first; the reassembled output (which can be megabytes) is
+        # summarised, and fields left at their defaults are not repeated.
+        shown: dict[str, Any] = {}
+        for name, value in zip(self._fields, self):
+            if name in ("status", "api") or value != self._field_defaults.get(name):
+                shown[name] = _output_summary(value) if name == "output" else value
+        return _repr(self, shown)
+
+
+#: A string longer than this is cut in a repr.
+_REPR_CHARS = 80
+
+
+class _Shown(str):
+    """Text shown as it is in a repr (no quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _output_summary(output: Mapping[str, Any] | None) -> Any:
+    if output is None:
+        return None
+    choices = output.get("choices") or []
+    chars = sum(len(c.get("text") or "") for c in choices if isinstance(c, Mapping))
+    return _Shown(f"<{len(choices)} choice(s), {chars} characters of text>")
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _REPR_CHARS:
+        return value[: _REPR_CHARS - 3] + "..."
+    if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+        return tuple(_short(v) for v in value)
+    return value
+
+
+def _repr(obj: tuple[Any, ...], shown: Mapping[str, Any]) -> str:
+    body = ", ".join(f"{k}={_short(v)!r}" for k, v in shown.items())
+    return f"{type(obj).__name__}({body})"
+
+
+def _plain_annotations(*classes: type) -> None:
+    """Show the fields' types as the source writes them (``'int | None'``), not as
+    ``ForwardRef`` objects, in ``help()`` and ``inspect.signature``."""
+    for cls in classes:
+        for owner in (cls, cls.__new__):
+            owner.__annotations__ = {
+                k: getattr(v, "__forward_arg__", v) for k, v in owner.__annotations__.items()
+            }
+
+
+_plain_annotations(Usage, Attempt, Timings, Cost, ChoiceUsage, StreamReport)
 
 
 #: Builds a NamedTuple from a ready tuple of all its fields without a call per field.

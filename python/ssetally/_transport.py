@@ -39,6 +39,7 @@ from ._metering import (
     Plan,
     RetrievalPolicy,
     StreamMeter,
+    _rejected,
     arun_fallbacks,
     encode_body,
     parse_json_object,
@@ -276,8 +277,11 @@ class _Base:
         injected: bool,
         make_end: Callable[[StreamMeter], Callable[[str], None]],
         stream_type: type[_SyncTapStream | _AsyncTapStream],
+        rejected: str | None = None,
     ) -> Any:
-        """Wrap an event-stream answer's body so it is metered as the caller reads it."""
+        """Wrap an event-stream answer's body so it is metered as the caller reads it;
+        ``rejected`` is the server's message when it refused the injected ``stream_options``
+        (the request was then sent again without them)."""
         if not is_event_stream(response.headers.get("content-type", "")):
             return response
         consumed = getattr(response, "is_stream_consumed", False)
@@ -289,6 +293,8 @@ class _Base:
             collect_output=self._options.estimate,
             secrets=request_secrets(request),
         )
+        if rejected is not None:
+            meter.warn(_rejected.RETRIED.format(message=rejected))
         if consumed:
             meter.feed(response.content)
             make_end(meter)("eof")
@@ -356,7 +362,8 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         or on a worker thread when a fallback ran.
     :param include_usage: ask Chat/legacy Completions streams for usage when the body did not
         (``stream_options.include_usage``); the usage-only chunk this adds is removed
-        byte-exactly from what the caller reads.
+        byte-exactly from what the caller reads. A 400 answer (up to 64 KiB) that names
+        ``stream_options`` gets the caller's own request sent once more, unchanged.
     :param retrieve: a Responses stream that ended without its terminal event has its usage
         fetched with ``GET /responses/{id}`` through the inner transport, in a worker thread.
     :param estimate: when no usage can be had, count tokens with tiktoken (worker thread).
@@ -400,11 +407,20 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
         lib = _library(request)
         inner = self._inner_for(lib, "HTTPTransport")
         response = inner.handle_request(sent)
+        rejected = None
+        if injected and _rejected.worth_reading(response):
+            raw = _rejected.read_closed(response)
+            rejected = _rejected.rejection(lib, response, raw)
+            if rejected is None:
+                return _rejected.rebuilt(lib, response, raw)
+            # Sent again as the caller wrote it, and metered as usual.
+            sent, body, injected = request, parse_json_object(_request_content(request)), False
+            response = inner.handle_request(sent)
 
         def make_end(meter: StreamMeter) -> _SyncEnd:
             return _SyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _SyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _SyncTapStream, rejected)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._pending_lock:
@@ -500,11 +516,20 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         lib = _library(request)
         inner = self._inner_for(lib, "AsyncHTTPTransport")
         response = await inner.handle_async_request(sent)
+        rejected = None
+        if injected and _rejected.worth_reading(response):
+            raw = await _rejected.aread_closed(response)
+            rejected = _rejected.rejection(lib, response, raw)
+            if rejected is None:
+                return _rejected.rebuilt(lib, response, raw)
+            # Sent again as the caller wrote it, and metered as usual.
+            sent, body, injected = request, parse_json_object(_request_content(request)), False
+            response = await inner.handle_async_request(sent)
 
         def make_end(meter: StreamMeter) -> _AsyncEnd:
             return _AsyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _AsyncTapStream)
+        return self._meter(response, request, body, injected, make_end, _AsyncTapStream, rejected)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to

@@ -9,7 +9,8 @@ import os
 import sys
 
 from . import _proxy, _replay, _report, _stream
-from ._report import print_report, report_bytes
+from ._report import report_bytes
+from ._text import print_report
 
 __all__ = ["build_parser", "main", "print_report", "report_bytes"]
 
@@ -17,9 +18,11 @@ __all__ = ["build_parser", "main", "print_report", "report_bytes"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ssetally`` command."""
     parser = argparse.ArgumentParser(
-        prog="ssetally", description="Tally token usage of streaming LLM APIs."
+        prog="ssetally",
+        description="Tally token usage of streaming LLM APIs. "
+        "Run 'ssetally COMMAND --help' for a command's options and their defaults.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     for command in (_report, _stream, _replay, _proxy):
         command.add_parser(sub)
@@ -28,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ssetally`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # No command: say what there is rather than a bare usage error.
+        parser.print_help()
+        return 2
     try:
         code: int = args.func(args)
     except BrokenPipeError:

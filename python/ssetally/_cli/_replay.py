@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Any
+
+from ._help import DefaultsFormatter
+
+#: Exit status when the server cannot start (a file is missing, the port is taken).
+EXIT_CANNOT_SERVE = 2
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -31,26 +37,53 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
     except FileNotFoundError as exc:
         print(f"ssetally: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_SERVE
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {args.port} is taken on {args.host}; choose another with --port"
+        else:
+            why = f"cannot listen on {where}: {exc.strerror or exc}"
+        print(f"ssetally replay: {why}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """The ``replay`` subcommand."""
-    replay = sub.add_parser("replay", help="serve a local OpenAI-compatible replay server")
-    replay.add_argument("files", nargs="*", help="SSE captures to replay (default: generate)")
-    replay.add_argument("--host", default="127.0.0.1")
-    replay.add_argument("--port", type=int, default=8000)
+    replay = sub.add_parser(
+        "replay",
+        help="serve a local OpenAI-compatible replay server",
+        description="Serve a local OpenAI-compatible server (Chat, Completions, Responses with "
+        "GET /v1/responses/{id} retrieval, /v1/models) for testing clients offline: it replays "
+        "the given captures one per request, or generates streams with usage. Its base URL is "
+        "http://HOST:PORT/v1. Runs until Ctrl-C.",
+        formatter_class=DefaultsFormatter,
+    )
+    replay.add_argument(
+        "files", nargs="*", help="SSE captures to replay, one per request (none: generate)"
+    )
+    replay.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    replay.add_argument("--port", type=int, default=8000, help="port to listen on")
     replay.add_argument("--delay", type=float, default=0.02, help="seconds between events")
     replay.add_argument("--cycle", action="store_true", help="replay the files round and round")
-    replay.add_argument("--no-auth", action="store_true", help="do not require credentials")
+    replay.add_argument(
+        "--no-auth", action="store_true", help="answer requests without credentials too"
+    )
     replay.add_argument("--quiet", action="store_true", help="do not log requests")
     replay.add_argument(
-        "--poll-in-progress", type=int, default=0, help="GET reports in_progress N times first"
+        "--poll-in-progress",
+        type=int,
+        default=0,
+        help="answer a retrieval GET with status in_progress N times first",
     )
-    replay.add_argument("--cut-after-events", type=int, help="drop connections after N events")
-    replay.add_argument("--error-event", type=int, help="send an error event after N events")
-    replay.add_argument("--malformed", type=int, help="truncate the JSON of event N")
+    replay.add_argument("--cut-after-events", type=int, help="drop each connection after N events")
+    replay.add_argument(
+        "--error-event", type=int, help="send an error event after N events and end the stream"
+    )
+    replay.add_argument("--malformed", type=int, help="truncate the JSON of event N (from 0)")
     replay.add_argument("--trickle", action="store_true", help="write one byte at a time")
-    replay.add_argument("--status", type=int, help="answer every request with this status")
+    replay.add_argument(
+        "--status", type=int, help="answer every request with this HTTP status (an error body)"
+    )
     replay.set_defaults(func=_cmd_replay)

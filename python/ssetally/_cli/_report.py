@@ -6,13 +6,27 @@ import argparse
 import json
 import sys
 from importlib import resources
-from typing import Any, TextIO
+from typing import Any, NamedTuple
 
 from .._metering._fallback import with_estimate
 from .._report import StreamReport
 from .._tap import APIS, UsageTap
+from ._help import DefaultsFormatter
+from ._text import print_report, total_usage
 
 SAMPLE = "chat_stream.sse"
+
+#: Exit status when the input cannot be read, and when it is not an LLM event stream.
+EXIT_UNREADABLE = 2
+EXIT_NOT_A_STREAM = 3
+
+
+class Capture(NamedTuple):
+    """A tallied capture: ``report`` (the last response's, as ``UsageTap.finish`` gives it,
+    with the output of the whole capture) and every response it held, in order."""
+
+    report: StreamReport
+    responses: tuple[StreamReport, ...]
 
 
 def _read_input(source: str | None) -> tuple[bytes, str]:
@@ -25,63 +39,53 @@ def _read_input(source: str | None) -> tuple[bytes, str]:
         return f.read(), source
 
 
-def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:
-    """Tally a captured stream, estimating with tiktoken when it carries no usage."""
+def tally_capture(data: bytes, api: str = "auto", estimate: bool = True) -> Capture:
+    """Tally a captured stream, estimating with tiktoken a response that carries no usage
+    (for a capture of several responses, only those whose own output is known)."""
     tap = UsageTap(api, collect_output=True)
     tap.feed(data)
     report = tap.finish().replace(output=tap.output())
-    if report.usage is None and estimate:
+    responses = tap.reports if len(tap.reports) > 1 else (report,)
+    capture = Capture(report, responses)
+    return with_estimates(capture) if estimate else capture
+
+
+def with_estimates(capture: Capture) -> Capture:
+    """The capture with an estimate for each response that carries no usage and whose output
+    is known (a capture of one response: its output is the whole capture's)."""
+    report, responses = capture
+    if len(responses) == 1:
         report = with_estimate(report, None)
-    return report
+        return Capture(report, (report,))
+    responses = tuple(r if r.output is None else with_estimate(r, None) for r in responses)
+    last = responses[-1]
+    return Capture(report.replace(usage=last.usage, attempts=last.attempts), responses)
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else str(value)
+def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:
+    """Tally a captured stream, estimating with tiktoken when it carries no usage."""
+    return tally_capture(data, api, estimate).report
 
 
-def print_report(report: StreamReport, source: str, out: TextIO) -> None:
-    """The human-readable summary of a report."""
-    choices = (report.output or {}).get("choices", [])
-    for choice in choices:
-        label = f"choice {choice['index']}" if len(choices) > 1 else "text"
-        print(f"--- {label} ---", file=out)
-        print(choice["text"] or choice["refusal"], file=out)
-        for call in choice["tool_calls"]:
-            print(f"[tool call {call['name']}({call['arguments']})]", file=out)
-    print("---", file=out)
-    usage = report.usage
-    rows = [
-        ("source", source),
-        ("api", report.api),
-        ("model", report.model),
-        ("response id", report.response_id),
-        ("status", report.status),
-        ("finish reason", report.finish_reason or report.incomplete_reason),
-        ("events", report.events),
-        ("delta chunks", report.delta_chunks),
-        ("input tokens", usage and usage.input_tokens),
-        ("  cached", usage and usage.cached_input_tokens),
-        ("output tokens", usage and usage.output_tokens),
-        ("  reasoning", usage and usage.reasoning_tokens),
-        ("total tokens", usage and usage.total_tokens),
-        ("usage source", usage.source if usage else "none"),
-    ]
-    for name, value in rows:
-        print(f"{name:>14}: {_fmt(value)}", file=out)
-    tokens = None if usage is None else usage.output_tokens
-    if tokens is not None and tokens != report.delta_chunks:
-        print(
-            f"note: {report.delta_chunks} delta chunks carried {tokens} "
-            "output tokens; chunks are not tokens.",
-            file=out,
+def not_a_stream(capture: Capture) -> str | None:
+    """Why a capture is not an LLM event stream (nothing to report on), or None."""
+    report = capture.report
+    if report.events == 0:
+        return f"no Server-Sent Events in {report.bytes} bytes: it is not an event stream"
+    if report.api == "unknown":
+        return (
+            f"{report.events} events, none of a known LLM API: it is not an LLM event stream "
+            "(--api names the API when detection fails)"
         )
-    if usage is not None and usage.note:
-        print(f"note: {usage.note}", file=out)
-    for attempt in report.attempts:
-        if not attempt.ok:
-            print(f"note: {attempt.source} failed: {attempt.reason}", file=out)
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=out)
+    return None
+
+
+def report_json(capture: Capture) -> dict[str, Any]:
+    """The ``--json`` report: the last response's report, every response, and their sum."""
+    out = capture.report.to_dict()
+    out["responses"] = [r.to_dict() for r in capture.responses]
+    out["total"] = total_usage(capture.responses)
+    return out
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -89,21 +93,50 @@ def _cmd_report(args: argparse.Namespace) -> int:
         data, source = _read_input(args.file)
     except OSError as exc:
         print(f"ssetally: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
-    report = report_bytes(data, args.api, estimate=not args.no_estimate)
+        return EXIT_UNREADABLE
+    capture = tally_capture(data, args.api, estimate=False)
+    why = not_a_stream(capture)
+    if why is not None:
+        print(f"ssetally: {source}: {why}", file=sys.stderr)
+        return EXIT_NOT_A_STREAM
+    if not args.no_estimate:
+        capture = with_estimates(capture)
     if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(report_json(capture), sys.stdout, indent=2, ensure_ascii=False)
         print()
     else:
-        print_report(report, source, sys.stdout)
+        print_report(
+            capture.report, source, sys.stdout, responses=capture.responses, text=not args.no_text
+        )
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """The ``report`` subcommand."""
-    report = sub.add_parser("report", help="report on a captured SSE stream")
-    report.add_argument("file", nargs="?", help="capture file, - for stdin (default: sample)")
-    report.add_argument("--json", action="store_true", help="print the report as JSON")
-    report.add_argument("--api", default="auto", choices=APIS)
-    report.add_argument("--no-estimate", action="store_true", help="never estimate usage")
+    report = sub.add_parser(
+        "report",
+        help="report on a captured SSE stream",
+        description="Report the usage, status and output of a captured LLM event stream "
+        "(e.g. saved with curl -N). A capture of several responses is reported response by "
+        f"response, then their sum. Exits {EXIT_UNREADABLE} when the file cannot be read and "
+        f"{EXIT_NOT_A_STREAM} when it is not an LLM event stream.",
+        formatter_class=DefaultsFormatter,
+    )
+    report.add_argument(
+        "file", nargs="?", help="capture file, - for stdin; without it, the bundled sample"
+    )
+    report.add_argument(
+        "--json", action="store_true", help="print the report as JSON (with responses, total)"
+    )
+    report.add_argument(
+        "--api", default="auto", choices=APIS, help="the API of the stream (auto: detect it)"
+    )
+    report.add_argument(
+        "--no-estimate",
+        action="store_true",
+        help="never estimate usage with tiktoken when the stream carries none",
+    )
+    report.add_argument(
+        "--no-text", action="store_true", help="leave the assembled output out of the text report"
+    )
     report.set_defaults(func=_cmd_report)

@@ -12,7 +12,12 @@ import httpx
 
 from .._client import APIStatusError, UsageStream, connect_usage
 from .._core import ServerSentEvent
-from ._report import print_report
+from .._metering import redact
+from ._help import DefaultsFormatter
+from ._text import OUTPUT_TITLE, print_report, title
+
+#: The default of ``OPENAI_BASE_URL``.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -59,45 +64,75 @@ def run_stream(args: argparse.Namespace) -> int:
             "ssetally: set OPENAI_API_KEY (and OPENAI_BASE_URL for another server)", file=sys.stderr
         )
         return 2
-    base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
+    base = os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
     path, body = _request(args)
+    url = base + path
     headers = {"Authorization": f"Bearer {key}"}
     stream: UsageStream | None = None
     timeout = httpx.Timeout(60.0, connect=10.0)
+    # With --json, stdout holds the JSON report alone: the text goes to stderr as it arrives.
+    text_out = sys.stderr if args.json else sys.stdout
     try:
         with (
             httpx.Client(timeout=timeout) as client,
-            connect_usage(client, "POST", base + path, json=body, headers=headers) as stream,
+            connect_usage(client, "POST", url, json=body, headers=headers) as stream,
         ):
+            print(title(OUTPUT_TITLE), file=text_out, flush=True)
             for event in stream:
                 text = delta_text(event)
                 if text:
-                    print(text, end="", flush=True)
-            print()
+                    print(text, end="", file=text_out, flush=True)
+            print(file=text_out)
     except APIStatusError as exc:
-        print(f"ssetally: {exc}", file=sys.stderr)
+        print(f"ssetally: POST {url}: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"ssetally: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = redact(f"POST {url}: {type(exc).__name__}: {exc}", (key,))
+        print(f"ssetally: {where}", file=sys.stderr)
         if stream is not None and stream.report is not None:
             # The text was already printed as it arrived.
-            print_report(stream.report.replace(output=None), base + path, sys.stderr)
+            print(file=text_out)
+            print_report(stream.report, url, sys.stderr, responses=stream.responses, text=False)
         return 1
     report = stream.report
     assert report is not None
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print_report(report.replace(output=None), base + path, sys.stdout)
+        print_report(report, url, sys.stdout, responses=stream.responses, text=False)
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """The ``stream`` subcommand."""
-    stream = sub.add_parser("stream", help="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)")
-    stream.add_argument("prompt")
-    stream.add_argument("--api", choices=("responses", "chat"), default="responses")
-    stream.add_argument("--model", default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
-    stream.add_argument("--max-output-tokens", type=int)
-    stream.add_argument("--json", action="store_true", help="print the report as JSON")
+    stream = sub.add_parser(
+        "stream",
+        help="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)",
+        description="Stream one live call to an OpenAI-compatible server, print the text as it "
+        "arrives, then the report with its timings. The key is read from OPENAI_API_KEY, the "
+        f"server from OPENAI_BASE_URL (default {DEFAULT_BASE_URL}). Exits 1 when the call fails.",
+        formatter_class=DefaultsFormatter,
+    )
+    stream.add_argument("prompt", help="the user message")
+    stream.add_argument(
+        "--api",
+        choices=("responses", "chat"),
+        default="responses",
+        help="POST /responses or /chat/completions",
+    )
+    stream.add_argument(
+        "--model",
+        default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
+        help="the model (OPENAI_MODEL when set)",
+    )
+    stream.add_argument(
+        "--max-output-tokens",
+        type=int,
+        help="cap on output tokens (max_output_tokens, or max_completion_tokens for chat; default: the server's)",
+    )
+    stream.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON on stdout (the streamed text then goes to stderr)",
+    )
     stream.set_defaults(func=run_stream)
