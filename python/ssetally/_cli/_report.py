@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from typing import Any, TextIO
 
+from .._cost import price_report
 from .._metering._fallback import with_estimate
 from .._report import StreamReport
 from .._tap import APIS, UsageTap
@@ -26,13 +27,15 @@ def _read_input(source: str | None) -> tuple[bytes, str]:
 
 
 def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:
-    """Tally a captured stream, estimating with tiktoken when it carries no usage."""
+    """Tally a captured stream, estimating with tiktoken when it carries no usage, and price
+    it (``cost``, ``choices``; ``cost_reason`` says why there is no cost)."""
     tap = UsageTap(api, collect_output=True)
     tap.feed(data)
     report = tap.finish().replace(output=tap.output())
     if report.usage is None and estimate:
         report = with_estimate(report, None)
-    return report
+    report, reason = price_report(report)
+    return report.replace(cost_reason=reason)
 
 
 def _fmt(value: Any) -> str:
@@ -66,8 +69,18 @@ def print_report(report: StreamReport, source: str, out: TextIO) -> None:
         ("total tokens", usage and usage.total_tokens),
         ("usage source", usage.source if usage else "none"),
     ]
+    cost = report.cost
+    rows.append(("cost", f"{cost.total} {cost.currency}" if cost else None))
     for name, value in rows:
         print(f"{name:>14}: {_fmt(value)}", file=out)
+    for choice in report.choices:
+        print(
+            f"{'  choice ' + str(choice.index):>14}: {choice.output_tokens} output tokens, "
+            f"{_fmt(choice.cost)}{' (apportioned)' if choice.apportioned else ''}",
+            file=out,
+        )
+    if cost is None and report.cost_reason:
+        print(f"note: no cost: {report.cost_reason}", file=out)
     tokens = None if usage is None else usage.output_tokens
     if tokens is not None and tokens != report.delta_chunks:
         print(
