@@ -37,7 +37,8 @@ class StreamMeter:
         ``"usage":null`` members it brings) are removed from what ``feed`` returns.
     :param content_encoding: the response's ``Content-Encoding``; the tap reads a decompressed
         copy, and a body that cannot be decoded is not metered (``warnings`` says why).
-    :param collect_output: reassemble the output text (needed for an estimate).
+    :param collect_output: reassemble the output text (needed for an estimate; always on
+        for a request of ``n > 1`` choices, whose shares are apportioned by their text).
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
     :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
@@ -110,7 +111,9 @@ class StreamMeter:
         #: Why the body stopped decoding (bomb, corrupt), when ``pass_decoded`` is on.
         self.undecodable: str | None = None
         self._pass_decoded = pass_decoded
-        self._tap = UsageTap(api, collect_output=collect_output)
+        # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
+        several = request_body is not None and _count(request_body.get("n")) > 1
+        self._tap = UsageTap(api, collect_output=collect_output or several)
         self._decoder: ContentDecoder | None = None
         try:
             self._decoder = decoder_for(content_encoding)
@@ -325,6 +328,10 @@ class StreamMeter:
             server_port=port,
             error_type=str(status) if status is not None and status >= 400 else None,
         )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _server_of(request: Any) -> tuple[str | None, int | None]:
