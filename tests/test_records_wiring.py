@@ -585,3 +585,114 @@ def test_report_command_shows_cost(tmp_path: Path, capsys: pytest.CaptureFixture
     expected = repriced(StreamReport(usage=Usage(9, 1), api="chat.completions", model=MODEL))
     assert expected.cost is not None
     assert f"cost: {expected.cost.total} USD" in out
+
+
+# -- failures before any stream, the ASGI middleware, meter() --------------------------------
+
+
+def test_proxy_records_a_span_for_requests_that_failed_upstream(otel: Otel, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{closed}", connect_timeout=2.0)
+    with ProxyServer(config, f"jsonl:{tmp_path / 'a.jsonl'}") as proxy, http_client() as client:
+        answer = client.post(proxy.url + "/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 502
+        assert proxy.flush(TIMEOUT)
+    with ReplayServer(statuses=[429]) as upstream:
+        config = ProxyConfig(upstream=upstream.origin)
+        with ProxyServer(config, f"jsonl:{tmp_path / 'b.jsonl'}") as proxy:
+            with http_client() as client:
+                answer = client.post(proxy.url + "/v1/chat/completions", json=CHAT)
+                assert answer.status_code == 429
+            assert proxy.flush(TIMEOUT)
+    unreachable, refused = otel.spans(2)
+    for span in (unreachable, refused):
+        assert span.status.status_code == StatusCode.ERROR
+        assert dict(span.attributes or {})["gen_ai.request.model"] == MODEL
+    assert dict(unreachable.attributes or {})["error.type"] == "ConnectError"
+    assert dict(refused.attributes or {})["error.type"] == "429"
+
+
+def _canned_chat_app() -> Any:
+    """A hand-written ASGI app streaming one Chat answer with usage."""
+    chunk = {"id": "c9", "object": "chat.completion.chunk", "model": MODEL}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "Hi there"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}},
+    ]
+    body = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for part in body:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def test_asgi_middleware_records_cost_and_a_span(otel: Otel) -> None:
+    import uvicorn
+    from ssetally.asgi import UsageMiddleware
+
+    records: list[dict[str, Any]] = []
+    reports: list[StreamReport] = []
+
+    class Sink:
+        def write(self, record: Any) -> bool:
+            records.append(dict(record))
+            return True
+
+    app = UsageMiddleware(
+        _canned_chat_app(), sink=Sink(), on_report=lambda report, scope: reports.append(report)
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        with http_client() as client:
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
+            assert client.post(url, json=CHAT).status_code == 200
+        deadline = time.monotonic() + TIMEOUT
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+    (report,) = reports
+    assert report.cost is not None and report.cost == repriced(report).cost
+    (record,) = records
+    assert Decimal(record["cost"]["total"]) == report.cost.total
+    (span,) = otel.spans(1)
+    assert dict(span.attributes or {})["gen_ai.usage.input_tokens"] == 12
+
+
+def test_meter_reports_carry_cost_and_record_a_span(otel: Otel) -> None:
+    from ssetally import meter
+
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+    ]
+    metered = meter(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    for _ in metered:
+        pass
+    report = metered.report
+    assert report is not None and report.cost is not None
+    assert report.cost == repriced(report).cost
+    otel.spans(1)

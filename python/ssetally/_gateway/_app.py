@@ -61,6 +61,7 @@ from ._metrics import ProxyMetrics
 from ._record import Exchange, build_record, now_iso, subject_of
 from ._relay import Sender, UpstreamAborted, Watchdog, quiet_abort, watch_disconnect
 from ._salt import key_salt
+from ._trace import trace_failed_request
 
 __all__ = ["MeteringProxy"]
 
@@ -564,6 +565,8 @@ class MeteringProxy:
         if x.recorded:
             return
         x.recorded = True
+        if self.config.otel:
+            trace_failed_request(x, report, self._upstream)
         try:
             responses = () if meter is None else meter.responses
             record = build_record(x, report, self.config.instance_id, responses)
