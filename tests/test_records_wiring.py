@@ -264,13 +264,19 @@ def test_proxy_records_cost_metrics_and_spans(otel: Otel, tmp_path: Path) -> Non
     assert span_cut.status.status_code == StatusCode.ERROR
 
 
-def test_proxy_without_otel_records_no_span(otel: Otel, tmp_path: Path) -> None:
+def test_proxy_without_otel_or_cost_records_neither(otel: Otel, tmp_path: Path) -> None:
+    sink = tmp_path / "u.jsonl"
     with ReplayServer() as upstream:
-        config = ProxyConfig(upstream=upstream.origin, otel=False)
-        with ProxyServer(config, f"jsonl:{tmp_path / 'u.jsonl'}") as proxy:
-            post(proxy, CHAT)
+        config = ProxyConfig(upstream=upstream.origin, otel=False, cost=False)
+        with ProxyServer(config, f"jsonl:{sink}") as proxy:
+            post(proxy, {**CHAT, "stream_options": {"include_usage": True}})
             assert proxy.flush(TIMEOUT)
+            samples = metric_samples(proxy)
     assert otel.exporter.get_finished_spans() == ()
+    (record,) = records_of(sink)
+    assert record["usage"] is not None
+    assert record["cost"] is None and record["cost_reason"] == "pricing is off"
+    assert not [k for k in samples if k[0] == "ssetally_proxy_cost_total"]
 
 
 # -- subject ---------------------------------------------------------------------------------

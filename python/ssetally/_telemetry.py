@@ -250,8 +250,8 @@ class Telemetry:
 
     ``tracer_provider`` / ``meter_provider`` default to the global ones (which do nothing
     until an SDK is configured). ``opt_in`` overrides ``OTEL_SEMCONV_STABILITY_OPT_IN``.
-    ``enabled`` is False when ``opentelemetry-api`` is not installed or ``enabled=False`` was
-    asked; then ``record_stream`` does nothing. On the global providers nothing is recorded
+    ``enabled`` is False when ``opentelemetry-api`` is not installed; then ``record_stream``
+    does nothing. On the global providers nothing is recorded
     while no SDK is configured (the API's own providers would drop it anyway).
     """
 
@@ -262,15 +262,12 @@ class Telemetry:
         meter_provider: Any = None,
         opt_in: str | None = None,
         max_model_values: int = MAX_MODEL_VALUES,
-        enabled: bool = True,
     ) -> None:
         self.mode = semconv_mode(opt_in)
         self._model_value = _Limited(max_model_values)
         self._warned = False
         self._global = tracer_provider is None and meter_provider is None
         self.enabled = False
-        if not enabled:
-            return
         try:
             from opentelemetry import metrics, trace
         except ImportError:

@@ -111,6 +111,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             otel=not args.no_otel,
             upstream_client=args.upstream_client,
             subject_header=args.subject_header,
+            cost=not args.no_cost,
             **({"instance_id": args.instance_id} if args.instance_id else {}),
         )
         config.upstream_url()
@@ -228,6 +229,12 @@ def add_parser(sub: Any) -> None:
         help="request header naming whom a request is billed to: each record's subject (the "
         "CloudEvents subject); sanitised, cut to 256 characters (default: none; the "
         "CloudEvents subject is then the API key fingerprint)",
+    )
+    proxy.add_argument(
+        "--no-cost",
+        action="store_true",
+        help="do not price streams (records and /metrics then have no cost; saves about "
+        "0.3 ms of CPU a stream)",
     )
     remote = proxy.add_argument_group("remote sinks (postgresql://, cloudevents+https://)")
     remote.add_argument(

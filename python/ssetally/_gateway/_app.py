@@ -400,6 +400,7 @@ class MeteringProxy:
                     request_sent=x.start,
                     secrets=x.secrets,
                     telemetry=self.config.otel,
+                    price=self.config.cost,
                 )
                 return meter
             if 200 <= response.status_code < 300:

@@ -75,6 +75,8 @@ class ProxyConfig:
     :param idle_timeout: longest time a stream may go without an output-bearing event
         (comments and pings do not count); the stream is cut past it. None: no limit.
     :param stream_deadline: longest time one answer may stream; cut past it. None: no limit.
+    :param cost: price every report and record (genai-prices, about a third of a
+        millisecond of CPU a stream); off, records have no cost.
     :param subject_header: the request header whose value is each record's ``subject`` (whom
         a request is billed to; the CloudEvents ``subject``, else the key fingerprint);
         sanitised and cut to 256 characters. A credential header is refused.
@@ -107,6 +109,7 @@ class ProxyConfig:
     idle_timeout: float | None = 900.0
     stream_deadline: float | None = 3600.0
     subject_header: str | None = None
+    cost: bool = True
 
     def __post_init__(self) -> None:
         name = self.subject_header

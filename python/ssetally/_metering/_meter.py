@@ -23,7 +23,7 @@ from .._tap import UsageTap
 from .._telemetry import Telemetry, shared_telemetry
 from ._decode import decoder_for
 from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
-from ._redact import redact_report
+from ._redact import redact, redact_report
 from ._request import requested_model
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
 
@@ -42,6 +42,8 @@ class StreamMeter:
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
     :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
+    :param price: price the final report (``cost``, ``choices``); without, ``cost_reason``
+        says pricing was off.
     :param telemetry: where ``complete()`` records the stream's span and metrics: True for
         the process's shared ``Telemetry`` (the global OpenTelemetry providers), False for
         nowhere, or a ``Telemetry`` of its own.
@@ -50,6 +52,7 @@ class StreamMeter:
     __slots__ = (
         "_decoder",
         "_pass_decoded",
+        "_price",
         "_recorded",
         "_stripper",
         "_tap",
@@ -84,8 +87,10 @@ class StreamMeter:
         api: str = "auto",
         pass_decoded: bool = False,
         telemetry: Telemetry | bool = True,
+        price: bool = True,
     ) -> None:
         self.request_body = request_body
+        self._price = price
         self.telemetry = telemetry
         #: Host and port the request went to, as ``plan()`` read them from its ``request``.
         self.server: tuple[str | None, int | None] = (None, None)
@@ -304,6 +309,8 @@ class StreamMeter:
         return report
 
     def _priced(self, report: StreamReport) -> StreamReport:
+        if not self._price:
+            return report.replace(cost_reason="pricing is off")
         # The request's wall-clock time picks the price in force then.
         when = time.time() - (time.monotonic() - self.request_sent)
         try:
@@ -311,7 +318,8 @@ class StreamMeter:
             priced, reason = price_report(report, requested_model=asked, when=when)
         except Exception as exc:  # noqa: BLE001 - pricing never breaks metering
             return report.replace(cost_reason=f"pricing failed: {type(exc).__name__}")
-        return priced.replace(cost_reason=reason)
+        # The reason quotes model names, which come from the network.
+        return priced.replace(cost_reason=None if reason is None else redact(reason, self.secrets))
 
     def _record(self, report: StreamReport) -> None:
         telemetry = self.telemetry
