@@ -727,59 +727,13 @@ def test_cli_rejects_a_bad_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     assert "http(s) URL" in capsys.readouterr().err
 
 
-def test_opentelemetry_genai_metric(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With OpenTelemetry importable, token counts go to ``gen_ai.client.token.usage``."""
-    import types
-
-    from ssetally._gateway._metrics import ProxyMetrics
-
-    recorded: list[tuple[int, dict[str, Any]]] = []
-    created: list[tuple[str, str]] = []
-
-    class Histogram:
-        def record(self, value: int, attributes: dict[str, Any]) -> None:
-            recorded.append((value, attributes))
-
-    class Meter:
-        def create_histogram(self, name: str, unit: str, description: str) -> Histogram:
-            created.append((name, unit))
-            return Histogram()
-
-    package = types.ModuleType("opentelemetry")
-    module = types.ModuleType("opentelemetry.metrics")
-    module.get_meter = lambda name: Meter()  # type: ignore[attr-defined]
-    package.metrics = module  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "opentelemetry", package)
-    monkeypatch.setitem(sys.modules, "opentelemetry.metrics", module)
-
-    metrics = ProxyMetrics(otel=True, server_address="api.example")
-    assert metrics.otel_enabled and created == [("gen_ai.client.token.usage", "{token}")]
-    metrics.observe(
-        {
-            "api": "chat.completions",
-            "status": "completed",
-            "model": "gpt-4o-2024",
-            "requested_model": "gpt-4o",
-            "stream": True,
-            "usage": {"input_tokens": 7, "output_tokens": 5, "source": "stream"},
-        }
-    )
-    assert [(v, a["gen_ai.token.type"]) for v, a in recorded] == [(7, "input"), (5, "output")]
-    attributes = recorded[0][1]
-    assert attributes["gen_ai.operation.name"] == "chat"
-    assert attributes["gen_ai.request.model"] == "gpt-4o"
-    assert attributes["gen_ai.response.model"] == "gpt-4o-2024"
-    assert attributes["server.address"] == "api.example"
-    assert not ProxyMetrics(otel=False).otel_enabled
-
-
 def test_model_label_values_are_bounded() -> None:
     """Model names come from clients and upstreams: past ``MAX_MODEL_LABELS`` distinct names
     (or for absurdly long ones) tokens are counted under ``other``, so a stream of made-up
     model names cannot grow the metrics without limit. Totals are never lost."""
     from ssetally._gateway._metrics import MAX_MODEL_LABELS, ProxyMetrics
 
-    metrics = ProxyMetrics(otel=False)
+    metrics = ProxyMetrics()
     names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 50)] + ["x" * 10_000, "model-0"]
     for name in names:
         metrics.observe(

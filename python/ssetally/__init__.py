@@ -15,10 +15,11 @@ from ._core import (
     SSEDecoder,
     __version__,
 )
+from ._cost import cost_of, price_report
 from ._exceptions import SSEError, StreamTimeoutError
 from ._iterate import AsyncMeteredStream, MeteredStream, ameter, meter
 from ._metering import RetrievalPolicy
-from ._report import Attempt, StreamReport, Timings, Usage
+from ._report import Attempt, ChoiceUsage, Cost, StreamReport, Timings, Usage
 from ._tap import UsageTap
 from ._transport import AsyncMeteringTransport, MeteringTransport
 
@@ -28,6 +29,8 @@ __all__ = [
     "AsyncMeteringTransport",
     "AsyncUsageStream",
     "Attempt",
+    "ChoiceUsage",
+    "Cost",
     "EventSource",
     "EventTooLargeError",
     "LineDecoder",
@@ -49,5 +52,7 @@ __all__ = [
     "ameter",
     "connect_sse",
     "connect_usage",
+    "cost_of",
     "meter",
+    "price_report",
 ]

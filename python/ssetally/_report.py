@@ -192,6 +192,8 @@ class StreamReport(NamedTuple):
     output: Mapping[str, Any] | None = None
     cost: Cost | None = None
     choices: tuple[ChoiceUsage, ...] = ()
+    #: Why ``cost`` is None (no price for the model, no usage, genai-prices not installed).
+    cost_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``usage`` is a dict too (or None)."""
@@ -283,9 +285,10 @@ _plain_annotations(Usage, Attempt, Timings, Cost, ChoiceUsage, StreamReport)
 #: Builds a NamedTuple from a ready tuple of all its fields without a call per field.
 _new_tuple = tuple.__new__
 
-#: Defaults of the trailing fields the native extension does not return (cost, choices).
+#: Defaults of the trailing fields the native extension does not return (cost, choices,
+#: cost_reason).
 _NATIVE_FIELDS = 19
-_TRAILING_DEFAULTS = (None, ())
+_TRAILING_DEFAULTS = (None, (), None)
 
 
 def report_from_core(d: tuple[Any, ...]) -> StreamReport:

@@ -47,6 +47,7 @@ __all__ = [
     "provider_name",
     "record_stream",
     "semconv_mode",
+    "shared_telemetry",
 ]
 
 logger = logging.getLogger("ssetally.telemetry")
@@ -250,7 +251,8 @@ class Telemetry:
     ``tracer_provider`` / ``meter_provider`` default to the global ones (which do nothing
     until an SDK is configured). ``opt_in`` overrides ``OTEL_SEMCONV_STABILITY_OPT_IN``.
     ``enabled`` is False when ``opentelemetry-api`` is not installed; then ``record_stream``
-    does nothing.
+    does nothing. On the global providers nothing is recorded
+    while no SDK is configured (the API's own providers would drop it anyway).
     """
 
     def __init__(
@@ -264,10 +266,11 @@ class Telemetry:
         self.mode = semconv_mode(opt_in)
         self._model_value = _Limited(max_model_values)
         self._warned = False
+        self._global = tracer_provider is None and meter_provider is None
+        self.enabled = False
         try:
             from opentelemetry import metrics, trace
         except ImportError:
-            self.enabled = False
             return
         self.enabled = True
         from ._core import __version__
@@ -351,7 +354,7 @@ class Telemetry:
         seconds between output chunks; without them the report's mean chunk interval is
         recorded once.
         """
-        if not self.enabled:
+        if not self.enabled or (self._global and not _sdk_configured(self._trace)):
             return
         try:
             self._record(
@@ -554,18 +557,34 @@ def _chunk_intervals(report: StreamReport, given: Sequence[float] | None) -> Seq
     return (max(timings.last_content - timings.first_content, 0.0) / (chunks - 1),)
 
 
+def _sdk_configured(trace: Any) -> bool:
+    """True once an SDK provider was made global (the API's defaults are proxies of no-ops)."""
+    from opentelemetry import metrics
+
+    tracer = type(trace.get_tracer_provider()).__name__
+    meter = type(metrics.get_meter_provider()).__name__
+    return tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
+
+
+#: The provider classes the OpenTelemetry API installs before any SDK is set up.
+_API_DEFAULTS = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+
 _default: Telemetry | None = None
 _default_lock = threading.Lock()
 
 
-def record_stream(report: StreamReport, **kwargs: Any) -> None:
-    """``Telemetry.record_stream`` on a shared ``Telemetry`` of the global providers."""
+def shared_telemetry() -> Telemetry:
+    """The process's ``Telemetry`` of the global providers, created on first use."""
     global _default
     if _default is None:
         with _default_lock:
             if _default is None:
                 _default = Telemetry()
-    _default.record_stream(report, **kwargs)
+    return _default
 
 
-# -- SDK set-up ------------------------------------------------------------------------------
+def record_stream(report: StreamReport, **kwargs: Any) -> None:
+    """``Telemetry.record_stream`` on the shared ``Telemetry`` of the global providers."""
+    shared_telemetry().record_stream(report, **kwargs)

@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from typing import Any, NamedTuple
 
+from .._cost import price_report
 from .._metering._fallback import with_estimate
 from .._report import StreamReport
 from .._tap import APIS, UsageTap
@@ -55,11 +56,22 @@ def with_estimates(capture: Capture) -> Capture:
     is known (a capture of one response: its output is the whole capture's)."""
     report, responses = capture
     if len(responses) == 1:
-        report = with_estimate(report, None)
+        report = _priced(with_estimate(report, None))
         return Capture(report, (report,))
-    responses = tuple(r if r.output is None else with_estimate(r, None) for r in responses)
+    responses = tuple(_priced(r if r.output is None else with_estimate(r, None)) for r in responses)
     last = responses[-1]
-    return Capture(report.replace(usage=last.usage, attempts=last.attempts), responses)
+    return Capture(
+        report.replace(
+            usage=last.usage, attempts=last.attempts, cost=last.cost, cost_reason=last.cost_reason
+        ),
+        responses,
+    )
+
+
+def _priced(report: StreamReport) -> StreamReport:
+    """``report`` with its cost (``cost_reason`` says why there is none)."""
+    report, reason = price_report(report)
+    return report.replace(cost_reason=reason)
 
 
 def report_bytes(data: bytes, api: str = "auto", estimate: bool = True) -> StreamReport:

@@ -117,7 +117,13 @@ def _rows(report: StreamReport, source: str | None, one: bool = True) -> list[tu
     ]
     if one:
         rows.append(("bytes", report.bytes))
-    return rows + _usage_rows(report.usage) + (_timing_rows(report) if one else [])
+    cost = report.cost
+    rows += _usage_rows(report.usage)
+    rows.append(("cost", f"{cost.total} {cost.currency}" if cost else None))
+    for choice in report.choices:
+        share = f"{_fmt(choice.cost)}{' (apportioned)' if choice.apportioned else ''}"
+        rows.append((f"  choice {choice.index}", f"{choice.output_tokens} output tokens, {share}"))
+    return rows + (_timing_rows(report) if one else [])
 
 
 def _print_rows(rows: list[tuple[str, Any]], out: TextIO) -> None:
@@ -139,6 +145,8 @@ def _print_notes(report: StreamReport, out: TextIO) -> None:
     for attempt in report.attempts:
         if not attempt.ok:
             print(f"note: {attempt.source} failed: {attempt.reason}", file=out)
+    if report.cost is None and report.cost_reason:
+        print(f"note: no cost: {report.cost_reason}", file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)
 

@@ -46,7 +46,7 @@ from .._metering import (
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
-from ..sinks import Sink, SinkCollector
+from ..sinks import Sink
 from ._config import ProxyConfig, http_library, safe_url
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
@@ -58,9 +58,10 @@ from ._headers import (
     send_error,
 )
 from ._metrics import ProxyMetrics
-from ._record import Exchange, build_record, now_iso
+from ._record import Exchange, build_record, now_iso, subject_of
 from ._relay import Sender, UpstreamAborted, Watchdog, quiet_abort, watch_disconnect
 from ._salt import key_salt
+from ._trace import trace_failed_request
 
 __all__ = ["MeteringProxy"]
 
@@ -99,7 +100,7 @@ class MeteringProxy:
         self._upstream_secrets = tuple(
             v for v in (self._upstream.username, self._upstream.password) if v and len(v) >= 4
         )
-        self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
+        self.metrics = metrics or ProxyMetrics()
         self._client = client
         self._owns_client = client is None
         self._http = http_library(config.upstream_client, client)
@@ -107,8 +108,8 @@ class MeteringProxy:
         self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies = BodyBudget(config.max_inflight_body_bytes)
-        if isinstance(sink, Sink):  # its counters (written, failed, dropped, spooled) on /metrics
-            self.metrics.registry.register(SinkCollector(sink))
+        if isinstance(sink, Sink):  # its counters on /metrics, its write failures as faults
+            self.metrics.watch(sink)
         #: The salt of this proxy's key fingerprints (``--key-salt``, or the sink's own).
         self.key_salt = key_salt(config.key_salt, sink)
         #: Records handed to the sink so far.
@@ -258,6 +259,7 @@ class MeteringProxy:
             {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
             "?" + query.decode("latin-1"),
         )
+        x.subject = subject_of(headers, cfg.subject_header, x.secrets)
 
         try:
             path = normalize_path(raw_path)
@@ -397,9 +399,9 @@ class MeteringProxy:
                     collect_output=self.config.estimate,
                     request_sent=x.start,
                     secrets=x.secrets,
+                    telemetry=self.config.otel,
+                    price=self.config.cost,
                 )
-                if not meter.metering:
-                    self._failure(x, "decode", *meter.warnings)
                 return meter
             if 200 <= response.status_code < 300:
                 if "json" in content_type.lower():
@@ -501,7 +503,8 @@ class MeteringProxy:
     # ------------------------------------------------------------------ the record
 
     def _failure(self, x: Exchange, stage: str, *notes: str) -> None:
-        logger.warning("ssetally proxy: metering fault (%s) on %s", stage, x.request_id)
+        # Counted and logged (rate-limited) by the metrics; per request only at debug level.
+        logger.debug("ssetally proxy: metering fault (%s) on %s", stage, x.request_id)
         x.notes.append(stage if not notes else f"{stage}: {'; '.join(notes)}")
         self.metrics.failure(stage)
 
@@ -513,9 +516,8 @@ class MeteringProxy:
                 return
             meter.end(x.ended_by or "closed early", by_client=x.ended_by == "client disconnected")
             x.stripped = meter.stripped
-            for stage in meter.faults:
-                if stage != "decode":  # counted when the meter was set up
-                    self._failure(x, stage)
+            for stage in meter.faults:  # set-up, mid-stream and end-of-body faults alike
+                self._failure(x, stage)
             report = meter.report()
             cfg = self.config
             plan = meter.plan(
@@ -564,6 +566,8 @@ class MeteringProxy:
         if x.recorded:
             return
         x.recorded = True
+        if self.config.otel:
+            trace_failed_request(x, report, self._upstream)
         try:
             responses = () if meter is None else meter.responses
             record = build_record(x, report, self.config.instance_id, responses)

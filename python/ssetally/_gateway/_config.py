@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,13 @@ from typing import Any
 import httpx
 
 from .._metering import RetrievalPolicy
+
+#: A header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+#: Headers that carry credentials (the fingerprinted key headers, cookies, proxy credentials).
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-goog-api-key"}
+)
 
 __all__ = ["ProxyConfig", "default_instance_id", "key_fingerprint", "safe_url"]
 
@@ -67,6 +75,11 @@ class ProxyConfig:
     :param idle_timeout: longest time a stream may go without an output-bearing event
         (comments and pings do not count); the stream is cut past it. None: no limit.
     :param stream_deadline: longest time one answer may stream; cut past it. None: no limit.
+    :param cost: price every report and record (genai-prices, about a third of a
+        millisecond of CPU a stream); off, records have no cost.
+    :param subject_header: the request header whose value is each record's ``subject`` (whom
+        a request is billed to; the CloudEvents ``subject``, else the key fingerprint);
+        sanitised and cut to 256 characters. A credential header is refused.
     :param upstream_client: the HTTP library of the upstream pool: ``httpx2`` (its pool scales
         to hundreds of concurrent streams), ``httpx``, or ``auto`` (httpx2 when installed).
     """
@@ -95,6 +108,16 @@ class ProxyConfig:
     max_inflight_body_bytes: int = 256 * 1024 * 1024
     idle_timeout: float | None = 900.0
     stream_deadline: float | None = 3600.0
+    subject_header: str | None = None
+    cost: bool = True
+
+    def __post_init__(self) -> None:
+        name = self.subject_header
+        if name is not None:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"--subject-header must be a header name, got {name[:100]!r}")
+            if name.lower() in _CREDENTIAL_HEADERS:
+                raise ValueError(f"--subject-header {name} carries credentials: never recorded")
 
     def upstream_url(self) -> httpx.URL:
         """The validated upstream URL."""

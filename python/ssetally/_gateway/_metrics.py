@@ -1,17 +1,22 @@
-"""The metering proxy's metrics: Prometheus text format on ``/metrics`` (prometheus-client),
-and the OpenTelemetry GenAI metric ``gen_ai.client.token.usage`` when OpenTelemetry is
-importable (through the global MeterProvider, which does nothing until one is configured).
+"""The metering proxy's metrics: Prometheus text format on ``/metrics`` (prometheus-client).
 
 Each ``ProxyMetrics`` has a registry of its own, so several proxies can live in one process.
+(The OpenTelemetry GenAI span and metrics of each stream are recorded by the metering
+pipeline itself, ``StreamMeter.complete``.)
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+import math
+import re
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from ..sinks import Sink, SinkCollector
 
 __all__ = ["ProxyMetrics"]
 
@@ -27,15 +32,10 @@ _TOKEN_KINDS = (
     ("reasoning", "reasoning_tokens"),
 )
 
-#: gen_ai.operation.name per API (OpenTelemetry GenAI semantic conventions).
-_OPERATION = {
-    "chat.completions": "chat",
-    "completions": "text_completion",
-    "responses": "chat",
-    "anthropic.messages": "chat",
-    "gemini": "generate_content",
-    "cohere": "chat",
-}
+#: An ISO 4217 currency code (label values stay bounded).
+_CURRENCY = re.compile(r"[A-Z]{3}")
+#: Seconds between two log messages about one kind of metering fault.
+FAULT_LOG_EVERY = 30.0
 
 
 def _import_prometheus() -> Any:
@@ -46,50 +46,6 @@ def _import_prometheus() -> Any:
             "the metering proxy needs prometheus-client: pip install 'ssetally[proxy]'"
         ) from exc
     return prometheus_client
-
-
-class _OtelTokens:
-    """``gen_ai.client.token.usage`` on the global OpenTelemetry MeterProvider."""
-
-    def __init__(
-        self, histogram: Any, server_address: str | None, model_label: Callable[[str], str]
-    ) -> None:
-        self._histogram = histogram
-        self._server_address = server_address
-        self._model_label = model_label
-
-    @classmethod
-    def create(
-        cls, server_address: str | None, model_label: Callable[[str], str]
-    ) -> _OtelTokens | None:
-        try:
-            metrics = importlib.import_module("opentelemetry.metrics")
-        except ImportError:
-            return None
-        meter = metrics.get_meter("ssetally.proxy")
-        histogram = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Measures number of input and output tokens used",
-        )
-        return cls(histogram, server_address, model_label)
-
-    def record(self, record: Mapping[str, Any]) -> None:
-        usage = record.get("usage") or {}
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": _OPERATION.get(str(record.get("api")), "chat"),
-            "gen_ai.request.model": self._model_label(
-                str(record.get("requested_model") or record.get("model") or "")
-            ),
-            "gen_ai.response.model": self._model_label(str(record.get("model") or "")),
-            "ssetally.usage.source": usage.get("source") or "none",
-        }
-        if self._server_address:
-            attributes["server.address"] = self._server_address
-        for kind, key in (("input", "input_tokens"), ("output", "output_tokens")):
-            value = usage.get(key)
-            if isinstance(value, int):
-                self._histogram.record(value, {**attributes, "gen_ai.token.type": kind})
 
 
 #: Distinct model names the metrics keep as label values; later ones are counted as
@@ -121,10 +77,45 @@ class _ModelLabels:
             return model
 
 
+class _FaultLog:
+    """Logs each kind of fault at most every ``FAULT_LOG_EVERY`` seconds, with the count since
+    the last message: a fault that hits every request logs a line now and then, not per request."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def note(self, stage: str, count: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            total = self._counts.get(stage, 0) + count
+            if now - self._last.get(stage, -math.inf) < FAULT_LOG_EVERY:
+                self._counts[stage] = total
+                return
+            self._last[stage] = now
+            self._counts[stage] = 0
+        logger.warning(
+            "ssetally proxy: %d metering fault(s) at stage %s since the last message "
+            "(streams are passed on; see ssetally_proxy_metering_failures_total)",
+            total,
+            stage,
+        )
+
+
+def _amount(value: Any) -> float | None:
+    """A cost amount of a record (a decimal string) as a float, None if it is not one."""
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return float(amount) if amount.is_finite() and amount >= 0 else None
+
+
 class ProxyMetrics:
     """The counters and histograms of one proxy, updated once per finished request."""
 
-    def __init__(self, *, otel: bool = True, server_address: str | None = None) -> None:
+    def __init__(self) -> None:
         prom = _import_prometheus()
         self._prom = prom
         self.registry = prom.CollectorRegistry(auto_describe=True)
@@ -170,17 +161,42 @@ class ProxyMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.cost = prom.Counter(
+            "ssetally_proxy_cost",
+            "What the metered requests cost, by model and currency (genai-prices; estimated "
+            "usage gives an estimated cost).",
+            ["model", "currency"],
+            registry=self.registry,
+        )
         self._model_label = _ModelLabels()
-        self._otel = _OtelTokens.create(server_address, self._model_label) if otel else None
+        self._fault_log = _FaultLog()
+        self._sink: Sink | None = None
+        self._sink_failed = 0
+        self._sink_lock = threading.Lock()
 
-    @property
-    def otel_enabled(self) -> bool:
-        """True when the OpenTelemetry GenAI metric is being recorded."""
-        return self._otel is not None
+    def watch(self, sink: Sink) -> None:
+        """Expose ``sink``'s counters, and count the records it fails to write (a full disk,
+        a refusing database) as metering failures at stage ``sink``."""
+        self.registry.register(SinkCollector(sink))
+        self._sink = sink
+        self._sink_failed = sink.failed
 
-    def failure(self, stage: str) -> None:
-        """Count a metering fault at ``stage``."""
-        self.metering_failures.labels(stage).inc()
+    def failure(self, stage: str, count: int = 1) -> None:
+        """Count ``count`` metering faults at ``stage`` (logged, at most every 30 s a stage)."""
+        self.metering_failures.labels(stage).inc(count)
+        self._fault_log.note(stage, count)
+
+    def _sync_sink(self) -> None:
+        """Count the records the sink failed to write since the last look (it writes from a
+        thread of its own, after the record was counted as queued)."""
+        sink = self._sink
+        if sink is None:
+            return
+        with self._sink_lock:
+            failed = sink.failed
+            new, self._sink_failed = failed - self._sink_failed, failed
+        if new > 0:
+            self.failure("sink", new)
 
     def observe(self, record: Mapping[str, Any]) -> None:
         """Account one finished request's record."""
@@ -191,10 +207,10 @@ class ProxyMetrics:
         if isinstance(client_bytes, int) and client_bytes > 0:
             self.client_bytes.inc(client_bytes)
         usage = record.get("usage")
+        model = self._model_label(
+            str(record.get("model") or record.get("requested_model") or "unknown")
+        )
         if usage:
-            model = self._model_label(
-                str(record.get("model") or record.get("requested_model") or "unknown")
-            )
             source = str(usage.get("source") or "stream")
             for kind, key in _TOKEN_KINDS:
                 value = usage.get(key)
@@ -203,13 +219,16 @@ class ProxyMetrics:
         duration = (record.get("timings") or {}).get("duration")
         if record.get("stream") and isinstance(duration, (int, float)):
             self.stream_duration.labels(api).observe(duration)
-        if self._otel is not None:
-            try:
-                self._otel.record(record)
-            except Exception:
-                logger.exception("ssetally proxy: recording the OpenTelemetry metric failed")
-                self.failure("otel")
+        cost = record.get("cost")
+        if isinstance(cost, Mapping):
+            amount = _amount(cost.get("total"))
+            if amount:
+                currency = str(cost.get("currency"))
+                currency = currency if _CURRENCY.fullmatch(currency) else "other"
+                self.cost.labels(model, currency).inc(amount)
+        self._sync_sink()
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
+        self._sync_sink()
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

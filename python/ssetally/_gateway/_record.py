@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .._metering import redact
 from .._report import StreamReport
+
+#: Longest subject kept: it comes from a request header.
+MAX_SUBJECT_LENGTH = 256
 
 
 def now_iso() -> str:
@@ -51,6 +57,28 @@ class Exchange:
     budget: int = 0
     #: The record is left to the background fallbacks (retrieval, estimate).
     deferred: bool = False
+    #: Whom the request is billed to: the ``--subject-header`` value, sanitised.
+    subject: str | None = None
+
+
+def subject_of(
+    headers: Iterable[tuple[bytes, bytes]], name: str | None, secrets: tuple[str, ...] = ()
+) -> str | None:
+    """The record's subject: the first ``name`` request header, as UTF-8 (undecodable bytes
+    replaced), control and format characters removed, runs of white space made one space,
+    credentials redacted, cut to ``MAX_SUBJECT_LENGTH``; None when absent or empty."""
+    if not name:
+        return None
+    wanted = name.lower().encode("latin-1")
+    raw = next((v for k, v in headers if k.lower() == wanted), None)
+    if raw is None:
+        return None
+    text = raw[: MAX_SUBJECT_LENGTH * 4].decode("utf-8", errors="replace")
+    kept = "".join(
+        " " if c.isspace() else c for c in text if c.isspace() or unicodedata.category(c)[0] != "C"
+    )
+    subject = redact(" ".join(kept.split()), secrets)[:MAX_SUBJECT_LENGTH]
+    return subject or None
 
 
 def _short(value: Any, limit: int = 2000) -> Any:
@@ -111,6 +139,7 @@ def build_record(
         "record_id": x.request_id,
         "instance_id": instance_id,
         "key_fingerprint": x.key_fingerprint,
+        "subject": x.subject,
         "method": x.method,
         "path": x.path,
         "requested_model": x.requested_model,
@@ -127,6 +156,10 @@ def build_record(
         else report.finish_reason or report.incomplete_reason,
         "usage": None if usage is None else _usage_dict(usage),
         "usage_source": None if usage is None else usage.source,
+        # Amounts as decimal strings: JSON keeps them exact.
+        "cost": None if report is None or report.cost is None else report.cost.to_dict(),
+        "cost_reason": None if report is None else report.cost_reason,
+        "choices": [] if report is None else [c.to_dict() for c in report.choices],
         "attempts": []
         if report is None
         else [{"source": a.source, "ok": a.ok, "reason": a.reason} for a in report.attempts],

@@ -75,7 +75,7 @@ def serve_proxy(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    sink: str = "jsonl:ssetally-usage.jsonl",
+    sink: Sink | str = "jsonl:ssetally-usage.jsonl",
     log_level: str = "info",
     http: str = "auto",
 ) -> None:
@@ -87,7 +87,7 @@ def serve_proxy(
     """
     import uvicorn
 
-    app = MeteringProxy(config, open_sink(sink))
+    app = MeteringProxy(config, open_sink(sink) if isinstance(sink, str) else sink)
     try:
         uvicorn.Server(_uvicorn_config(app, host, port, log_level, http)).run()
     except KeyboardInterrupt:

@@ -3,8 +3,10 @@
 Bytes in (any chunking, optionally compressed) go to the native tap, and through the native
 stripper when usage was injected; the clock readings are stamped as they arrive. When the
 stream has ended, ``report()`` says what the stream itself said, ``plan()`` which fallbacks
-are due, and ``complete()`` merges what they gave into the final, redacted, timed report.
-The front-ends (``connect_usage``, ``MeteringTransport``, the proxy) only do the I/O around it.
+are due, and ``complete()`` merges what they gave into the final, redacted, timed and priced
+report, and records the stream's OpenTelemetry span and metrics (once per stream).
+The front-ends (``connect_usage``, ``MeteringTransport``, the proxy, the ASGI middleware,
+``meter``) only do the I/O around it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
+from .._cost import price_report
 from .._report import Attempt, StreamReport, Timings
 from .._tap import UsageTap
+from .._telemetry import Telemetry, shared_telemetry
 from ._decode import decoder_for
 from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
-from ._redact import redact_report
+from ._redact import redact, redact_report
+from ._request import requested_model
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
 
 
@@ -31,15 +37,23 @@ class StreamMeter:
         ``"usage":null`` members it brings) are removed from what ``feed`` returns.
     :param content_encoding: the response's ``Content-Encoding``; the tap reads a decompressed
         copy, and a body that cannot be decoded is not metered (``warnings`` says why).
-    :param collect_output: reassemble the output text (needed for an estimate).
+    :param collect_output: reassemble the output text (needed for an estimate; always on
+        for a request of ``n > 1`` choices, whose shares are apportioned by their text).
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
     :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
+    :param price: price the final report (``cost``, ``choices``); without, ``cost_reason``
+        says pricing was off.
+    :param telemetry: where ``complete()`` records the stream's span and metrics: True for
+        the process's shared ``Telemetry`` (the global OpenTelemetry providers), False for
+        nowhere, or a ``Telemetry`` of its own.
     """
 
     __slots__ = (
         "_decoder",
         "_pass_decoded",
+        "_price",
+        "_recorded",
         "_stripper",
         "_tap",
         "end_time",
@@ -47,13 +61,16 @@ class StreamMeter:
         "faults",
         "first_byte",
         "first_content",
+        "http_status",
         "last_content",
         "metering",
         "request_body",
         "request_sent",
         "responses",
         "secrets",
+        "server",
         "stopped_by_client",
+        "telemetry",
         "undecodable",
         "warnings",
     )
@@ -69,8 +86,17 @@ class StreamMeter:
         secrets: tuple[str, ...] = (),
         api: str = "auto",
         pass_decoded: bool = False,
+        telemetry: Telemetry | bool = True,
+        price: bool = True,
     ) -> None:
         self.request_body = request_body
+        self._price = price
+        self.telemetry = telemetry
+        #: Host and port the request went to, as ``plan()`` read them from its ``request``.
+        self.server: tuple[str | None, int | None] = (None, None)
+        #: The answer's HTTP status, as given to ``plan()``.
+        self.http_status: int | None = None
+        self._recorded = False
         self.secrets = secrets
         self.request_sent = time.monotonic() if request_sent is None else request_sent
         self.first_byte: float | None = None
@@ -90,7 +116,9 @@ class StreamMeter:
         #: Why the body stopped decoding (bomb, corrupt), when ``pass_decoded`` is on.
         self.undecodable: str | None = None
         self._pass_decoded = pass_decoded
-        self._tap = UsageTap(api, collect_output=collect_output)
+        # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
+        several = request_body is not None and _count(request_body.get("n")) > 1
+        self._tap = UsageTap(api, collect_output=collect_output or several)
         self._decoder: ContentDecoder | None = None
         try:
             self._decoder = decoder_for(content_encoding)
@@ -193,6 +221,7 @@ class StreamMeter:
                 try:
                     self._decoder.finish()
                 except ValueError as exc:
+                    self.faults.append("decode")
                     self.warnings.append(f"the compressed body ended early: {exc}")
 
     def report(self) -> StreamReport:
@@ -230,6 +259,9 @@ class StreamMeter:
         nothing may wait on the network; an ``http_status`` of 400 or more gets no fallback
         (an error answer is not estimated as if it were output). A body the tap could not read gets none: an estimate
         of unread output would count nothing."""
+        self.http_status = http_status
+        if request is not None:
+            self.server = _server_of(request)
         if not self.metering or report.usage is not None:
             return NOTHING
         if http_status is not None and http_status >= 400:
@@ -257,7 +289,9 @@ class StreamMeter:
         self, report: StreamReport, plan: Plan, retrieved: RetrievalResult | None = None
     ) -> StreamReport:
         """The final report: the fallbacks' results merged, credentials redacted, timings
-        attached. Never raises. (Runs the estimate when planned: CPU work, off the loop.)"""
+        attached, priced (``cost``, ``choices``, ``cost_reason``), and recorded to
+        OpenTelemetry the first time. Never raises. (Runs the estimate when planned, and the
+        pricing: CPU work, off the loop where the front-end can.)"""
         report = apply_fallbacks(report, plan, retrieved, self.request_body)
         report = redact_report(report, self.secrets)
         timings = Timings(
@@ -268,7 +302,62 @@ class StreamMeter:
             end=self.end_time,
             output_tokens=None if report.usage is None else report.usage.output_tokens,
         )
-        return report.replace(timings=timings)
+        report = self._priced(report.replace(timings=timings))
+        if not self._recorded:
+            self._recorded = True
+            self._record(report)
+        return report
+
+    def _priced(self, report: StreamReport) -> StreamReport:
+        if not self._price:
+            return report.replace(cost_reason="pricing is off")
+        # The request's wall-clock time picks the price in force then.
+        when = time.time() - (time.monotonic() - self.request_sent)
+        try:
+            asked = requested_model(self.request_body)
+            priced, reason = price_report(report, requested_model=asked, when=when)
+        except Exception as exc:  # noqa: BLE001 - pricing never breaks metering
+            return report.replace(cost_reason=f"pricing failed: {type(exc).__name__}")
+        # The reason quotes model names, which come from the network.
+        return priced.replace(cost_reason=None if reason is None else redact(reason, self.secrets))
+
+    def _record(self, report: StreamReport) -> None:
+        telemetry = self.telemetry
+        if telemetry is False:
+            return
+        if telemetry is True:
+            telemetry = shared_telemetry()
+        status = self.http_status
+        host, port = self.server
+        telemetry.record_stream(
+            report,
+            request_model=requested_model(self.request_body),
+            server_address=host,
+            server_port=port,
+            error_type=str(status) if status is not None and status >= 400 else None,
+        )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _server_of(request: Any) -> tuple[str | None, int | None]:
+    """Host and port of a request's ``url`` (an httpx URL or a string). Never raises."""
+    try:
+        url = request.url
+        if isinstance(url, str):
+            parts = urlsplit(url)
+            host, port, scheme = parts.hostname, parts.port, parts.scheme
+        else:
+            host, port, scheme = url.host, url.port, url.scheme
+    except Exception:  # noqa: BLE001 - a request without a usable url has no server
+        return None, None
+    if port is None:
+        port = {"https": 443, "http": 80}.get(scheme)
+    return (host if isinstance(host, str) and host else None), (
+        port if isinstance(port, int) else None
+    )
 
 
 def _combined(last: StreamReport, responses: tuple[StreamReport, ...]) -> StreamReport:

@@ -3,7 +3,7 @@ writes it in batches, isolates a record that fails from the others, and (for the
 sinks) parks records in the on-disk spool while the destination is unreachable.
 
 Every record queued ends in exactly one counter: ``written`` (now or after a spool replay),
-``failed`` (refused by the destination, logged once), ``dropped`` (queue or spool full, logged)
+``failed`` (refused by the destination, logged at most every 30 s with a count), ``dropped`` (queue or spool full, logged)
 or still waiting (``pending`` in the queue, ``spool_depth`` on disk).
 """
 
@@ -131,6 +131,7 @@ class Sink:
         self._retry_at = 0.0  # monotonic time before which the destination is not tried
         self._down_log = _Throttled()
         self._drop_log = _Throttled()
+        self._fail_log = _Throttled()
         self._close_deadline = math.inf
         self._closed = False
         self._open()
@@ -376,12 +377,16 @@ class Sink:
     def _fail(self, records: list[dict[str, Any]], exc: Exception) -> None:
         with self._cond:
             self.failed += len(records)
+        # A destination that refuses everything (a full disk) must not log once per record.
+        count = self._fail_log.due(len(records))
+        if not count:
+            return
         ids = ", ".join(str(r.get("record_id")) for r in records[:5])
         more = f" and {len(records) - 5} more" if len(records) > 5 else ""
         logger.error(
-            "ssetally sink: %s refused %d records (%s): record_id %s%s",
+            "ssetally sink: %s refused %d records since the last message (%s): record_id %s%s",
             self.target,
-            len(records),
+            count,
             self._describe(exc),
             ids,
             more,
