@@ -20,9 +20,9 @@ allows, else sampled every MiB fed) while feeding it:
   measured).
 
 A case passes when growth <= 2 x limit + 16 MiB, the limit being what the class may hold at
-once (its event/line size, or the decoder's per-feed output; end to end, the largest of the
-pipeline's buffers: one event for the stripper and the tap, the per-feed output plus an event
-for a compressed body, which is far below the 256 MiB decompression budget).
+once (its event/line size, or the decoder's per-feed output; end to end, ``max_event_size``
+for the line, the per-feed output plus an event for a compressed body, far below the 256 MiB
+decompression budget).
 """
 
 from __future__ import annotations
@@ -240,9 +240,9 @@ class _Upstream:
 
 
 def _limit_of(target: str) -> int:
-    """What the pipeline may hold at once: an event in the stripper and one in the tap for the
-    line; for a bomb, one feed's output and the event the tap holds."""
-    return 2 * PIPELINE_EVENT if target == "line" else PIPELINE_FEED + PIPELINE_EVENT
+    """The limit a case is judged by: ``max_event_size`` for the line (the stripper and the
+    tap each hold at most that); for a bomb, one feed's output and the event the tap holds."""
+    return PIPELINE_EVENT if target == "line" else PIPELINE_FEED + PIPELINE_EVENT
 
 
 def _read_all(url: str, client: Any) -> int:
