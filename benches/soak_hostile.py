@@ -195,6 +195,14 @@ def truthful(kind: str, record: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- the upstream
 
 
+async def _cancel_all() -> None:
+    """Cancel the loop's other tasks (idle pooled connections of the proxy) and wait for them."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass
 class HostileServed:
     kind: str
@@ -260,10 +268,7 @@ class Upstream:
             loop.run_forever()
         finally:
             self._server.close()
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(_cancel_all())
             loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
