@@ -11,8 +11,9 @@ Gemini, Cohere, Mistral, ...), each request drawing a fault from a fixed mix: cl
 connection drops (orderly close or reset) before the headers, between events and in the middle
 of an event, truncated JSON, mid-stream error events, slow and byte-by-byte streams, a server
 that stops sending (before or after its headers), HTML pages with status 200, 429 and 500
-answers. The metering proxy runs in its own process (``python -m ssetally proxy``, JSONL sink
-in a temporary directory) so that its RSS is its own; ``--concurrency`` asyncio clients stream
+answers. The metering proxy runs in its own process (``serve_proxy``, as ``ssetally proxy``
+runs it, with settings the command line has no flag for; JSONL sink in a temporary directory)
+so that its RSS is its own; ``--concurrency`` asyncio clients stream
 through it until ``--seconds`` have passed, then the proxy is stopped gracefully (its sink is
 flushed) and everything is checked:
 
