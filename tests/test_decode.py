@@ -207,3 +207,56 @@ def test_small_limits_are_exact() -> None:
             got += d.feed(body[i : i + 1])
     assert d.total_output == 2500
     assert got == bytes(len(got))
+
+
+def peak_reset() -> bool:
+    """Reset the peak RSS (VmHWM) to the current RSS, where the kernel allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+#: The property's limits: small, so that decoding past them would show in the resident set.
+PROPERTY_PER_FEED = 256 * 1024
+PROPERTY_TOTAL = 32 * MiB
+
+
+@pytest.mark.skipif(not peak_reset(), reason="the kernel does not let VmHWM be reset")
+@settings(max_examples=15, deadline=None)
+@given(
+    name=st.sampled_from(sorted(ENCODERS)),
+    sizes=st.lists(st.integers(min_value=1, max_value=256 * 1024), min_size=1, max_size=6),
+)
+def test_peak_memory_of_a_bomb_is_bounded_for_any_chunking(name: str, sizes: list[int]) -> None:
+    """Property: a 512 MiB bomb cut into chunks cycling through ``sizes`` never yields more
+    than the per-feed limit from one feed nor more than the total, and the peak resident set
+    grows by no more than twice the per-feed output plus the decoder's window (brotli 4 MiB,
+    zstd up to 8 MiB) and slack: the bomb is never decoded past its budget."""
+    body = bomb(name)
+    d = ContentDecoder(
+        ENCODERS[name][0], max_output_per_feed=PROPERTY_PER_FEED, max_total_output=PROPERTY_TOTAL
+    )
+    peak_reset()
+    before = peak_rss()
+    largest = at = i = 0
+    with pytest.raises(DecompressionBombError):
+        while at < len(body):
+            step = sizes[i % len(sizes)]
+            largest = max(largest, len(d.feed(body[at : at + step])))
+            at += step
+            i += 1
+    grown = peak_rss() - before
+    assert largest <= PROPERTY_PER_FEED
+    assert d.total_output <= PROPERTY_TOTAL
+    assert grown <= 2 * PROPERTY_PER_FEED + 2 * max(sizes) + 16 * MiB, grown / MiB

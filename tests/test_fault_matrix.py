@@ -14,6 +14,13 @@ Responses stream is retrieved; a server that stops sending before or after its h
 timeouts); a trickle of one byte per 100 ms; invalid UTF-8, truncated JSON, a mid-stream error
 event, and an HTML page with status 200. Clean streams are the first rows, for reference.
 
+A second table (``HOSTILE_CASES``, ``test_hostile_matrix``) holds what a hostile upstream can
+send: a line past ``max_event_size`` (with and without usage injection), a decompression bomb
+in each supported coding, truncated and undecodable compressed bodies, numbers no counter holds
+in the usage and hostile strings in the request, two response ids in one stream, an endless
+comment stream (idle timeout), a stream past its deadline, an event stream labelled
+``text/html`` and event streams with error statuses.
+
 Checked in every cell: what the caller gets (a report whose ``status`` and usage source tell
 the truth, or the exception when no stream could be opened); the usage against the server's
 own truth when it was read or retrieved; the events counted against the bytes received; the
@@ -43,11 +50,13 @@ from ssetally import (
     RetrievalPolicy,
     SSEError,
     StreamReport,
+    StreamTimeoutError,
     aconnect_usage,
     connect_usage,
 )
 from ssetally._gateway import ProxyConfig, ProxyServer
 from ssetally._replay import Faults, ReplayServer, Served, split_events
+from typing_extensions import Self
 
 KEY = "sk-fault-matrix-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -700,3 +709,676 @@ def test_fault_matrix(case: Case, layer: str, tmp_path: Path) -> None:
         if layer == "proxy":
             check_record(case, record, out, served, server)
     assert low <= elapsed <= high, (low, elapsed, high)
+
+
+# =========================================================================== hostile upstreams
+#
+# The second table: answers an attacker (or a broken provider) could send, which the replay
+# server cannot make. A scripted HTTP/1.0 upstream on 127.0.0.1 writes each case's bytes as
+# they are (the body ends when the connection closes); the layers are the same three, except
+# that the proxy's client reads the raw body (``iter_raw``), so every byte it gets is checked
+# against what the upstream wrote whatever the body holds. Every cell asserts a report or a
+# record with a truthful status or warning, the bytes unchanged, and a time bound.
+
+MiB = 1 << 20
+#: Past ``DEFAULT_MAX_EVENT_SIZE_BYTES`` (16 MiB): the longest event any layer buffers.
+LONG_LINE = 17 * MiB
+#: Past the metering decoders' total budget (256 MiB) however the body is read.
+BOMB_SIZE = 300 * MiB
+HOSTILE_GUARD = 60.0
+#: The idle timeout and deadline of the endless cases (proxy config, connect_usage options).
+IDLE = 0.5
+DEADLINE = 1.0
+
+
+def _text_chunk(text: str, response_id: str = "chatcmpl-hostile") -> bytes:
+    chunk = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def _finish_chunk(response_id: str = "chatcmpl-hostile") -> bytes:
+    chunk = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def _usage_chunk(usage: bytes, response_id: str = "chatcmpl-hostile") -> bytes:
+    return (
+        b'data: {"id":"' + response_id.encode() + b'","object":"chat.completion.chunk",'
+        b'"created":1,"model":"gpt-4o-mini","choices":[],"usage":' + usage + b"}\n\n"
+    )
+
+
+HOSTILE_USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+USAGE_CHUNK = _usage_chunk(json.dumps(HOSTILE_USAGE).encode())
+DONE = b"data: [DONE]\n\n"
+#: A normal Chat stream: text, finish, the usage-only chunk, [DONE].
+NORMAL = _text_chunk("Hello") + _finish_chunk() + USAGE_CHUNK + DONE
+
+
+def _long_line_stream() -> bytes:
+    """An event whose one data line is past every event limit, then a normal stream."""
+    return b"data: " + b"x" * LONG_LINE + b"\n\n" + NORMAL
+
+
+#: Numbers no column or counter can hold: 2**63 (one past int64) and 1e308.
+HOSTILE_NUMBERS = (
+    b'{"prompt_tokens":9223372036854775808,"completion_tokens":1e308,"total_tokens":-1}'
+)
+HOSTILE_NUMBERS_STREAM = _text_chunk("Hi") + _finish_chunk() + _usage_chunk(HOSTILE_NUMBERS) + DONE
+TWO_IDS = (
+    _text_chunk("one", "chatcmpl-first")
+    + _finish_chunk("chatcmpl-first")
+    + _usage_chunk(b'{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}', "chatcmpl-first")
+    + _text_chunk("two", "chatcmpl-second")
+    + _finish_chunk("chatcmpl-second")
+    + _usage_chunk(b'{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}', "chatcmpl-second")
+    + DONE
+)
+
+
+def _compress(encoding: str, blocks: Iterator[bytes]) -> bytes:
+    import zlib
+
+    if encoding in ("gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        z = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        return b"".join(z.compress(b) for b in blocks) + z.flush()
+    if encoding == "br":
+        brotli = pytest.importorskip("brotli")
+        c = brotli.Compressor(quality=5, lgwin=22)
+        return bytes(b"".join(c.process(b) for b in blocks) + c.finish())
+    zstandard = pytest.importorskip("zstandard")
+    z = zstandard.ZstdCompressor(level=3).compressobj()
+    return b"".join(z.compress(b) for b in blocks) + z.flush()
+
+
+_BOMBS: dict[str, bytes] = {}
+
+
+def bomb(encoding: str) -> bytes:
+    """A valid event, then a comment line of 300 MiB of spaces, compressed (made once)."""
+    if encoding not in _BOMBS:
+        spaces = b" " * MiB
+        blocks = iter(
+            [_text_chunk("Hello"), b":", *([spaces] * (BOMB_SIZE // MiB)), b"\n\n", NORMAL]
+        )
+        _BOMBS[encoding] = _compress(encoding, blocks)
+    return _BOMBS[encoding]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the scripted upstream writes: status, headers, then ``body`` (or, ``endless``, a
+    stream that goes on until the client hangs up: ``body`` then ``endless`` every 50 ms)."""
+
+    body: Callable[[], bytes]
+    status: int = 200
+    content_type: str = "text/event-stream"
+    encoding: str | None = None
+    endless: bytes | None = None
+
+
+class HostileUpstream:
+    """A threaded HTTP/1.0 server on 127.0.0.1 writing ``answer`` for every request. Keeps the
+    bytes it wrote (``written``, per request) and the request bodies it got (``bodies``)."""
+
+    def __init__(self, answer: Answer) -> None:
+        import http.server
+
+        self.stop = threading.Event()
+        self.written: list[bytearray] = []
+        self.bodies: list[bytes] = []
+        self.completed: list[bool] = []
+        owner = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                owner.bodies.append(self.rfile.read(length) if length else b"")
+                sent = bytearray()
+                owner.written.append(sent)
+                owner.completed.append(False)
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                if answer.encoding:
+                    self.send_header("Content-Encoding", answer.encoding)
+                self.end_headers()
+                try:
+                    data = answer.body()
+                    for i in range(0, len(data), 1 << 16):
+                        self.wfile.write(data[i : i + (1 << 16)])
+                        sent += data[i : i + (1 << 16)]
+                    while answer.endless is not None and not owner.stop.wait(0.05):
+                        self.wfile.write(answer.endless)
+                        self.wfile.flush()
+                        sent += answer.endless
+                    owner.completed[-1] = answer.endless is None
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+#: A case's own checks of one cell.
+Check = Callable[["HostileCell"], None]
+
+
+@dataclass
+class HostileCell:
+    """One cell's results: what the caller got and, for the proxy, its record."""
+
+    layer: str
+    case: HostileCase
+    out: Outcome
+    record: dict[str, Any] | None = None
+    #: The request body the upstream received.
+    upstream_body: bytes = b""
+
+    @property
+    def warnings(self) -> str:
+        """Every warning of the report or record, as one text."""
+        if self.record is not None:
+            return " | ".join(self.record["warnings"])
+        assert self.out.report is not None, repr(self.out.error)
+        return " | ".join(self.out.report.warnings)
+
+    @property
+    def status(self) -> str:
+        if self.record is not None:
+            return str(self.record["status"])
+        assert self.out.report is not None, repr(self.out.error)
+        return self.out.report.status
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    id: str
+    answer: Answer
+    #: Checks of the report (sync, async) or the record (proxy).
+    check: Check
+    #: The request body; the default is a Chat stream that did not ask for usage.
+    body: Callable[[], dict[str, Any]] = lambda: {"model": MODEL, "stream": True, "messages": []}
+    #: connect_usage's ``include_usage`` and the proxy's ``inject_usage``.
+    inject: bool = False
+    #: What the direct request raises (None: a stream opens; raised while reading: ``reading``).
+    raises: Raised | None = None
+    reading: Raised | None = None
+    #: connect_usage ``idle_timeout`` / ``deadline`` and the proxy's.
+    idle: float | None = None
+    deadline: float | None = None
+    seconds: float = 20.0
+    #: The cell may not end before this (a cut by time comes at its timeout, not early).
+    at_least: float = 0.0
+    #: The bytes that reach the proxy's client, from what the upstream wrote (default: all).
+    relayed: Callable[[bytes], bytes] = lambda b: b
+    #: A known gap: the cell is expected to fail its ``check`` (strict), for this reason.
+    xfail: str | None = None
+    #: The layers the known gap is in.
+    xfail_layers: tuple[str, ...] = LAYERS
+    #: ``check`` also looks at what the direct request raised.
+    check_raised: bool = False
+
+
+def _stripped(data: bytes) -> bytes:
+    """What a client that did not ask for usage receives when the proxy injected it."""
+    return data.replace(USAGE_CHUNK, b"")
+
+
+def _usage_read(cell: HostileCell) -> None:
+    """The stream's own usage was read, whatever came before it."""
+    if cell.record is not None:
+        assert cell.record["usage_source"] == "stream", cell.record["attempts"]
+        assert tokens_of(cell.record["usage"]) == (11, 5)
+    else:
+        report = cell.out.report
+        assert report is not None and report.usage is not None, repr(cell.out.error)
+        assert report.usage.source == "stream", report.attempts
+        assert (report.usage.input_tokens, report.usage.output_tokens) == (11, 5)
+
+
+def check_long_line(cell: HostileCell) -> None:
+    assert cell.status == "completed"
+    _usage_read(cell)
+    if cell.record is None:
+        report = cell.out.report
+        assert report is not None and report.oversized_events == 1, report
+        # The oversized event is skipped, the events around it are the caller's.
+        assert all(len(e.data) < 1000 for e in cell.out.events) and cell.out.events
+    else:
+        assert "larger than max_event_size" in cell.warnings, cell.warnings
+
+
+def check_bomb(cell: HostileCell) -> None:
+    assert "decompression limit" in cell.warnings, cell.warnings
+    if cell.record is not None:
+        assert cell.record["usage_source"] != "stream"
+
+
+def check_undecodable(cell: HostileCell) -> None:
+    text = cell.warnings
+    assert "does not decode" in text or "ended early" in text, text
+    if cell.record is not None:
+        assert cell.record["usage_source"] != "stream"
+
+
+def check_truncated(cell: HostileCell) -> None:
+    assert cell.status == "truncated"
+    if cell.record is None:
+        # Read to the cut: the events before it are the caller's, the cut is said.
+        assert "ended early" in cell.warnings, cell.warnings
+        assert cell.out.events
+    else:
+        assert cell.record["usage_source"] != "stream"
+
+
+def check_numbers_flagged(cell: HostileCell) -> None:
+    """A count that is not one (1e308, -1) is said in the warnings, not silently dropped."""
+    text = cell.warnings
+    assert "completion_tokens" in text and "total_tokens" in text, text
+
+
+def check_hostile_numbers(cell: HostileCell) -> None:
+    assert cell.status == "completed"
+    if cell.record is not None:
+        # 2**63 does not fit a signed 64-bit column: stored as None, and said.
+        assert any("input_tokens" in path for path in cell.record["sanitized"]), cell.record
+        usage = cell.record["usage"] or {}
+        for name in ("input_tokens", "output_tokens", "total_tokens"):
+            value = usage.get(name)
+            assert value is None or (isinstance(value, int) and 0 <= value < 2**63), usage
+    else:
+        report = cell.out.report
+        assert report is not None
+        usage = report.usage
+        # What the provider said where it is a count (2**63 fits u64), never 1e308 or -1.
+        assert usage is not None and usage.source == "stream", report.attempts
+        assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (2**63, None, None)
+
+
+def check_hostile_request(cell: HostileCell) -> None:
+    assert cell.status == "completed"
+    _usage_read(cell)
+    if cell.record is not None:
+        if cell.case.inject:  # injected, or the fault of not injecting is counted
+            injected = b"include_usage" in cell.upstream_body
+            assert injected or "inject" in cell.record["metering_faults"], cell.record
+        text = json.dumps(cell.record, ensure_ascii=False)
+        text.encode("utf-8")  # no lone surrogate left
+        assert len(text) < 64 * 1024, len(text)  # the 4 MiB name is capped
+        assert cell.record["sanitized"], cell.record
+
+
+def check_two_ids(cell: HostileCell) -> None:
+    text = cell.warnings
+    assert "chatcmpl-first" in text and "chatcmpl-second" in text, text
+    if cell.record is not None:
+        ids = [r["response_id"] for r in cell.record["responses"]]
+        assert ids == ["chatcmpl-first", "chatcmpl-second"], cell.record["responses"]
+
+
+def check_cut_by_time(words: str) -> Check:
+    def check(cell: HostileCell) -> None:
+        assert cell.status not in ("completed",), cell.status
+        if cell.record is not None:
+            assert words in cell.record["ended_by"], cell.record["ended_by"]
+        else:
+            assert isinstance(cell.out.error, StreamTimeoutError), repr(cell.out.error)
+            assert words in str(cell.out.error)
+
+    return check
+
+
+def check_html_sse(cell: HostileCell) -> None:
+    if cell.record is not None:
+        assert "not metered" in cell.warnings and "text/html" in cell.warnings, cell.warnings
+        assert cell.record["usage"] is None
+    else:
+        assert isinstance(cell.out.error, SSEError), repr(cell.out.error)
+
+
+def check_sse_error_status(status: int) -> Check:
+    def check(cell: HostileCell) -> None:
+        if cell.record is not None:
+            assert cell.record["http_status"] == cell.record["upstream_status"] == status
+            assert cell.record["usage_source"] != "estimate", cell.record
+            assert cell.record["status"] != "completed", cell.record["status"]
+        else:
+            assert isinstance(cell.out.error, APIStatusError), repr(cell.out.error)
+            assert cell.out.error.status_code == status
+
+    return check
+
+
+ENCODINGS = ("gzip", "deflate", "br", "zstd")
+#: Decoded size of the error-page bomb: small enough for the suite, large enough to tell.
+ERROR_BOMB = 64 * MiB
+
+
+def _error_bomb() -> bytes:
+    return _compress("gzip", iter([b'{"error":"', *([b" " * MiB] * (ERROR_BOMB // MiB)), b'"}']))
+
+
+def check_error_bomb(cell: HostileCell) -> None:
+    """An error answer whose gzip body is a bomb: relayed as it is by the proxy, and never
+    decoded past a bound into ``APIStatusError.body``."""
+    if cell.record is not None:
+        assert cell.record["http_status"] == 500 and cell.record["usage_source"] != "estimate"
+    else:
+        assert isinstance(cell.out.error, APIStatusError), repr(cell.out.error)
+        assert len(str(cell.out.error.body)) <= MiB, len(str(cell.out.error.body))
+
+
+def _truncated_gzip() -> bytes:
+    """A gzip stream cut in its middle: text deltas, never their end."""
+    stream = _text_chunk("word ") * 2000 + _finish_chunk() + USAGE_CHUNK + DONE
+    whole = _compress("gzip", iter([stream]))
+    return whole[: len(whole) // 2]
+
+
+HOSTILE_CASES: list[HostileCase] = [
+    HostileCase("line-over-max-event-size", Answer(_long_line_stream), check_long_line),
+    HostileCase(
+        "line-over-max-event-size-injected",
+        Answer(_long_line_stream),
+        check_long_line,
+        inject=True,
+        relayed=_stripped,
+    ),
+    *[
+        HostileCase(
+            f"bomb-{encoding}",
+            Answer(lambda e=encoding: bomb(e), encoding=encoding),  # type: ignore[misc]
+            check_bomb,
+            reading=SSEError,
+            seconds=40.0,
+        )
+        for encoding in ENCODINGS
+    ],
+    HostileCase(
+        "truncated-gzip",
+        Answer(_truncated_gzip, encoding="gzip"),
+        check_truncated,
+    ),
+    HostileCase(
+        "undecodable-br",
+        Answer(lambda: b"\xff\xfe this is not brotli " * 64, encoding="br"),
+        check_undecodable,
+        reading=SSEError,
+    ),
+    HostileCase(
+        "hostile-numbers-in-usage", Answer(lambda: HOSTILE_NUMBERS_STREAM), check_hostile_numbers
+    ),
+    HostileCase(
+        "hostile-numbers-flagged",
+        Answer(lambda: HOSTILE_NUMBERS_STREAM),
+        check_numbers_flagged,
+        xfail="the native usage reader drops a count that is negative, fractional or past "
+        "u64 (1e308, -1) to None with no warning (rust/src/usage/json.rs)",
+    ),
+    HostileCase(
+        "hostile-strings-in-request",
+        Answer(lambda: NORMAL),
+        check_hostile_request,
+        body=lambda: {
+            "model": "\ud800" + "m" * (4 * MiB),
+            "user": "\udfff\x00",
+            "stream": True,
+            "messages": [{"role": "user", "content": "\ud83d"}],
+        },
+    ),
+    HostileCase(
+        "hostile-strings-in-request-injected",
+        Answer(lambda: NORMAL),
+        check_hostile_request,
+        body=lambda: {
+            "model": "\ud800" + "m" * (4 * MiB),
+            "user": "\udfff\x00",
+            "stream": True,
+            "messages": [{"role": "user", "content": "\ud83d"}],
+        },
+        inject=True,
+        relayed=_stripped,
+        # The proxy cannot re-encode a lone surrogate as UTF-8: it forwards the request as it
+        # came (no injection) and counts a metering fault; connect_usage raises instead.
+        xfail="connect_usage re-encodes the body it adds include_usage to as json=, which "
+        "httpx encodes as strict UTF-8: a lone surrogate raises UnicodeEncodeError "
+        "(python/ssetally/_client.py _prepare)",
+        xfail_layers=("sync", "async"),
+    ),
+    HostileCase("two-response-ids", Answer(lambda: TWO_IDS), check_two_ids),
+    HostileCase(
+        "endless-comments",
+        Answer(lambda: _text_chunk("Hello"), endless=b": keep-alive\n\n"),
+        check_cut_by_time(f"{IDLE:g}s"),
+        idle=IDLE,
+        reading=StreamTimeoutError,
+        seconds=10.0,
+        at_least=IDLE * 0.9,
+    ),
+    HostileCase(
+        "past-the-deadline",
+        Answer(lambda: _text_chunk("Hello"), endless=_text_chunk("more ")),
+        check_cut_by_time(f"deadline of {DEADLINE:g}s"),
+        deadline=DEADLINE,
+        reading=StreamTimeoutError,
+        seconds=10.0,
+        at_least=DEADLINE * 0.9,
+    ),
+    HostileCase(
+        "sse-body-as-text-html",
+        Answer(lambda: NORMAL, content_type="text/html"),
+        check_html_sse,
+        raises=SSEError,
+    ),
+    *[
+        HostileCase(
+            f"sse-error-status-{status}",
+            Answer(lambda: _text_chunk("lots of words to count " * 20) + DONE, status=status),
+            check_sse_error_status(status),
+            raises=APIStatusError,
+        )
+        for status in (400, 429, 500, 503)
+    ],
+    HostileCase(
+        "error-status-gzip-bomb",
+        Answer(_error_bomb, status=500, content_type="application/json", encoding="gzip"),
+        check_error_bomb,
+        raises=APIStatusError,
+        check_raised=True,
+        xfail="connect_usage reads an error answer whole with response.read(), which httpx "
+        "decodes without a bound (python/ssetally/_client.py)",
+        xfail_layers=("sync", "async"),
+    ),
+]
+
+HOSTILE_PARAMS = [
+    pytest.param(
+        case,
+        layer,
+        id=f"{case.id}-{layer}",
+        marks=[pytest.mark.xfail(strict=True, reason=case.xfail)]
+        if case.xfail and layer in case.xfail_layers
+        else [],
+    )
+    for case in HOSTILE_CASES
+    for layer in LAYERS
+]
+
+
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+def _encoded(case: HostileCase) -> bytes:
+    """The request body as JSON with every non-ASCII character escaped: a lone surrogate is a
+    valid ``\\ud800`` escape on the wire, as a hostile client would send it."""
+    return json.dumps(case.body()).encode("ascii")
+
+
+def _direct(case: HostileCase, url: str, layer: str) -> Outcome:
+    options = {
+        "include_usage": case.inject,
+        "idle_timeout": case.idle,
+        "deadline": case.deadline,
+        "retrieve": False,
+    }
+    out = Outcome()
+    start = time.monotonic()
+    if layer == "sync":
+        transport = Recording()
+        with httpx.Client(transport=transport, timeout=10.0, trust_env=False) as client:
+            try:
+                with connect_usage(
+                    client, "POST", url, content=_encoded(case), headers=JSON_AUTH, **options
+                ) as stream:
+                    out.opened = True
+                    try:
+                        out.events.extend(stream)
+                    except Exception as exc:  # noqa: BLE001 - checked by the caller
+                        out.error = exc
+                out.report = stream.report
+            except Exception as exc:  # noqa: BLE001 - the request itself failed
+                out.error = exc
+        bodies = transport.bodies
+    else:
+        atransport = AsyncRecording()
+
+        async def go() -> None:
+            async with httpx.AsyncClient(transport=atransport, timeout=10.0, trust_env=False) as c:
+                try:
+                    async with aconnect_usage(
+                        c, "POST", url, content=_encoded(case), headers=JSON_AUTH, **options
+                    ) as stream:
+                        out.opened = True
+                        try:
+                            async for event in stream:
+                                out.events.append(event)
+                        except Exception as exc:  # noqa: BLE001 - checked by the caller
+                            out.error = exc
+                    out.report = stream.report
+                except Exception as exc:  # noqa: BLE001 - the request itself failed
+                    out.error = exc
+
+        asyncio.run(asyncio.wait_for(go(), HOSTILE_GUARD - 1))
+        bodies = atransport.bodies
+    out.seconds = time.monotonic() - start
+    out.received = bytes(bodies[0]) if bodies else b""
+    return out
+
+
+def _through_proxy(case: HostileCase, proxy: ProxyServer, sink: Path) -> Outcome:
+    """The raw body through the proxy, then (after the proxy flushed) the wait for its record."""
+    out = Outcome()
+    start = time.monotonic()
+    received = bytearray()
+    with httpx.Client(timeout=10.0, trust_env=False) as client:
+        try:
+            with client.stream(
+                "POST",
+                proxy.url + "/v1/chat/completions",
+                content=_encoded(case),
+                headers=JSON_AUTH,
+            ) as response:
+                out.opened = True
+                try:
+                    for piece in response.iter_raw():
+                        received += piece
+                except httpx.HTTPError as exc:
+                    out.error = exc
+        except httpx.HTTPError as exc:
+            out.error = exc
+    out.received = bytes(received)
+    while not jsonl(sink) and time.monotonic() - start < HOSTILE_GUARD - 2:
+        time.sleep(0.01)
+    out.seconds = time.monotonic() - start
+    return out
+
+
+@pytest.mark.parametrize(("case", "layer"), HOSTILE_PARAMS)
+def test_hostile_matrix(case: HostileCase, layer: str, tmp_path: Path) -> None:
+    sink = tmp_path / "usage.jsonl"
+    with HostileUpstream(case.answer) as upstream:
+        record = None
+        if layer == "proxy":
+            config = ProxyConfig(
+                upstream=upstream.origin,
+                otel=False,
+                read_timeout=5.0,
+                connect_timeout=2.0,
+                shutdown_timeout=5.0,
+                inject_usage=case.inject,
+                idle_timeout=case.idle,
+                stream_deadline=case.deadline,
+            )
+            with ProxyServer(config, f"jsonl:{sink}") as proxy:
+                out = guarded(lambda: _through_proxy(case, proxy, sink), HOSTILE_GUARD)
+                assert proxy.flush(10.0)
+                upstream.stop.set()
+                records = jsonl(sink)
+            assert len(records) == 1, records
+            record = records[0]
+            assert record["key_fingerprint"] and KEY not in json.dumps(record)
+            assert record["http_status"] == case.answer.status
+        else:
+            url = upstream.origin + "/v1/chat/completions"
+            out = guarded(lambda: _direct(case, url, layer), HOSTILE_GUARD)
+            upstream.stop.set()
+        cell = HostileCell(layer, case, out, record, (upstream.bodies or [b""])[0])
+        written = bytes(upstream.written[0]) if upstream.written else b""
+        if layer == "proxy":
+            # Every byte the upstream wrote reached the client unchanged (less the usage chunk,
+            # when the proxy asked for it); an endless stream is cut, so what came is a prefix.
+            injected = bool(upstream.bodies) and b"include_usage" in upstream.bodies[0]
+            expected = case.relayed(written) if injected else written
+            if case.answer.endless is None:
+                assert out.received == expected, (len(out.received), len(expected))
+                assert record is not None and record["bytes"]["client"] == len(expected)
+            else:
+                assert out.received and expected.startswith(out.received)
+        elif case.raises is not None:
+            assert not out.opened and isinstance(out.error, case.raises), repr(out.error)
+        else:
+            assert out.opened and out.report is not None, repr(out.error)
+            if case.reading is None:
+                assert out.error is None, repr(out.error)
+                assert upstream.completed == [True]
+                assert out.received == written  # the transport saw the upstream's bytes
+            else:
+                assert isinstance(out.error, case.reading), repr(out.error)
+                assert written.startswith(out.received)
+            if case.inject:
+                # The usage chunk the caller did not ask for is not shown.
+                assert not [e for e in out.events if '"choices":[]' in e.data]
+        if case.raises is None or layer == "proxy" or case.check_raised:
+            case.check(cell)
+    assert case.at_least <= out.seconds <= case.seconds, out.seconds

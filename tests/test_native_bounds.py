@@ -334,3 +334,95 @@ def test_the_2024_captures_lose_only_their_usage_chunk(name: str) -> None:
     expected = b"".join(b + b"\n\n" for b in content)
     assert strip([raw]) == (expected, (1, 0, 0))
     assert strip([raw[i : i + 13] for i in range(0, len(raw), 13)]) == (expected, (1, 0, 0))
+
+
+# ------------------------------------------------------------------------ any chunking (property)
+
+#: The property's limit: small, so an unbounded buffer (the whole 24 MiB line) stands out from
+#: the allowed growth by far.
+PROPERTY_LIMIT = 64 * KiB
+PROPERTY_LINE = 24 * MiB
+
+
+def peak_reset() -> bool:
+    """Reset the peak RSS (VmHWM) to the current RSS, where the kernel allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * KiB
+    raise AssertionError("no VmHWM")
+
+
+def _feeder(kind: str) -> Callable[[bytes], object]:
+    if kind == "decoder":
+        decoder = SSEDecoder(max_event_size=PROPERTY_LIMIT)
+
+        def feed(chunk: bytes) -> object:
+            try:
+                return decoder.feed(chunk)
+            except EventTooLargeError as exc:
+                return exc.events
+
+        return feed
+    if kind == "lines":
+        lines = LineDecoder(max_line_size=PROPERTY_LIMIT)
+
+        def feed_lines(chunk: bytes) -> object:
+            try:
+                return lines.feed(chunk)
+            except EventTooLargeError as exc:
+                return exc.lines
+
+        return feed_lines
+    if kind == "tap":
+        return UsageTap(max_event_size=PROPERTY_LIMIT).feed
+    return UsageChunkStripper(max_event_size=PROPERTY_LIMIT).feed
+
+
+#: The hostile line once per run (24 MiB); each example cuts it differently.
+_LINE = b"x" * PROPERTY_LINE
+
+
+@linux_only
+@pytest.mark.skipif(not peak_reset(), reason="the kernel does not let VmHWM be reset")
+@settings(max_examples=12, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(FEEDERS)),
+    head=st.sampled_from([b"", b"data: ", b"data: {}\n\n: c\ndata: ", b"event: x\nid: 1\ndata:"]),
+    sizes=st.lists(st.integers(min_value=64 * KiB, max_value=2 * MiB), min_size=1, max_size=6),
+    small=st.integers(min_value=16, max_value=4 * KiB),
+)
+def test_peak_memory_stays_within_the_limit_for_any_chunking(
+    kind: str, head: bytes, sizes: list[int], small: int
+) -> None:
+    """Property: whatever the chunking, the peak resident set while feeding a 24 MiB line
+    grows by no more than twice the 64 KiB limit, plus the largest chunk (each is a fresh
+    ``bytes``) and allocator slack. The first 256 KiB (where the limit is crossed) go in
+    ``small``-byte pieces, the rest in chunks cycling through ``sizes``."""
+    feed = _feeder(kind)
+    data = head + _LINE
+    tiny_span = 4 * PROPERTY_LIMIT
+    peak_reset()
+    before = peak_rss()
+    for at in range(0, tiny_span, small):
+        feed(data[at : min(at + small, tiny_span)])
+    at, i = tiny_span, 0
+    while at < len(data):
+        step = sizes[i % len(sizes)]
+        feed(data[at : at + step])
+        at += step
+        i += 1
+    feed(b"\n\ndata: after\n\n")
+    grown = peak_rss() - before
+    assert grown <= 2 * PROPERTY_LIMIT + 2 * max(sizes) + 8 * MiB, (
+        f"{kind}: peak grew {grown / MiB:.1f} MiB over {len(data) / MiB:.0f} MiB fed"
+    )
