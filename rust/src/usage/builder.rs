@@ -1,5 +1,7 @@
 //! Accumulates the events of one response into its [`Report`].
 
+use std::collections::HashMap;
+
 use super::event::EventInfo;
 use super::json::decode;
 use super::merge::overlay;
@@ -35,11 +37,13 @@ pub(crate) struct Builder {
     finished: bool,
     /// [`MAX_STEP_USAGES`] was reached.
     steps_capped: bool,
-    /// The step id of each kept step usage (a step reported twice is kept
-    /// once, its last usage).
-    step_ids: Vec<Vec<u8>>,
+    /// Where each kept step usage is, by step id (a step reported twice is
+    /// kept once, its last usage).
+    step_ids: HashMap<Vec<u8>, usize>,
     /// A second usage with other numbers was warned about.
     dup_warned: bool,
+    /// The kept usage was given as the final one (not a running total).
+    usage_final: bool,
     /// Warnings about rejected usage values given so far.
     value_warnings: usize,
 }
@@ -95,15 +99,13 @@ impl Builder {
             self.report.model = Some(decode(model));
         }
         if let Some(raw) = info.usage {
-            self.take_usage(api, raw, info.merge_usage);
+            self.take_usage(api, raw, info.merge_usage, info.final_usage);
         }
         if info.store.is_some() {
             self.report.store = info.store;
         }
         if let Some(raw) = info.step_usage {
-            let seen = info
-                .step_id
-                .and_then(|id| self.step_ids.iter().position(|s| s == id));
+            let seen = info.step_id.and_then(|id| self.step_ids.get(id).copied());
             if let Some(at) = seen {
                 // A step reported again (a repeated `step.completed`): its
                 // last usage replaces the first, never adds to it.
@@ -114,9 +116,11 @@ impl Builder {
             } else if self.report.step_usages.len() < MAX_STEP_USAGES {
                 let usage = self.usage_from(api, String::from_utf8_lossy(raw).into_owned());
                 if usage.has_counts() {
+                    if let Some(id) = info.step_id {
+                        let at = self.report.step_usages.len();
+                        self.step_ids.insert(id.to_vec(), at);
+                    }
                     self.report.step_usages.push(usage);
-                    self.step_ids
-                        .push(info.step_id.unwrap_or_default().to_vec());
                 }
             } else if !self.steps_capped {
                 self.steps_capped = true;
@@ -150,7 +154,7 @@ impl Builder {
     /// The last usage wins, never a sum; a usage object without counts
     /// (Vertex's `trafficType`-only metadata) is ignored, and an all-zero
     /// one (Ollama's placeholders) does not replace a real one.
-    fn take_usage(&mut self, api: Api, raw: &[u8], merge: bool) {
+    fn take_usage(&mut self, api: Api, raw: &[u8], merge: bool, final_usage: bool) {
         let usage = match (&self.usage, merge) {
             (Some(previous), true) => {
                 let merged = overlay(previous.raw.as_bytes(), raw);
@@ -164,7 +168,7 @@ impl Builder {
                     return;
                 }
                 if let Some(previous) = self.usage.as_ref().filter(|_| !self.dup_warned) {
-                    if differs(api, previous, &usage) {
+                    if differs(api, previous, &usage, self.usage_final) {
                         self.dup_warned = true;
                         let warning = format!(
                             "usage was reported more than once with different numbers ({} then {}); the last one is kept",
@@ -182,6 +186,12 @@ impl Builder {
         };
         if usage.has_counts() {
             self.usage = Some(usage);
+            // Only chat and Gemini send usage before the end (running totals).
+            self.usage_final = final_usage
+                || !matches!(
+                    api,
+                    Api::ChatCompletions | Api::Completions | Api::Gemini | Api::GeminiInteractions
+                );
         }
     }
 
@@ -253,10 +263,12 @@ impl Builder {
     }
 }
 
-/// Whether a later usage object says something else than the earlier
-/// one. Gemini sends running totals in every chunk, so only a count that
-/// goes down is a disagreement there.
-fn differs(api: Api, before: &Usage, after: &Usage) -> bool {
+/// Whether a later usage object says something else than the earlier one
+/// did. Running totals (Gemini in every chunk, chat servers such as
+/// Perplexity on content chunks) only grow, with the same input: there only
+/// a count that goes down or another input is a disagreement. After a usage
+/// given as final, any other number is one.
+fn differs(api: Api, before: &Usage, after: &Usage, before_final: bool) -> bool {
     let pairs = [
         (before.input_tokens, after.input_tokens),
         (before.output_tokens, after.output_tokens),
@@ -265,12 +277,17 @@ fn differs(api: Api, before: &Usage, after: &Usage) -> bool {
         (before.cache_write_tokens, after.cache_write_tokens),
         (before.reasoning_tokens, after.reasoning_tokens),
     ];
-    if matches!(api, Api::Gemini | Api::GeminiInteractions) {
-        return pairs
-            .iter()
-            .any(|(b, a)| matches!((b, a), (Some(b), Some(a)) if a < b));
+    if before_final && !matches!(api, Api::Gemini | Api::GeminiInteractions) {
+        return pairs.iter().any(|(b, a)| b != a);
     }
-    pairs.iter().any(|(b, a)| b != a)
+    let decreased = pairs
+        .iter()
+        .any(|(b, a)| matches!((b, a), (Some(b), Some(a)) if a < b));
+    let other_input = matches!(
+        (before.input_tokens, after.input_tokens),
+        (Some(b), Some(a)) if a != b
+    );
+    decreased || other_input
 }
 
 /// `in/out/total` of a usage, for a warning.

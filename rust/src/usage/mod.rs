@@ -204,6 +204,13 @@ impl UsageTap {
         self.tap.add_bytes(n);
     }
 
+    /// The `store` flag the open response (else the last closed one of this
+    /// stream) echoed, when it said (Responses `response.created`).
+    #[must_use]
+    pub fn store(&self) -> Option<bool> {
+        self.tap.store()
+    }
+
     /// The API detected so far (or the one given as hint).
     #[must_use]
     pub fn api(&self) -> Api {

@@ -81,6 +81,14 @@ impl Tap {
         self.reports.last().and_then(|r| r.response_id.as_deref())
     }
 
+    /// The `store` flag of the open report, else of the last closed one.
+    pub(crate) fn store(&self) -> Option<bool> {
+        self.cur
+            .report
+            .store
+            .or_else(|| self.reports.iter().rev().find_map(|r| r.store))
+    }
+
     /// The id of the open report.
     pub(crate) fn current_id(&self) -> Option<&str> {
         self.cur.report.response_id.as_deref()
