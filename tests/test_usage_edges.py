@@ -108,13 +108,13 @@ def test_assistants_run_without_run_usage_reports_the_sum_of_its_steps(end: str 
     out = tap.output()
     assert out is not None and out["choices"][0]["text"] == "Hello"
 
-    with Scripted(answer(assistants_run(end))) as upstream:
-        with (
-            httpx.Client(timeout=TIMEOUT, trust_env=False) as client,
-            connect_usage(client, "POST", upstream.origin + "/v1/threads/runs", json={}) as s,
-        ):
-            for _ in s:
-                pass
+    with (
+        Scripted(answer(assistants_run(end))) as upstream,
+        httpx.Client(timeout=TIMEOUT, trust_env=False) as client,
+        connect_usage(client, "POST", upstream.origin + "/v1/threads/runs", json={}) as s,
+    ):
+        for _ in s:
+            pass
     assert s.report is not None and s.report.usage is not None
     assert s.report.usage.source == "stream"
     assert s.report.usage.output_tokens == 300
@@ -184,7 +184,10 @@ def test_each_response_of_a_capture_has_its_own_output() -> None:
     )
     tap = tap_all(data)
     got = [
-        (o["response_id"], [(c["id"], c["name"], c["arguments"]) for c in o["choices"][0]["tool_calls"]])
+        (
+            o["response_id"],
+            [(c["id"], c["name"], c["arguments"]) for c in o["choices"][0]["tool_calls"]],
+        )
         for o in tap.outputs()
     ]
     assert got == [("r1", [("call_a", "f", "{}")]), ("r2", [("call_b", "f", "{}")])]
@@ -206,7 +209,9 @@ def test_per_choice_text_finish_reason_and_counts() -> None:
 
     data = data_only(
         [
-            chunk([{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]),
+            chunk(
+                [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]
+            ),
             chunk([{"index": 1, "delta": {}, "finish_reason": "length"}]),
             chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
             chunk([], {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}),
@@ -219,8 +224,18 @@ def test_per_choice_text_finish_reason_and_counts() -> None:
     assert got == [(0, "a", "stop"), (1, "b", "length")]
     gemini = {
         "candidates": [
-            {"index": 0, "content": {"parts": [{"text": "x"}]}, "finishReason": "STOP", "tokenCount": 4},
-            {"index": 1, "content": {"parts": [{"text": "y"}]}, "finishReason": "STOP", "tokenCount": 9},
+            {
+                "index": 0,
+                "content": {"parts": [{"text": "x"}]},
+                "finishReason": "STOP",
+                "tokenCount": 4,
+            },
+            {
+                "index": 1,
+                "content": {"parts": [{"text": "y"}]},
+                "finishReason": "STOP",
+                "tokenCount": 9,
+            },
         ],
         "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 13},
         "responseId": "g1",
@@ -289,7 +304,13 @@ def test_any_value_in_a_token_field_gives_a_count_or_a_warning(value: Any) -> No
     """Property: whatever a token field holds, the report either counts it or warns naming
     the field; never silence."""
     usage = {"prompt_tokens": 3, "completion_tokens": value}
-    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": usage}
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [],
+        "usage": usage,
+    }
     report = tap_all(data_only([chunk, "[DONE]"])).reports[-1]
     assert report.usage is not None
     counted = report.usage.output_tokens
@@ -304,7 +325,13 @@ def test_any_value_in_a_token_field_gives_a_count_or_a_warning(value: Any) -> No
 def test_duplicate_usage_with_other_numbers_warns() -> None:
     def usage(out: int) -> dict[str, Any]:
         u = {"prompt_tokens": 3, "completion_tokens": out, "total_tokens": 3 + out}
-        return {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": u}
+        return {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [],
+            "usage": u,
+        }
 
     report = tap_all(data_only([usage(5), usage(9), "[DONE]"])).reports[-1]
     assert report.usage is not None and report.usage.output_tokens == 9
