@@ -478,6 +478,10 @@ fn set_reason(dst: &mut Option<String>, reason: Option<&str>) {
 /// Longest finish reason kept, in characters.
 const MAX_REASON_CHARS: usize = 64;
 
+/// Deepest container a streamed Gemini argument path may open; deeper
+/// pieces are ignored (each open level costs memory for its path segment).
+const MAX_ARG_DEPTH: usize = 64;
+
 /// One segment of a Gemini `jsonPath` (`$.a.b[0]['c d']`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seg {
@@ -553,6 +557,9 @@ impl GeminiArgs {
         let Some((leaf, containers)) = path.split_last() else {
             return;
         };
+        if containers.len() > MAX_ARG_DEPTH {
+            return;
+        }
         let continues = matches!(get(piece, "willContinue"), Some(JsonValue::Bool(true)));
         let string = text(get(piece, "stringValue"));
         if self.open_string.as_ref() == Some(&path) {
@@ -826,6 +833,41 @@ mod tests {
         assert_eq!(out.choices[&0].reasoning, "x");
         assert_eq!(out.choices[&0].text, "y");
         assert_eq!(out.choices[&0].tool_calls[&0].arguments, r#"{"k":"v\n"}"#);
+    }
+
+    /// Gemini streamed arguments: values of every kind, nested paths, a
+    /// string continued over pieces, unreadable pieces ignored, and a call
+    /// cut before its end closed into whole JSON by [`Output::close`].
+    #[test]
+    fn gemini_partial_args() {
+        let call = |body: &str| {
+            format!(r#"{{"candidates":[{{"content":{{"parts":[{{"functionCall":{body}}}]}}}}]}}"#)
+        };
+        let piece = |p: &str| call(&format!(r#"{{"partialArgs":[{p}],"willContinue":true}}"#));
+        let mut out = Output::default();
+        for e in [
+            call(r#"{"name":"f","willContinue":true}"#),
+            piece(r#"{"jsonPath":"$.a","stringValue":"x\"y","willContinue":true}"#),
+            piece(r#"{"jsonPath":"$.a","stringValue":"z"}"#),
+            piece(r#"{"jsonPath":"$.b[0].c","numberValue":1.5}"#),
+            piece(r#"{"jsonPath":"$.b[1]","boolValue":true}"#),
+            piece(r#"{"jsonPath":"$['d e']","nullValue":null}"#),
+            piece(r#"{"jsonPath":"nonsense","stringValue":"q"}"#),
+            piece(r#"{"jsonPath":"$.g","stringValue":"open","willContinue":true}"#),
+        ] {
+            out.on_event(e.as_bytes());
+        }
+        out.close();
+        let args = &out.choices[&0].tool_calls[&0].arguments;
+        assert_eq!(
+            args,
+            r#"{"a":"x\"yz","b":[{"c":1.5},true],"d e":null,"g":"open"}"#
+        );
+        // Nameless empty markers make no call.
+        let mut out = Output::default();
+        out.on_event(call("{}").as_bytes());
+        out.on_event(call(r#"{"willContinue":true}"#).as_bytes());
+        assert!(out.choices[&0].tool_calls.is_empty());
     }
 
     /// A provider that repeats the full id and name of a tool call in every
