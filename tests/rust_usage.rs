@@ -872,3 +872,90 @@ fn throughput() {
         );
     }
 }
+
+// ---------------------------------------------------------------- outputs
+
+fn outputs(bytes: &[u8]) -> Vec<ssetally::reassemble::Output> {
+    for chunks in [vec![bytes], random_chunks(bytes, 7, 97)] {
+        let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default()).collecting_output();
+        for chunk in &chunks {
+            tap.feed(chunk);
+        }
+        tap.finish();
+        let got: Vec<_> = tap.outputs().into_iter().cloned().collect();
+        if chunks.len() > 1 {
+            return got;
+        }
+    }
+    unreachable!()
+}
+
+/// Regression: Gemini's streamed function-call arguments (`partialArgs`
+/// while `willContinue`) gave 8 empty tool calls instead of 2 calls with
+/// their arguments.
+#[test]
+fn gemini_streamed_function_call_arguments_are_reassembled() {
+    let rel = "google/google-stream-tool-call-arguments.chunks.txt";
+    let out = outputs(&wire(rel, Wire::Data, PLAIN));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].response_id.as_deref(),
+        Some("dqHOab6xGLzWodAPkPuViA4")
+    );
+    let calls: Vec<(&str, &str)> = out[0].choices[&0]
+        .tool_calls
+        .values()
+        .map(|c| (c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("getWeather", r#"{"location":"Boston"}"#),
+            ("getWeather", r#"{"location":"San Francisco"}"#)
+        ]
+    );
+    // Nested paths (`$.recipe.ingredients[0].amount`) build nested JSON.
+    let rel = "google/google-vertex-stream-tool-call-arguments-nested.1.chunks.txt";
+    let out = outputs(&wire(rel, Wire::Data, PLAIN));
+    let calls = &out[0].choices[&0].tool_calls;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = &calls[&0];
+    assert_eq!(call.name, "cookRecipe");
+    let args: serde_json::Value = serde_json::from_str(&call.arguments).expect("valid JSON");
+    let ingredients = args["recipe"]["ingredients"].as_array().expect("an array");
+    assert_eq!(ingredients[0]["amount"], "16 oz");
+    assert_eq!(ingredients[0]["name"], "Lasagna noodles");
+    assert_eq!(ingredients[5]["name"], "Tomato sauce");
+}
+
+/// Regression: the Cerebras file holds two responses; their tool calls were
+/// merged into one (`nonUsefulToolnonUsefulTool`).
+#[test]
+fn cerebras_two_responses_give_two_outputs() {
+    let rel = "cerebras/cererebras-structured-output-tools.1.chunks.txt";
+    let bytes = wire(rel, Wire::DataDone, PLAIN);
+    let reports = run(&bytes);
+    let out = outputs(&bytes);
+    assert_eq!(reports.len(), 2);
+    assert_eq!(out.len(), 2);
+    for (report, output) in reports.iter().zip(&out) {
+        assert_eq!(report.response_id, output.response_id);
+        for call in output.choices.values().flat_map(|c| c.tool_calls.values()) {
+            assert!(
+                !call.name.contains("nonUsefulToolnonUsefulTool"),
+                "{call:?}"
+            );
+            assert!(
+                call.arguments.is_empty()
+                    || serde_json::from_str::<serde_json::Value>(&call.arguments).is_ok(),
+                "{call:?}"
+            );
+        }
+    }
+    let names: Vec<&str> = out
+        .iter()
+        .flat_map(|o| o.choices.values().flat_map(|c| c.tool_calls.values()))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(names.contains(&"nonUsefulTool"), "{names:?}");
+}

@@ -256,8 +256,8 @@ tap = UsageTap(collect_output=kind == "choices")
 def unit(k):
     if kind == "responses":
         return b"".join(CHAT % i for i in range(1000))
-    if kind == "steps":
-        return b"".join(STEP % i for i in range(1000))
+    if kind == "steps":  # distinct steps: a repeated step id is one step
+        return b"".join(STEP % (k * 1000 + i) for i in range(1000))
     items = b",".join(b'{"index":%d}' % (k * 4000 + i) for i in range(4000))
     return b'data: {"id":"a","object":"chat.completion.chunk","model":"m","choices":[' + items + b']}\\n\\n'
 fixed = unit(0)
@@ -265,7 +265,7 @@ tap.feed(fixed[:200])
 base = peak()
 fed, k = 0, 0
 while fed < mb * 1000000:
-    u = fixed if kind != "choices" else unit(k)
+    u = fixed if kind == "responses" else unit(k)
     tap.feed(u)
     fed, k = fed + len(u), k + 1
 report = tap.finish()

@@ -118,9 +118,24 @@ class UsageTap:
     def snapshot_raw(self) -> list[tuple[Any, ...]]:
         """The reports so far, without ending the stream."""
     def output(self) -> dict[str, Any] | None:
-        """The reassembled output, or None unless ``collect_output`` was set."""
+        """The reassembled output of the current response (after ``finish_raw``, the last
+        one), or None unless ``collect_output`` was set: ``{"response_id": str | None,
+        "choices": [{"index", "text", "refusal", "reasoning", "finish_reason" (str | None),
+        "output_tokens" (int | None: the choice's own count where the provider reports
+        one, Gemini ``tokenCount``), "tool_calls": [{"index", "id", "name", "arguments"}]}]}``."""
+    def outputs(self) -> list[dict[str, Any]]:
+        """The reassembled output of every response of the stream, in order, one per report
+        of ``finish_raw`` (a capture of several concatenated responses gives several), each
+        shaped like ``output()`` and keyed by its ``response_id``; ``[]`` unless
+        ``collect_output`` was set. Readable after ``finish_raw`` until the next stream's
+        bytes arrive."""
     def clear_output(self) -> None:
         """Clear the reassembled output."""
+    @property
+    def store(self) -> bool | None:
+        """The ``store`` flag the response echoed in ``response.created`` (Responses API),
+        for the stream being read or else the last one finished; None when it did not say.
+        ``False`` means the response cannot be read back afterwards."""
     @property
     def bytes_fed(self) -> int: ...
     @property

@@ -70,9 +70,11 @@ class UsageTap(_core.UsageTap):
         return self._reports
 
     def output(self) -> dict[str, Any] | None:
-        """The reassembled output ``{"choices": [{"index", "text", "refusal", "reasoning",
+        """The reassembled output of the last response ``{"response_id", "choices":
+        [{"index", "text", "refusal", "reasoning", "finish_reason", "output_tokens",
         "tool_calls": [{"index", "id", "name", "arguments"}]}]}``, or None unless
-        ``collect_output`` was set."""
+        ``collect_output`` was set. ``outputs()`` gives one per response, in the order of
+        ``reports``."""
         return super().output()
 
 

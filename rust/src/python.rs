@@ -337,12 +337,19 @@ mod _core {
     pub struct UsageTap {
         inner: CoreTap,
         bytes_fed: u64,
+        /// The `store` flag the last finished stream's responses echoed,
+        /// readable after `finish_raw` reset the tap.
+        finished_store: Option<bool>,
     }
 
     /// A usage record as a tuple in the field order of Python's `Usage`.
     /// A usage as a tuple in the field order of Python's `Usage`, its raw
     /// object already a dict.
-    fn usage_tuple<'py>(py: Python<'py>, u: &Usage) -> PyResult<Bound<'py, PyTuple>> {
+    fn usage_tuple<'py>(
+        py: Python<'py>,
+        u: &Usage,
+        note: Option<&str>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let raw = json_value(py, &u.raw)?;
         let raw = match raw.cast_into::<PyDict>() {
             Ok(dict) => dict,
@@ -357,7 +364,7 @@ mod _core {
             u.reasoning_tokens,
             intern!(py, "stream"),
             raw,
-            py.None(),
+            note,
         )
             .into_pyobject(py)
     }
@@ -365,11 +372,16 @@ mod _core {
     /// A report as a tuple with every field of Python's `StreamReport`, in
     /// order, so it becomes one without a call per field.
     fn report_tuple<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyTuple>> {
-        let usage = r.usage.as_ref().map(|u| usage_tuple(py, u)).transpose()?;
+        let note = r.usage_note.as_deref();
+        let usage = r
+            .usage
+            .as_ref()
+            .map(|u| usage_tuple(py, u, note))
+            .transpose()?;
         let steps = r
             .step_usages
             .iter()
-            .map(|u| usage_tuple(py, u))
+            .map(|u| usage_tuple(py, u, None))
             .collect::<PyResult<Vec<_>>>()?;
         let error = r.error.as_deref().map(|e| json_value(py, e)).transpose()?;
         let fields = [
@@ -459,6 +471,8 @@ mod _core {
             c.set_item("text", &choice.text)?;
             c.set_item("refusal", &choice.refusal)?;
             c.set_item("reasoning", &choice.reasoning)?;
+            c.set_item("finish_reason", choice.finish_reason.as_deref())?;
+            c.set_item("output_tokens", choice.output_tokens)?;
             let calls = PyList::empty(py);
             for (call_index, call) in &choice.tool_calls {
                 let t = PyDict::new(py);
@@ -472,6 +486,7 @@ mod _core {
             choices.append(c)?;
         }
         let d = PyDict::new(py);
+        d.set_item("response_id", out.response_id.as_deref())?;
         d.set_item("choices", choices)?;
         Ok(d)
     }
@@ -498,12 +513,17 @@ mod _core {
             Ok(Self {
                 inner,
                 bytes_fed: 0,
+                finished_store: None,
             })
         }
 
         /// Tap one chunk of the stream. Never raises on any bytes.
         fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
             let chunk = chunk_bytes(data)?;
+            if self.bytes_fed == 0 {
+                // A new stream: the last one's flag no longer applies.
+                self.finished_store = None;
+            }
             self.bytes_fed += chunk.len() as u64;
             if chunk.len() >= DETACH_THRESHOLD {
                 let inner = &mut self.inner;
@@ -518,9 +538,9 @@ mod _core {
         /// The tap is reset for a new stream; the output stays readable.
         fn finish_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
             self.bytes_fed = 0;
-            let reports = self
-                .inner
-                .finish()
+            let finished = self.inner.finish();
+            self.finished_store = finished.iter().rev().find_map(|r| r.store);
+            let reports = finished
                 .iter()
                 .map(|r| report_tuple(py, r))
                 .collect::<PyResult<Vec<_>>>()?;
@@ -544,9 +564,30 @@ mod _core {
             self.inner.output().map(|o| output_dict(py, o)).transpose()
         }
 
+        /// The reassembled output of every response of the stream, in order
+        /// (one per report), each `{"response_id": ..., "choices": [...]}`;
+        /// empty when the tap was not asked to collect it.
+        fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let items = self
+                .inner
+                .outputs()
+                .into_iter()
+                .map(|o| output_dict(py, o))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)
+        }
+
         /// Clears the reassembled output (for reusing the tap).
         fn clear_output(&mut self) {
             self.inner.take_output();
+        }
+
+        /// The `store` flag the response echoed in `response.created`
+        /// (Responses), for the stream being read or else the last one
+        /// finished; None when it did not say.
+        #[getter]
+        fn store(&self) -> Option<bool> {
+            self.inner.store().or(self.finished_store)
         }
 
         #[getter]

@@ -275,6 +275,12 @@ class StreamMeter:
             if body is not None and body.get("store") is False:
                 reason = "the request set store=false: nothing to read back; retrieval skipped"
                 skipped = (Attempt("retrieval", False, reason),)
+            elif self._tap.store is False:
+                reason = (
+                    "the response said store=false (response.created): nothing to read back; "
+                    "retrieval skipped"
+                )
+                skipped = (Attempt("retrieval", False, reason),)
             elif interrupted is not None:
                 reason = f"interrupted ({interrupted}); retrieval skipped"
                 skipped = (Attempt("retrieval", False, reason),)

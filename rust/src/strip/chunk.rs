@@ -6,6 +6,8 @@ use std::ops::Range;
 
 use jiter::{Jiter, Peek};
 
+use crate::usage::deep;
+
 /// The fate of a block.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Verdict {
@@ -114,6 +116,9 @@ fn classify(k: &str) -> Key {
 /// whole JSON object of interest (invalid JSON included).
 fn shape(data: &[u8]) -> Option<Shape> {
     let mut jiter = Jiter::new(data);
+    // Where `jiter` starts in `data` (it starts again past a member nested
+    // deeper than its recursion limit).
+    let mut base = 0;
     // Every `choices` member is an array / an empty array.
     let (mut choices, mut arrays, mut empty) = (false, true, true);
     // The last `usage` member's kind, how many there are, and where the
@@ -124,24 +129,35 @@ fn shape(data: &[u8]) -> Option<Shape> {
     let mut key = jiter.next_object().ok()?.map(classify);
     while let Some(k) = key {
         let peek = jiter.peek().ok()?;
-        let start = jiter.current_index();
-        jiter.known_skip(peek).ok()?;
+        let start = base + jiter.current_index();
+        let end = match jiter.known_skip(peek) {
+            Ok(()) => base + jiter.current_index(),
+            // Any depth is read, without recursion: an injected usage chunk
+            // must be found however deep a value in it is nested.
+            Err(err) if deep::too_deep(&err) => {
+                let end = deep::skip_value(data, start)?;
+                base = end;
+                jiter = Jiter::new(&data[end..]);
+                end
+            }
+            Err(_) => return None,
+        };
         match k {
             Key::Choices => {
                 choices = true;
                 arrays &= peek == Peek::Array;
-                empty &= peek == Peek::Array && is_empty_array(jiter.slice_to_current(start));
+                empty &= peek == Peek::Array && is_empty_array(&data[start..end]);
             }
             Key::Usage => {
                 usages += 1;
                 usage = Some(peek);
                 if peek == Peek::Null {
-                    null_span = Some((before, jiter.current_index()));
+                    null_span = Some((before, end));
                 }
             }
             Key::Other => {}
         }
-        before = Some(jiter.current_index());
+        before = Some(end);
         key = jiter.next_key().ok()?.map(classify);
     }
     // Only a whole JSON object: trailing bytes make it something else.

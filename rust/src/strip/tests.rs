@@ -134,3 +134,32 @@ fn an_endless_line_is_not_held() {
     assert_eq!(out, b"\n\n");
     assert_eq!((s.stripped, s.oversized), (1, 1));
 }
+
+/// Regression: jiter's nesting limit (128) made a usage-only chunk with a
+/// deeper value unrecognised, so the caller saw a chunk it never asked for;
+/// any depth is read now, without recursion. The `"usage":null` member of
+/// a deep content chunk is cut as usual.
+#[test]
+fn deeply_nested_chunks_are_judged_like_shallow_ones() {
+    for depth in [200, 100_000] {
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let content = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}},\"x\":{nested}}}],\"usage\":null}}\n\n"
+        );
+        let usage =
+            format!("data: {{\"choices\":[],\"usage\":{{\"total_tokens\":3,\"x\":{nested}}}}}\n\n");
+        let stream = format!("{content}{usage}data: [DONE]\n\n");
+        let (out, stripped) = run(&[stream.as_bytes()]);
+        let want = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}},\"x\":{nested}}}]}}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(stripped, 1, "depth {depth}");
+        assert!(out == want.as_bytes(), "depth {depth}");
+        // Invalid deep JSON is still kept unchanged.
+        let broken = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"x\":{}}}}}\n\n",
+            "[".repeat(depth)
+        );
+        assert_eq!(run(&[broken.as_bytes()]), (broken.clone().into_bytes(), 0));
+    }
+}

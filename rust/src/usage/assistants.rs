@@ -82,7 +82,10 @@ pub(crate) fn parse<'a>(name: &'a [u8], data: &'a [u8]) -> Result<EventInfo<'a>,
                 info.terminal = true;
             }
         }
-        Kind::StepCompleted => info.step_usage = non_null(usage),
+        Kind::StepCompleted => {
+            info.step_usage = non_null(usage);
+            info.step_id = nonempty_str(id);
+        }
         Kind::Delta => {
             if let Some(delta) = delta {
                 info.delta = has_text_under(delta, &[b"value", b"arguments", b"input"], 8)?;

@@ -1,9 +1,11 @@
 //! Accumulates the events of one response into its [`Report`].
 
+use std::collections::HashMap;
+
 use super::event::EventInfo;
 use super::json::decode;
 use super::merge::overlay;
-use super::normalize::normalize;
+use super::normalize::normalize_checked;
 use super::types::{Api, Report, Status, Usage};
 
 /// How an event relates to the response being built.
@@ -17,6 +19,11 @@ pub(crate) enum Relation {
     Next,
     /// A new response started while the current one was still open.
     Spliced,
+    /// Another id on an event that does not open a response, after the
+    /// current response reported its usage but no finish: for chat, whose
+    /// chunks all carry the id, a new response that came without the
+    /// previous one's finish chunk.
+    OtherAfterUsage,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -30,7 +37,20 @@ pub(crate) struct Builder {
     finished: bool,
     /// [`MAX_STEP_USAGES`] was reached.
     steps_capped: bool,
+    /// Where each kept step usage is, by step id (a step reported twice is
+    /// kept once, its last usage).
+    step_ids: HashMap<Vec<u8>, usize>,
+    /// A second usage with other numbers was warned about.
+    dup_warned: bool,
+    /// The kept usage was given as the final one (not a running total).
+    usage_final: bool,
+    /// Warnings about rejected usage values given so far.
+    value_warnings: usize,
 }
+
+/// Most warnings about rejected usage values one report gives (a stream
+/// that repeats a bad value in every chunk must not repeat the warning).
+const MAX_VALUE_WARNINGS: usize = 8;
 
 /// Most run-step usages one report keeps (a copy of each usage object is
 /// kept, so a hostile stream of step events must not grow without bound).
@@ -39,9 +59,11 @@ pub const MAX_STEP_USAGES: usize = 1024;
 impl Builder {
     /// Whether chat chunks may take the prefiltered path: the id and model
     /// are known and no finish signal has been seen, so a plain content
-    /// chunk can change nothing but the delta count.
+    /// chunk can change nothing but the delta count. After a usage chunk
+    /// the full parse is needed again: a chunk with another id then starts
+    /// a new response.
     pub(crate) fn fast_ok(&self) -> bool {
-        !self.id.is_empty() && self.report.model.is_some() && !self.finished
+        !self.id.is_empty() && self.report.model.is_some() && !self.finished && self.usage.is_none()
     }
 
     pub(crate) fn relation(&self, info: &EventInfo<'_>) -> Relation {
@@ -61,6 +83,7 @@ impl Builder {
         match (info.starts, self.finished) {
             (_, true) => Relation::Next,
             (true, false) => Relation::Spliced,
+            (false, false) if self.usage.is_some() => Relation::OtherAfterUsage,
             (false, false) => Relation::Same,
         }
     }
@@ -76,12 +99,27 @@ impl Builder {
             self.report.model = Some(decode(model));
         }
         if let Some(raw) = info.usage {
-            self.take_usage(api, raw, info.merge_usage);
+            self.take_usage(api, raw, info.merge_usage, info.final_usage);
+        }
+        if info.store.is_some() {
+            self.report.store = info.store;
         }
         if let Some(raw) = info.step_usage {
-            if self.report.step_usages.len() < MAX_STEP_USAGES {
-                let usage = usage_from(api, String::from_utf8_lossy(raw).into_owned());
+            let seen = info.step_id.and_then(|id| self.step_ids.get(id).copied());
+            if let Some(at) = seen {
+                // A step reported again (a repeated `step.completed`): its
+                // last usage replaces the first, never adds to it.
+                let usage = self.usage_from(api, String::from_utf8_lossy(raw).into_owned());
                 if usage.has_counts() {
+                    self.report.step_usages[at] = usage;
+                }
+            } else if self.report.step_usages.len() < MAX_STEP_USAGES {
+                let usage = self.usage_from(api, String::from_utf8_lossy(raw).into_owned());
+                if usage.has_counts() {
+                    if let Some(id) = info.step_id {
+                        let at = self.report.step_usages.len();
+                        self.step_ids.insert(id.to_vec(), at);
+                    }
                     self.report.step_usages.push(usage);
                 }
             } else if !self.steps_capped {
@@ -116,15 +154,29 @@ impl Builder {
     /// The last usage wins, never a sum; a usage object without counts
     /// (Vertex's `trafficType`-only metadata) is ignored, and an all-zero
     /// one (Ollama's placeholders) does not replace a real one.
-    fn take_usage(&mut self, api: Api, raw: &[u8], merge: bool) {
+    fn take_usage(&mut self, api: Api, raw: &[u8], merge: bool, final_usage: bool) {
         let usage = match (&self.usage, merge) {
-            (Some(previous), true) => usage_from(api, overlay(previous.raw.as_bytes(), raw)),
+            (Some(previous), true) => {
+                let merged = overlay(previous.raw.as_bytes(), raw);
+                self.usage_from(api, merged)
+            }
             _ => {
                 // Normalise first: most ignored objects are never copied.
-                let usage = normalize(api, raw);
+                let usage = self.normalize(api, raw);
                 let keeps_real = self.usage.as_ref().is_some_and(|u| !u.is_zero());
                 if !usage.has_counts() || (usage.is_zero() && keeps_real) {
                     return;
+                }
+                if let Some(previous) = self.usage.as_ref().filter(|_| !self.dup_warned) {
+                    if differs(api, previous, &usage, self.usage_final) {
+                        self.dup_warned = true;
+                        let warning = format!(
+                            "usage was reported more than once with different numbers ({} then {}); the last one is kept",
+                            brief(previous),
+                            brief(&usage)
+                        );
+                        self.report.warnings.push(warning);
+                    }
                 }
                 Usage {
                     raw: String::from_utf8_lossy(raw).into_owned(),
@@ -134,7 +186,34 @@ impl Builder {
         };
         if usage.has_counts() {
             self.usage = Some(usage);
+            // Only chat and Gemini send usage before the end (running totals).
+            self.usage_final = final_usage
+                || !matches!(
+                    api,
+                    Api::ChatCompletions | Api::Completions | Api::Gemini | Api::GeminiInteractions
+                );
         }
+    }
+
+    /// [`normalize_checked`], its warnings (a few per report) added to the
+    /// report.
+    fn normalize(&mut self, api: Api, raw: &[u8]) -> Usage {
+        let mut warnings = Vec::new();
+        let usage = normalize_checked(api, raw, &mut warnings);
+        for warning in warnings {
+            if self.value_warnings < MAX_VALUE_WARNINGS && !self.report.warnings.contains(&warning)
+            {
+                self.value_warnings += 1;
+                self.report.warnings.push(warning);
+            }
+        }
+        usage
+    }
+
+    fn usage_from(&mut self, api: Api, raw: String) -> Usage {
+        let mut usage = self.normalize(api, raw.as_bytes());
+        usage.raw = raw;
+        usage
     }
 
     /// `data: [DONE]`: the transport-level end of the stream. For chat and
@@ -158,6 +237,16 @@ impl Builder {
         report.api = api;
         report.status = self.status.unwrap_or(Status::Truncated);
         report.usage = self.usage;
+        if report.usage.is_none() && !report.step_usages.is_empty() {
+            // An Assistants run cut short or waiting for tool outputs
+            // (`requires_action`) reports no usage of its own: what its
+            // steps used is the best count there is, and says so.
+            report.usage = Some(step_sum(&report.step_usages));
+            report.usage_note = Some(format!(
+                "the sum of the usage of the run's {} step(s): the run reported no usage of its own",
+                report.step_usages.len()
+            ));
+        }
         if report.oversized_events > 0 {
             report.warnings.push(format!(
                 "{} event(s) larger than max_event_size ({max_event_size} bytes) were skipped",
@@ -174,10 +263,64 @@ impl Builder {
     }
 }
 
-fn usage_from(api: Api, raw: String) -> Usage {
-    let mut usage = normalize(api, raw.as_bytes());
-    usage.raw = raw;
-    usage
+/// Whether a later usage object says something else than the earlier one
+/// did. Running totals (Gemini in every chunk, chat servers such as
+/// Perplexity on content chunks) only grow, with the same input: there only
+/// a count that goes down or another input is a disagreement. After a usage
+/// given as final, any other number is one.
+fn differs(api: Api, before: &Usage, after: &Usage, before_final: bool) -> bool {
+    let pairs = [
+        (before.input_tokens, after.input_tokens),
+        (before.output_tokens, after.output_tokens),
+        (before.total_tokens, after.total_tokens),
+        (before.cached_input_tokens, after.cached_input_tokens),
+        (before.cache_write_tokens, after.cache_write_tokens),
+        (before.reasoning_tokens, after.reasoning_tokens),
+    ];
+    if before_final && !matches!(api, Api::Gemini | Api::GeminiInteractions) {
+        return pairs.iter().any(|(b, a)| b != a);
+    }
+    let decreased = pairs
+        .iter()
+        .any(|(b, a)| matches!((b, a), (Some(b), Some(a)) if a < b));
+    let other_input = matches!(
+        (before.input_tokens, after.input_tokens),
+        (Some(b), Some(a)) if a != b
+    );
+    decreased || other_input
+}
+
+/// `in/out/total` of a usage, for a warning.
+fn brief(u: &Usage) -> String {
+    let n = |c: Option<u64>| c.map_or_else(|| "?".to_owned(), |c| c.to_string());
+    format!(
+        "{} in / {} out / {} total",
+        n(u.input_tokens),
+        n(u.output_tokens),
+        n(u.total_tokens)
+    )
+}
+
+/// The field-wise sum of step usages (a field is None when no step has it;
+/// a sum past 64 bits is None too).
+fn step_sum(steps: &[Usage]) -> Usage {
+    let add = |get: fn(&Usage) -> Option<u64>| {
+        steps
+            .iter()
+            .filter_map(get)
+            .try_fold(None, |acc: Option<u64>, c| {
+                Some(Some(acc.unwrap_or(0).checked_add(c)?))
+            })?
+    };
+    Usage {
+        input_tokens: add(|u| u.input_tokens),
+        output_tokens: add(|u| u.output_tokens),
+        total_tokens: add(|u| u.total_tokens),
+        cached_input_tokens: add(|u| u.cached_input_tokens),
+        cache_write_tokens: add(|u| u.cache_write_tokens),
+        reasoning_tokens: add(|u| u.reasoning_tokens),
+        raw: String::new(),
+    }
 }
 
 #[cfg(test)]

@@ -85,8 +85,10 @@ pub(crate) fn parse(data: &[u8], api: Api) -> Result<EventInfo<'_>, Invalid> {
         ..EventInfo::default()
     };
     let mut choice_usage = None;
+    let mut n_choices = 0usize;
     if let Some(choices) = choices {
         items(choices, |choice| {
+            n_choices += 1;
             let [delta, text, finish_reason, usage] =
                 fields(choice, [b"delta", b"text", b"finish_reason", b"usage"])?;
             if let Some(delta) = delta {
@@ -107,6 +109,9 @@ pub(crate) fn parse(data: &[u8], api: Api) -> Result<EventInfo<'_>, Invalid> {
         None => None,
     };
     info.usage = non_null(usage).or(groq_usage).or(choice_usage);
+    // A chunk with no choices carries the response's final usage; usage on
+    // content chunks may be a running total (Perplexity, vLLM).
+    info.final_usage = info.usage.is_some() && n_choices == 0;
     if let Some(error) = non_null(error) {
         info.fail(error);
     }

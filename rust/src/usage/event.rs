@@ -18,8 +18,15 @@ pub(crate) struct EventInfo<'a> {
     /// Overlay `usage` onto the previous usage object instead of replacing
     /// it (Anthropic `message_delta`).
     pub merge_usage: bool,
+    /// `usage` is the response's final one, not a running total (chat's
+    /// usage-only chunk; see [`super::builder`] for the other APIs).
+    pub final_usage: bool,
     /// Raw usage object of an Assistants run step.
     pub step_usage: Option<&'a [u8]>,
+    /// Body of that run step's id.
+    pub step_id: Option<&'a [u8]>,
+    /// The response's `store` flag, when the event says it.
+    pub store: Option<bool>,
     pub status: Option<Status>,
     /// Body of the provider's finish reason string.
     pub finish_reason: Option<&'a [u8]>,

@@ -28,6 +28,40 @@ fn raw<'j>(j: &mut Jiter<'j>) -> Res<&'j [u8]> {
     Ok(j.slice_to_current(start).trim_ascii())
 }
 
+/// A jiter over `data` that can step over a member nested deeper than
+/// jiter's recursion limit (see [`super::deep`]): the jiter then starts
+/// again on the rest of the data, `base` bytes in.
+struct Cursor<'a> {
+    data: &'a [u8],
+    base: usize,
+    j: Jiter<'a>,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            base: 0,
+            j: Jiter::new(data),
+        }
+    }
+
+    /// Skips the next value and returns its raw text, whatever its depth.
+    fn raw(&mut self) -> Result<&'a [u8], Invalid> {
+        let start = self.base + self.j.current_index();
+        match self.j.next_skip() {
+            Ok(()) => Ok(self.data[start..self.base + self.j.current_index()].trim_ascii()),
+            Err(err) if super::deep::too_deep(&err) => {
+                let end = super::deep::skip_value(self.data, start).ok_or(Invalid)?;
+                self.base = end;
+                self.j = Jiter::new(&self.data[end..]);
+                Ok(self.data[start..end].trim_ascii())
+            }
+            Err(_) => Err(Invalid),
+        }
+    }
+}
+
 /// Reads the raw text of top-level `keys` of the object `data` (the last
 /// occurrence wins, as in most JSON parsers). A value that is not an object
 /// gives all `None`; malformed JSON gives `Invalid`.
@@ -36,21 +70,21 @@ pub(crate) fn fields<'a, const N: usize>(
     keys: [&[u8]; N],
 ) -> Result<[Option<&'a [u8]>; N], Invalid> {
     let mut out = [None; N];
-    let mut j = Jiter::new(data);
-    let peek = j.peek()?;
+    let mut c = Cursor::new(data);
+    let peek = c.j.peek()?;
     if peek == Peek::Object {
-        let mut next = j.next_object_bytes()?.map(|k| position(&keys, k));
+        let mut next = c.j.next_object_bytes()?.map(|k| position(&keys, k));
         while let Some(found) = next {
-            match found {
-                Some(i) => out[i] = Some(raw(&mut j)?),
-                None => j.next_skip()?,
+            let value = c.raw()?;
+            if let Some(i) = found {
+                out[i] = Some(value);
             }
-            next = j.next_key_bytes()?.map(|k| position(&keys, k));
+            next = c.j.next_key_bytes()?.map(|k| position(&keys, k));
         }
     } else {
-        j.known_skip(peek)?;
+        c.raw()?;
     }
-    j.finish()?;
+    c.j.finish()?;
     Ok(out)
 }
 
@@ -251,23 +285,35 @@ pub(crate) fn count(raw: &[u8]) -> Option<u64> {
 
 /// Reads the counts at `paths` (each a chain of keys) from a usage object.
 /// Values that are missing, `null` or not counts are `None`.
+#[cfg(test)]
 pub(crate) fn counts<const N: usize>(raw: &[u8], paths: [&[&[u8]]; N]) -> [Option<u64>; N] {
+    counts_and_rejects(raw, paths).0
+}
+
+/// [`counts`], and for each path the raw value found there that is not a
+/// count (and not `null`): a value that was left out.
+pub(crate) fn counts_and_rejects<'a, const N: usize>(
+    raw: &'a [u8],
+    paths: [&[&[u8]]; N],
+) -> ([Option<u64>; N], [Option<&'a [u8]>; N]) {
     // Paths are tracked as bits of a u32.
     const { assert!(N < 32) };
     let mut out = [None; N];
+    let mut rejects = [None; N];
     let all = (1u32 << N) - 1;
     // The raw usage text was already validated when it was cut out of its
     // event, so an error here can only leave some fields unread.
-    let _ = read_counts(&mut Jiter::new(raw), &paths, 0, all, &mut out);
-    out
+    let _ = read_counts(&mut Jiter::new(raw), &paths, 0, all, &mut out, &mut rejects);
+    (out, rejects)
 }
 
-fn read_counts<const N: usize>(
-    j: &mut Jiter<'_>,
+fn read_counts<'a, const N: usize>(
+    j: &mut Jiter<'a>,
     paths: &[&[&[u8]]; N],
     depth: usize,
     mask: u32,
     out: &mut [Option<u64>; N],
+    rejects: &mut [Option<&'a [u8]>; N],
 ) -> Res<()> {
     let peek = j.peek()?;
     if peek != Peek::Object {
@@ -289,14 +335,17 @@ fn read_counts<const N: usize>(
         if m == 0 {
             j.next_skip()?;
         } else if leaves != 0 {
-            let value = count(raw(j)?);
-            for (i, slot) in out.iter_mut().enumerate() {
+            let text = raw(j)?;
+            let value = count(text);
+            let rejected = (value.is_none() && text != b"null").then_some(text);
+            for i in 0..N {
                 if leaves & (1 << i) != 0 {
-                    *slot = value;
+                    out[i] = value;
+                    rejects[i] = rejected;
                 }
             }
         } else {
-            read_counts(j, paths, depth + 1, m, out)?;
+            read_counts(j, paths, depth + 1, m, out, rejects)?;
         }
         next = j.next_key_bytes()?.map(matching);
     }

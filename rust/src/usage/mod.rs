@@ -21,6 +21,7 @@ mod assistants;
 mod builder;
 mod chat;
 mod cohere;
+pub(crate) mod deep;
 mod delta_template;
 mod detect;
 mod event;
@@ -63,8 +64,8 @@ use tap::Tap;
 pub struct UsageTap {
     decoder: Decoder,
     tap: Tap,
-    /// Reassembled output, when the caller asked for it.
-    output: Option<Output>,
+    /// Reassembled output, one per response, when the caller asked for it.
+    output: Option<Collect>,
     /// `finish` was called: the output stays readable until the next stream
     /// begins.
     finished: bool,
@@ -86,14 +87,26 @@ impl UsageTap {
     /// every event fully, so it is off unless asked for.
     #[must_use]
     pub fn collecting_output(mut self) -> Self {
-        self.output = Some(Output::default());
+        self.output = Some(Collect::default());
         self
     }
 
-    /// The output reassembled so far (None unless collecting).
+    /// The output of the current (after [`UsageTap::finish`], the last)
+    /// response reassembled so far (None unless collecting).
     #[must_use]
     pub fn output(&self) -> Option<&Output> {
-        self.output.as_ref()
+        self.output.as_ref().map(|c| &c.cur)
+    }
+
+    /// The output of every response of the stream, in order (one per
+    /// report of [`UsageTap::finish`]), each with its response id; empty
+    /// unless collecting.
+    #[must_use]
+    pub fn outputs(&self) -> Vec<&Output> {
+        match &self.output {
+            Some(c) => c.done.iter().chain(std::iter::once(&c.cur)).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Output-bearing events seen so far, over all responses of the stream.
@@ -156,6 +169,12 @@ impl UsageTap {
             ..
         } = self;
         let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, d));
+        if let Some(c) = output.as_mut() {
+            c.cur.close();
+            if c.cur.response_id.is_none() {
+                c.cur.response_id = tap.current_id().map(str::to_owned);
+            }
+        }
         if status.flushed_partial {
             tap.warn(
                 "the stream ended without the blank line after its last event; it was read anyway"
@@ -171,7 +190,7 @@ impl UsageTap {
     /// Takes the reassembled output, leaving an empty one. The output of a
     /// finished stream is also dropped when the next stream's bytes arrive.
     pub fn take_output(&mut self) -> Option<Output> {
-        self.output.as_mut().map(std::mem::take)
+        self.output.as_mut().map(|c| std::mem::take(c).cur)
     }
 
     /// The per-event step, for callers that frame SSE themselves.
@@ -183,6 +202,13 @@ impl UsageTap {
     /// [`UsageTap::on_event`] directly).
     pub fn add_bytes(&mut self, n: u64) {
         self.tap.add_bytes(n);
+    }
+
+    /// The `store` flag the open response (else the last closed one of this
+    /// stream) echoed, when it said (Responses `response.created`).
+    #[must_use]
+    pub fn store(&self) -> Option<bool> {
+        self.tap.store()
     }
 
     /// The API detected so far (or the one given as hint).
@@ -204,12 +230,48 @@ impl UsageTap {
     }
 }
 
-fn on_dispatch(tap: &mut Tap, output: &mut Option<Output>, d: Dispatch<'_>) {
+/// The reassembled outputs of a stream: one per response, as the tap
+/// starts a new report.
+#[derive(Debug, Default)]
+struct Collect {
+    /// Outputs of the responses already closed.
+    done: Vec<Output>,
+    cur: Output,
+    /// The current output's cap warning was given.
+    cap_warned: bool,
+}
+
+impl Collect {
+    fn on_event(&mut self, tap: &mut Tap, closed_before: usize, data: &[u8]) {
+        if tap.closed() > closed_before {
+            // The event began a new response: the output so far was the
+            // previous one's.
+            let mut old = std::mem::take(&mut self.cur);
+            old.close();
+            old.response_id = tap.last_closed_id().map(str::to_owned);
+            self.done.push(old);
+            self.cap_warned = false;
+        }
+        self.cur.on_event(data);
+        if self.cur.response_id.is_none() {
+            self.cur.response_id = tap.current_id().map(str::to_owned);
+        }
+        if !self.cap_warned {
+            if let Some(warning) = self.cur.cap_warning() {
+                self.cap_warned = true;
+                tap.warn(warning);
+            }
+        }
+    }
+}
+
+fn on_dispatch(tap: &mut Tap, output: &mut Option<Collect>, d: Dispatch<'_>) {
     match d {
         Dispatch::Event(ev) => {
+            let closed = tap.closed();
             tap.on_event(ev);
-            if let Some(out) = output.as_mut() {
-                out.on_event(ev.data);
+            if let Some(c) = output.as_mut() {
+                c.on_event(tap, closed, ev.data);
             }
         }
         Dispatch::Oversized => tap.add_oversized(1),

@@ -42,19 +42,29 @@
 //!
 //! In every API a missing total is input + output when both are known.
 
-use super::json::counts;
+use super::json::counts_and_rejects;
 use super::types::{Api, Usage};
 
 /// Normalises the usage object `raw` of a stream of `api`. `Usage::raw` is
 /// left empty for the caller to fill.
+#[cfg(test)]
 pub(crate) fn normalize(api: Api, raw: &[u8]) -> Usage {
+    normalize_checked(api, raw, &mut Vec::new())
+}
+
+/// [`normalize`], with a warning in `warnings` for each count field whose
+/// value is not a token count (negative, fractional, too large for 64 bits,
+/// a string, a boolean, an object): such a value is left out of the counts,
+/// never guessed at, but never dropped silently either.
+pub(crate) fn normalize_checked(api: Api, raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let w = warnings;
     let mut usage = match api {
-        Api::Responses => responses(raw),
-        Api::AnthropicMessages => anthropic(raw),
-        Api::Gemini => gemini(raw),
-        Api::GeminiInteractions => interactions(raw),
-        Api::Cohere => cohere(raw),
-        Api::ChatCompletions | Api::Completions | Api::Assistants | Api::Unknown => openai(raw),
+        Api::Responses => responses(raw, w),
+        Api::AnthropicMessages => anthropic(raw, w),
+        Api::Gemini => gemini(raw, w),
+        Api::GeminiInteractions => interactions(raw, w),
+        Api::Cohere => cohere(raw, w),
+        Api::ChatCompletions | Api::Completions | Api::Assistants | Api::Unknown => openai(raw, w),
     };
     if usage.total_tokens.is_none() {
         if let (Some(i), Some(o)) = (usage.input_tokens, usage.output_tokens) {
@@ -62,6 +72,54 @@ pub(crate) fn normalize(api: Api, raw: &[u8]) -> Usage {
         }
     }
     usage
+}
+
+/// Longest rendering of a rejected value in a warning, in characters.
+const MAX_VALUE_CHARS: usize = 40;
+
+/// The counts at `paths`, with a warning for each value that is not one.
+fn read<const N: usize>(
+    raw: &[u8],
+    paths: [&[&[u8]]; N],
+    warnings: &mut Vec<String>,
+) -> [Option<u64>; N] {
+    let (found, rejects) = counts_and_rejects(raw, paths);
+    for (path, value) in paths.iter().zip(rejects) {
+        if let Some(value) = value {
+            warnings.push(rejected(path, value));
+        }
+    }
+    found
+}
+
+/// The warning for a rejected count: the field's path and its value, made
+/// printable and capped in length (both come from the network).
+fn rejected(path: &[&[u8]], value: &[u8]) -> String {
+    let name: Vec<String> = path.iter().map(|k| printable(k, MAX_VALUE_CHARS)).collect();
+    format!(
+        "usage field {} is {}, not a token count; it was left out of the counts",
+        name.join("."),
+        printable(value, MAX_VALUE_CHARS)
+    )
+}
+
+/// `bytes` as text with control characters escaped, at most `max`
+/// characters (then an ellipsis).
+pub(crate) fn printable(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('\u{2026}');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Adds counts that may be missing: `None` only when all are missing.
@@ -91,9 +149,9 @@ fn output_with_reasoning(
     output
 }
 
-fn openai(raw: &[u8]) -> Usage {
+fn openai(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
     let [prompt, completion, total, cached, cache_hit, cache_write, reasoning, top_reasoning, input, output] =
-        counts(
+        read(
             raw,
             [
                 &[b"prompt_tokens"],
@@ -107,6 +165,7 @@ fn openai(raw: &[u8]) -> Usage {
                 &[b"input_tokens"],
                 &[b"output_tokens"],
             ],
+            warnings,
         );
     let input = prompt.or(input);
     let reasoning = reasoning.or(top_reasoning);
@@ -121,8 +180,8 @@ fn openai(raw: &[u8]) -> Usage {
     }
 }
 
-fn responses(raw: &[u8]) -> Usage {
-    let [input, output, total, cached, cache_write, reasoning] = counts(
+fn responses(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let [input, output, total, cached, cache_write, reasoning] = read(
         raw,
         [
             &[b"input_tokens"],
@@ -132,6 +191,7 @@ fn responses(raw: &[u8]) -> Usage {
             &[b"input_tokens_details", b"cache_write_tokens"],
             &[b"output_tokens_details", b"reasoning_tokens"],
         ],
+        warnings,
     );
     Usage {
         input_tokens: input,
@@ -144,8 +204,8 @@ fn responses(raw: &[u8]) -> Usage {
     }
 }
 
-fn anthropic(raw: &[u8]) -> Usage {
-    let [input, cache_write, cache_read, output, thinking] = counts(
+fn anthropic(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let [input, cache_write, cache_read, output, thinking] = read(
         raw,
         [
             &[b"input_tokens"],
@@ -154,6 +214,7 @@ fn anthropic(raw: &[u8]) -> Usage {
             &[b"output_tokens"],
             &[b"output_tokens_details", b"thinking_tokens"],
         ],
+        warnings,
     );
     Usage {
         input_tokens: sum(&[input, cache_write, cache_read]),
@@ -166,8 +227,8 @@ fn anthropic(raw: &[u8]) -> Usage {
     }
 }
 
-fn gemini(raw: &[u8]) -> Usage {
-    let [prompt, tool_prompt, candidates, thoughts, total, cached] = counts(
+fn gemini(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let [prompt, tool_prompt, candidates, thoughts, total, cached] = read(
         raw,
         [
             &[b"promptTokenCount"],
@@ -177,6 +238,7 @@ fn gemini(raw: &[u8]) -> Usage {
             &[b"totalTokenCount"],
             &[b"cachedContentTokenCount"],
         ],
+        warnings,
     );
     Usage {
         input_tokens: sum(&[prompt, tool_prompt]),
@@ -189,8 +251,8 @@ fn gemini(raw: &[u8]) -> Usage {
     }
 }
 
-fn interactions(raw: &[u8]) -> Usage {
-    let [input, tool_use, output, thought, total, cached] = counts(
+fn interactions(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let [input, tool_use, output, thought, total, cached] = read(
         raw,
         [
             &[b"total_input_tokens"],
@@ -200,6 +262,7 @@ fn interactions(raw: &[u8]) -> Usage {
             &[b"total_tokens"],
             &[b"total_cached_tokens"],
         ],
+        warnings,
     );
     Usage {
         input_tokens: sum(&[input, tool_use]),
@@ -212,8 +275,8 @@ fn interactions(raw: &[u8]) -> Usage {
     }
 }
 
-fn cohere(raw: &[u8]) -> Usage {
-    let [billed_in, billed_out, tokens_in, tokens_out] = counts(
+fn cohere(raw: &[u8], warnings: &mut Vec<String>) -> Usage {
+    let [billed_in, billed_out, tokens_in, tokens_out] = read(
         raw,
         [
             &[b"billed_units", b"input_tokens"],
@@ -221,6 +284,7 @@ fn cohere(raw: &[u8]) -> Usage {
             &[b"tokens", b"input_tokens"],
             &[b"tokens", b"output_tokens"],
         ],
+        warnings,
     );
     let billed = billed_in.is_some() || billed_out.is_some();
     let (input, output) = if billed {

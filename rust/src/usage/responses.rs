@@ -78,11 +78,18 @@ fn delta<'a>(data: &'a [u8], n: &Needles) -> Result<EventInfo<'a>, Invalid> {
 }
 
 fn lifecycle(data: &[u8], starts: bool) -> Result<EventInfo<'_>, Invalid> {
-    let [id, model] = fields_in(data, b"response", [b"id", b"model"])?;
+    let [id, model, store] = fields_in(data, b"response", [b"id", b"model", b"store"])?;
     Ok(EventInfo {
         id: nonempty_str(id),
         model: nonempty_str(model),
         starts,
+        // The response echoes the request's `store`: `false` means it
+        // cannot be read back afterwards.
+        store: match store {
+            Some(b"true") => Some(true),
+            Some(b"false") => Some(false),
+            _ => None,
+        },
         ..EventInfo::default()
     })
 }

@@ -71,6 +71,29 @@ impl Tap {
             .or_else(|| self.cur.report.response_id.clone())
     }
 
+    /// Reports closed so far in this stream (the open one not counted).
+    pub(crate) fn closed(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// The id of the last closed report.
+    pub(crate) fn last_closed_id(&self) -> Option<&str> {
+        self.reports.last().and_then(|r| r.response_id.as_deref())
+    }
+
+    /// The `store` flag of the open report, else of the last closed one.
+    pub(crate) fn store(&self) -> Option<bool> {
+        self.cur
+            .report
+            .store
+            .or_else(|| self.reports.iter().rev().find_map(|r| r.store))
+    }
+
+    /// The id of the open report.
+    pub(crate) fn current_id(&self) -> Option<&str> {
+        self.cur.report.response_id.as_deref()
+    }
+
     pub(crate) fn add_bytes(&mut self, n: u64) {
         let bytes = &mut self.cur.report.bytes;
         *bytes = bytes.saturating_add(n);
@@ -203,8 +226,22 @@ impl Tap {
                 );
                 self.rotate(Some(warning));
             }
+            Relation::OtherAfterUsage if chat_like => self.rotate_unfinished(info),
+            Relation::OtherAfterUsage => {}
         }
         self.cur.apply(self.api, info);
+    }
+
+    /// A chat chunk with a new id after the current response's usage but
+    /// before any finish chunk: a second response whose first one never
+    /// finished. It is reported apart, with a warning naming both.
+    fn rotate_unfinished(&mut self, info: &EventInfo<'_>) {
+        let new = info.id.map(decode).unwrap_or_default();
+        let old = self.cur.report.response_id.clone().unwrap_or_default();
+        let warning = format!(
+            "response {new} began after response {old} reported its usage but without its finish chunk; they are reported separately"
+        );
+        self.rotate(Some(warning));
     }
 
     /// Closes the current report and starts the next one; past

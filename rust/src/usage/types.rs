@@ -254,8 +254,15 @@ pub struct Report {
     pub oversized_events: u64,
     pub invalid_json_events: u64,
     pub warnings: Vec<String>,
-    /// Usage of each completed Assistants run step, in order.
+    /// Usage of each completed Assistants run step, in order (a step
+    /// reported twice is kept once).
     pub step_usages: Vec<Usage>,
+    /// How `usage` was arrived at when the stream did not report it as
+    /// such (an Assistants run without run usage: the sum of its steps).
+    pub usage_note: Option<String>,
+    /// The `store` flag the response echoed (Responses `response.created`),
+    /// when it said.
+    pub store: Option<bool>,
 }
 
 impl Default for Report {
@@ -277,6 +284,8 @@ impl Default for Report {
             invalid_json_events: 0,
             warnings: Vec::new(),
             step_usages: Vec::new(),
+            usage_note: None,
+            store: None,
         }
     }
 }
