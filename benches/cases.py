@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import adapters
 from corpus import Truth
-from pure_python import scan_last_usage
+from pure_python import GEMINI_NEEDLE, USAGE_NEEDLE, scan_last_usage
 
 
 class Tally(NamedTuple):
@@ -71,15 +71,27 @@ def _anthropic_tokens(obj: Any) -> int:
     return 0
 
 
+def _gemini_tokens(obj: Any) -> int:
+    # Every chunk carries the running usage: the one with the finish reason has the total.
+    if any("finishReason" in c for c in obj.get("candidates", ())):
+        usage = obj["usageMetadata"]
+        return int(usage["candidatesTokenCount"]) + int(usage.get("thoughtsTokenCount", 0))
+    return 0
+
+
 def extractor(kind: str) -> Extract:
     if kind.startswith("chat"):
         return _chat_tokens
     if kind.startswith("responses"):
         return _responses_tokens
+    if kind == "gemini":
+        return _gemini_tokens
     return _anthropic_tokens
 
 
 def _usage_key(kind: str) -> str:
+    if kind == "gemini":
+        return "candidatesTokenCount"
     return "completion_tokens" if kind.startswith("chat") else "output_tokens"
 
 
@@ -157,16 +169,34 @@ def usage_tap_runner(tap_class: Any) -> Runner:
 
 def scan_runner(kind: str) -> Runner:
     key = _usage_key(kind)
+    needle = GEMINI_NEEDLE if kind == "gemini" else USAGE_NEEDLE
 
     def run(bodies: Bodies) -> Tally:
         tokens = bad = 0
         for body in bodies:
-            usage = scan_last_usage(body)
+            usage = scan_last_usage(body, needle)
             if usage is None:
                 bad += 1
             else:
                 tokens += usage[key]
         return Tally(None, None, tokens, bad)
+
+    return run
+
+
+def newline_runner(kind: str) -> Runner:
+    """The floor of any per-read call: one ``bytes.count(b"\\n")`` per read, nothing kept.
+    Its line count is checked against the stream's bytes (every stream ends with a blank
+    line), so it cannot be skipped."""
+
+    def run(bodies: Bodies) -> Tally:
+        bad = 0
+        for body in bodies:
+            lines = 0
+            for read in body:
+                lines += read.count(b"\n")
+            bad += lines < 2
+        return Tally(None, None, None, bad)
 
     return run
 
@@ -248,6 +278,8 @@ def all_cases() -> list[Case]:
                             _json_maker(adapter, loads, key == "naive.lines")))
     out.append(Case("pyscan.usage", "pure-Python usage scan (find + raw_decode)", "usage",
                     scan_runner))
+    out.append(Case("floor.newlines", 'floor: bytes.count(b"\\n") per read (no usage)', "usage",
+                    newline_runner))
     return out
 
 

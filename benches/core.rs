@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use ssetally::{Api, ApiHint, Decoder, DecoderConfig, Report, Status, UsageTap};
 
 /// Roughly how many bytes each generated stream has.
@@ -76,8 +76,9 @@ struct Stream {
 }
 
 /// Chat Completions: a role chunk, content chunks, the finish chunk, the
-/// usage chunk (`stream_options.include_usage`) and `[DONE]`.
-fn chat_stream() -> Stream {
+/// usage chunk (`stream_options.include_usage`) and `[DONE]`; with or
+/// without the `obfuscation` padding.
+fn chat_stream(obfuscated: bool) -> Stream {
     let mut rng = Rng(0x5EED_C4A7);
     let head = r#"{"id":"chatcmpl-D8Z5oo6uDh67AD85p73ksdT1KxhE0","object":"chat.completion.chunk","created":1770933892,"model":"gpt-4.1-nano-2025-04-14","service_tier":"default","system_fingerprint":"fp_de604bd877","choices":[{"index":0,"delta":{"#;
     let mut out = String::with_capacity(TARGET_BYTES + 4096);
@@ -91,12 +92,17 @@ fn chat_stream() -> Stream {
     let mut deltas = 0;
     while out.len() < TARGET_BYTES {
         let text = word(&mut rng);
-        let obfuscation = &"abcdefghijklmnopqrst"[..4 + rng.below(12)];
+        let padding = &"abcdefghijklmnopqrst"[..4 + rng.below(12)];
+        let obfuscation = if obfuscated {
+            format!(r#","obfuscation":"{padding}""#)
+        } else {
+            String::new()
+        };
         event(
             &mut out,
             None,
             &format!(
-                r#"{head}"content":"{text}"}},"logprobs":null,"finish_reason":null}}],"usage":null,"obfuscation":"{obfuscation}"}}"#
+                r#"{head}"content":"{text}"}},"logprobs":null,"finish_reason":null}}],"usage":null{obfuscation}}}"#
             ),
         );
         deltas += 1;
@@ -378,6 +384,43 @@ fn anthropic_stream() -> Stream {
     }
 }
 
+/// Gemini `streamGenerateContent?alt=sse`: text chunks of a few words,
+/// each with the running `usageMetadata`, the last one with
+/// `finishReason`; no end marker.
+fn gemini_stream() -> Stream {
+    let mut rng = Rng(0x6E41_1A1C);
+    let mut out = String::with_capacity(TARGET_BYTES + 4096);
+    let prompt = 9;
+    let mut candidates = 0u64;
+    let mut deltas = 0;
+    let chunk = |out: &mut String, text: &str, finish: &str, candidates: u64| {
+        event(
+            out,
+            None,
+            &format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":"{text}"}}],"role":"model"}}{finish},"index":0}}],"usageMetadata":{{"promptTokenCount":{prompt},"candidatesTokenCount":{candidates},"totalTokenCount":{},"promptTokensDetails":[{{"modality":"TEXT","tokenCount":{prompt}}}]}},"modelVersion":"gemini-2.5-flash","responseId":"M3iLaY-AI7zTxN8P3Piw4Qg"}}"#,
+                prompt + candidates
+            ),
+        );
+    };
+    while out.len() < TARGET_BYTES {
+        let n = 1 + rng.below(4);
+        let text: String = (0..n).map(|_| word(&mut rng)).collect();
+        candidates += n as u64;
+        chunk(&mut out, &text, "", candidates);
+        deltas += 1;
+    }
+    candidates += 1;
+    chunk(&mut out, ".", r#","finishReason":"STOP""#, candidates);
+    deltas += 1;
+    Stream {
+        bytes: out.into_bytes(),
+        api: Api::Gemini,
+        deltas,
+        usage: [prompt, candidates, prompt + candidates],
+    }
+}
+
 /// `bytes` cut into reads of 1 to 4 KiB (a socket's worth), fixed seed.
 fn reads(bytes: &[u8]) -> Vec<&[u8]> {
     let mut rng = Rng(0x0BAD_5EED);
@@ -408,6 +451,8 @@ fn decode(chunks: &[&[u8]]) -> u64 {
     events
 }
 
+// Not inlined: `SSETALLY_CORE_ONCE` (below) counts instructions inside it.
+#[inline(never)]
 fn tap(chunks: &[&[u8]]) -> Vec<Report> {
     let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
     for chunk in chunks {
@@ -422,7 +467,11 @@ fn check(name: &str, stream: &Stream, reports: &[Report]) {
     let r = &reports[0];
     assert_eq!(r.api, stream.api, "{name}: api");
     assert_eq!(r.status, Status::Completed, "{name}: status");
-    assert!(r.done, "{name}: end marker seen");
+    // Gemini has no end marker: its finish reason ends the stream.
+    assert!(
+        r.done || stream.api == Api::Gemini,
+        "{name}: end marker seen"
+    );
     assert_eq!(r.delta_chunks, stream.deltas, "{name}: delta events");
     assert_eq!(r.bytes, stream.bytes.len() as u64, "{name}: bytes");
     assert_eq!(
@@ -439,8 +488,20 @@ fn check(name: &str, stream: &Stream, reports: &[Report]) {
     );
 }
 
+/// Every tap corpus, by benchmark name.
+fn tap_streams() -> Vec<(&'static str, Stream)> {
+    vec![
+        ("chat", chat_stream(true)),
+        ("chat_noobf", chat_stream(false)),
+        ("responses_text", responses_stream(false)),
+        ("responses_tool_args", responses_stream(true)),
+        ("anthropic", anthropic_stream()),
+        ("gemini", gemini_stream()),
+    ]
+}
+
 fn sse_framing(c: &mut Criterion) {
-    let stream = chat_stream();
+    let stream = chat_stream(true);
     let bytes = &stream.bytes[..];
     let chunks = reads(bytes);
     // Role chunk, content chunks, finish chunk, usage chunk, [DONE].
@@ -459,12 +520,7 @@ fn sse_framing(c: &mut Criterion) {
 }
 
 fn usage_tap(c: &mut Criterion) {
-    let streams = [
-        ("chat", chat_stream()),
-        ("responses_text", responses_stream(false)),
-        ("responses_tool_args", responses_stream(true)),
-        ("anthropic", anthropic_stream()),
-    ];
+    let streams = tap_streams();
     let mut group = c.benchmark_group("usage_tap");
     // Flat sampling: a stream on a slow path (several ms each) would not fit
     // linear sampling's growing iteration counts in the measurement time.
@@ -480,6 +536,25 @@ fn usage_tap(c: &mut Criterion) {
     group.finish();
 }
 
+/// `SSETALLY_CORE_ONCE=<name>[,<name>...]` feeds each named corpus (or
+/// `all`) through the tap ten times and exits, without criterion: for an
+/// instruction count that load on the machine does not change, e.g.
+/// `valgrind --tool=callgrind --toggle-collect='*core::tap' <bench binary>`
+/// (the count covers the ten runs of `tap` only, not the generators).
+fn once(names: &str) {
+    for (name, stream) in tap_streams() {
+        if names != "all" && !names.split(',').any(|n| n == name) {
+            continue;
+        }
+        let chunks = reads(&stream.bytes);
+        check(name, &stream, &tap(&chunks));
+        for _ in 0..9 {
+            black_box(tap(black_box(&chunks)));
+        }
+        println!("{name}: {} bytes x 10", stream.bytes.len());
+    }
+}
+
 criterion_group! {
     name = benches;
     // Streams of ~4 MiB take about 1 ms each: 20 samples over 3 s keep the
@@ -490,4 +565,11 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = sse_framing, usage_tap
 }
-criterion_main!(benches);
+fn main() {
+    if let Ok(names) = std::env::var("SSETALLY_CORE_ONCE") {
+        once(&names);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

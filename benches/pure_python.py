@@ -23,8 +23,9 @@ def naive_payloads(reads: Iterable[bytes]) -> Iterator[str]:
         yield partial.strip()[5:].lstrip().decode()
 
 
-_NEEDLE = b'"usage":{'
-_KEEP = len(_NEEDLE) - 1  # bytes kept from a read in case the needle is cut by the next read
+USAGE_NEEDLE = b'"usage":{'
+#: Gemini's usage key.
+GEMINI_NEEDLE = b'"usageMetadata":{'
 _decoder = json.JSONDecoder()
 
 
@@ -32,21 +33,24 @@ def _usage_object(line_from_brace: bytes) -> Any:
     return _decoder.raw_decode(line_from_brace.decode())[0]
 
 
-def _next_brace(read: bytes, start: int) -> int:
-    """Index of the ``{`` of the next ``"usage":{`` at or after ``start``, or -1."""
-    i = read.find(_NEEDLE, start)
-    return i + _KEEP if i >= 0 else -1
-
-
-def scan_last_usage(reads: Iterable[bytes]) -> dict[str, Any] | None:
+def scan_last_usage(reads: Iterable[bytes],
+                    needle: bytes = USAGE_NEEDLE) -> dict[str, Any] | None:
     """The fastest pure-Python usage reader we know: no SSE framing at all.
 
     Searches the raw reads for the bytes ``"usage":{`` (a ``"`` inside a JSON string is
     always escaped, so this only matches a real key), keeps the bytes until the end of that
     line, and ``raw_decode``s just the usage object. Returns the last usage object of the
     stream (Chat: the usage chunk; Responses: ``response.completed``; Anthropic: the
-    cumulative ``message_delta``). Assumes LF line ends, as every captured stream has.
+    cumulative ``message_delta``; Gemini, with ``GEMINI_NEEDLE``: the last chunk's running
+    ``usageMetadata``). Assumes LF line ends, as every captured stream has.
     """
+    keep = len(needle) - 1  # bytes kept from a read in case the needle is cut by the next read
+
+    def next_brace(read: bytes, start: int) -> int:
+        """Index of the ``{`` of the next needle at or after ``start``, or -1."""
+        i = read.find(needle, start)
+        return i + keep if i >= 0 else -1
+
     last: dict[str, Any] | None = None
     carry = b""  # a possibly cut needle, or the start of an unfinished usage line
     collecting = False
@@ -58,19 +62,19 @@ def scan_last_usage(reads: Iterable[bytes]) -> dict[str, Any] | None:
                 continue
             last = _usage_object(carry + read[:end])
             collecting = False
-            pos = _next_brace(read, end)
+            pos = next_brace(read, end)
         elif carry:
-            cut = (carry + read[:_KEEP]).find(_NEEDLE)
-            pos = cut + _KEEP - len(carry) if cut >= 0 else _next_brace(read, 0)
+            cut = (carry + read[:keep]).find(needle)
+            pos = cut + keep - len(carry) if cut >= 0 else next_brace(read, 0)
         else:
-            pos = _next_brace(read, 0)
+            pos = next_brace(read, 0)
         while pos >= 0:
             end = read.find(b"\n", pos)
             if end < 0:
                 carry, collecting = read[pos:], True
                 break
             last = _usage_object(read[pos:end])
-            pos = _next_brace(read, end)
+            pos = next_brace(read, end)
         if not collecting:  # the stream's last bytes, even when reads are tiny
-            carry = read[-_KEEP:] if len(read) >= _KEEP else (carry + read)[-_KEEP:]
+            carry = read[-keep:] if len(read) >= keep else (carry + read)[-keep:]
     return last

@@ -132,8 +132,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_target(f"usage: UsageTap ≥30x httpx-sse EventSource + json.loads{tag}",
                            kind, _speedup(main, kind, USAGE_REF, "httpx-sse.eventsource+json"),
                            30.0, why))
-        out.append(_target(f"usage: UsageTap ≥1.5x pure-Python usage scan{tag}", kind,
+        out.append(_target("usage: UsageTap ≥1.5x pure-Python usage scan", kind,
                            _speedup(main, kind, USAGE_REF, "pyscan.usage"), 1.5, why))
+        # The floor of any per-read call: UsageTap's time over bytes.count's.
+        out.append(_target('usage: UsageTap within 1.5x of bytes.count(b"\\n") per read', kind,
+                           _speedup(main, kind, "floor.newlines", USAGE_REF), 1.5, why,
+                           higher_is_better=False))
     reads = results.get("read_sweep", [])
     for key, label in ((EVENT_REF, "SSEDecoder"), (USAGE_REF, "UsageTap")):
         out.append(_target(f"read size: {label} time/event flat 1 B…1 MiB within 3x", "chat",

@@ -56,12 +56,20 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e-mb", type=float, help="bytes served over loopback per repetition "
                    "(default 20, or 10 with --quick)")
     p.add_argument("--skip", default="", help=f"phases to skip: {','.join(PHASES)}")
+    p.add_argument("--cases", default="", help="main-table cases only, comma separated keys "
+                   "(e.g. ssetally.usagetap,pyscan.usage,floor.newlines for the tap's "
+                   "targets alone); default: every installed case")
     args = p.parse_args(argv)
     if args.size_mb is None:
         args.size_mb = 20.0 if args.quick else 100.0
     if args.e2e_mb is None:
         args.e2e_mb = 10.0 if args.quick else 20.0
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    known = {c.key for c in cases.all_cases()}
+    if set(args.cases) - known:
+        p.error(f"unknown or not installed case(s) in --cases: "
+                f"{', '.join(sorted(set(args.cases) - known))}")
     if args.skip - set(PHASES):
         p.error(f"unknown phase(s) in --skip: {', '.join(sorted(args.skip - set(PHASES)))}")
     if args.runs < 1:
@@ -141,9 +149,10 @@ def _row(case: cases.Case, t: Timed, workload: Workload) -> dict[str, Any]:
     }
 
 
-def main_phase(kinds: list[str], size: int, runs: int) -> dict[str, Any]:
+def main_phase(kinds: list[str], size: int, runs: int,
+               only: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    all_cases = cases.all_cases()
+    all_cases = [c for c in cases.all_cases() if not only or c.key in only]
     for kind in kinds:
         _log(f"main table: generating {size / MB:.0f} MB of {kind}")
         workload = many_streams(kind, size, "1-4k")
@@ -204,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"size_mb": args.size_mb, "runs": args.runs, "quick": args.quick,
                    "kinds": kinds, "max_size_mb": args.max_size_mb,
                    "read_sweep_mb": args.read_sweep_mb, "e2e_mb": args.e2e_mb,
-                   "chunking": "1-4k", "skipped": sorted(args.skip)},
+                   "chunking": "1-4k", "skipped": sorted(args.skip),
+                   "cases": args.cases or "all"},
     }
     if "main" not in args.skip:
-        results["main"] = main_phase(kinds, int(args.size_mb * MB), args.runs)
+        results["main"] = main_phase(kinds, int(args.size_mb * MB), args.runs, args.cases)
     if "sizes" not in args.skip:
         points = sweeps.size_sweep(_sizes(max_size), args.runs,
                                    max_reference_size=100 * MB)

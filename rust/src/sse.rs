@@ -13,6 +13,9 @@ use crate::buf;
 
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
+/// Longest event type remembered to recognise a repeated `event:` line.
+const KNOWN_EVENT_MAX: usize = 48;
+
 /// Default limit on the bytes one event may buffer (16 MiB).
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 
@@ -108,6 +111,10 @@ pub struct Decoder {
     event_type: Vec<u8>,
     last_id: Vec<u8>,
     retry: Option<u64>,
+    /// The value of the last `event:` line (when short), so that the same
+    /// line again is read without a search (`known_len` bytes of it).
+    known_event: [u8; KNOWN_EVENT_MAX],
+    known_len: u8,
 }
 
 impl Default for Decoder {
@@ -131,6 +138,8 @@ impl Decoder {
             event_type: Vec::new(),
             last_id: Vec::new(),
             retry: None,
+            known_event: [0; KNOWN_EVENT_MAX],
+            known_len: 0,
         }
     }
 
@@ -179,7 +188,17 @@ impl Decoder {
             // chunk for CR first and searching for LF alone.
             memchr2(b'\n', b'\r', bytes)
         };
-        while let Some(end) = line_end(input) {
+        loop {
+            // (`e`: the one check a stream without event lines pays.)
+            if borrowed.is_none() && input.first() == Some(&b'e') {
+                if let Some(len) = self.repeated_event_line(input) {
+                    input = &input[len..];
+                    continue;
+                }
+            }
+            let Some(end) = line_end(input) else {
+                break;
+            };
             let part = &input[..end];
             if self.skip_line {
                 self.skip_line = false;
@@ -249,6 +268,32 @@ impl Decoder {
         }
         self.trim();
         status
+    }
+
+    /// An `event: <type>\n` line repeating the type of the last `event:` line
+    /// (Anthropic and Responses streams name every event) at the start of
+    /// `input`: it is read as `process_line` would read it, without a search
+    /// for its end. Returns the bytes it took, LF included.
+    fn repeated_event_line(&mut self, input: &[u8]) -> Option<usize> {
+        let n = usize::from(self.known_len);
+        let rest = input.strip_prefix(b"event: ")?;
+        if rest.get(n) != Some(&b'\n') || rest[..n] != self.known_event[..n] {
+            return None;
+        }
+        let name = &rest[..n];
+        let line = b"event: ".len() + n;
+        // Anything `process_line` would treat otherwise takes the slow way.
+        if self.skip_line
+            || self.skip_event
+            || !self.line.is_empty()
+            || line + self.data.len() + self.event_type.len() > self.config.max_event_size
+        {
+            return None;
+        }
+        self.event_type.clear();
+        buf::extend(&mut self.event_type, name, self.config.max_event_size).ok()?;
+        self.block_started = true;
+        Some(line + 1)
     }
 
     /// Bytes of memory the decoder's buffers hold (their capacity): never
@@ -419,6 +464,11 @@ impl Decoder {
         let stored = match name {
             b"data" => self.append_data(value),
             b"event" => {
+                if value.len() <= KNOWN_EVENT_MAX {
+                    self.known_event[..value.len()].copy_from_slice(value);
+                    // The bound above makes the cast lossless.
+                    self.known_len = value.len() as u8;
+                }
                 self.event_type.clear();
                 // The whole line passed the limit check above.
                 buf::extend(&mut self.event_type, value, limit)

@@ -221,3 +221,36 @@ fn oversized_markers_come_in_stream_order() {
     assert_eq!(seen, vec![false]);
     assert!(status.flushed_partial);
 }
+
+#[test]
+fn repeated_event_lines() {
+    let long = "n".repeat(KNOWN_EVENT_MAX + 1);
+    let input = format!(
+        "event: a\ndata: 1\n\nevent: a\ndata: 2\n\nevent: a\r\ndata: 3\n\nevent:a\ndata: 4\n\n\
+         event: ab\ndata: 5\n\nevent: a\ndata: 6\n\nevent: \ndata: 7\n\nevent: {long}\ndata: 8\n\n\
+         event: {long}\ndata: 9\n\ndata: 10\nevent: a\n\nevent: a\nevent: a\n\n"
+    );
+    let want = [
+        ev("a", "1", "", None),
+        ev("a", "2", "", None),
+        ev("a", "3", "", None),
+        ev("a", "4", "", None),
+        ev("ab", "5", "", None),
+        ev("a", "6", "", None),
+        ev("", "7", "", None),
+        ev(&long, "8", "", None),
+        ev(&long, "9", "", None),
+        ev("a", "10", "", None),
+    ];
+    check(input.as_bytes(), &want);
+    // A repeated event line still counts against the event's size limit.
+    let config = DecoderConfig {
+        max_event_size: 12,
+        ..DecoderConfig::default()
+    };
+    let (got, _) = run(
+        &[b"event: abcd\ndata: 1\n\nevent: abcd\ndata: 12345\n\nevent: abcd\ndata: 2\n\n"],
+        config,
+    );
+    assert_eq!(got, [ev("abcd", "1", "", None), ev("abcd", "2", "", None)]);
+}

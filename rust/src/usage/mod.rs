@@ -26,6 +26,7 @@ mod delta_template;
 mod detect;
 mod event;
 mod gemini;
+mod gemini_template;
 mod interactions;
 mod json;
 mod merge;

@@ -5,9 +5,10 @@
 use super::builder::{Builder, Relation};
 use super::delta_template::DeltaTemplate;
 use super::event::EventInfo;
+use super::gemini_template::GeminiTemplate;
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
-use super::template::{ChunkTemplate, ANTHROPIC_TEXT, CHAT_CONTENT};
+use super::template::{ChunkTemplate, CHAT_CONTENT};
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
 use crate::sse::EventRef;
@@ -25,6 +26,13 @@ pub(crate) struct Tap {
     template: Option<ChunkTemplate>,
     /// The learned shape of this stream's delta events (Responses only).
     delta_template: Option<DeltaTemplate>,
+    /// The learned shape of this stream's text chunks (Gemini only).
+    gemini_template: Option<GeminiTemplate>,
+    /// The usage object of the last Gemini chunk the fast path read, not yet
+    /// given to the report (see [`Tap::fast_gemini`]).
+    pending_usage: Vec<u8>,
+    /// The zero mask of `pending_usage`; None when nothing is pending.
+    pending_zeros: Option<u64>,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
@@ -50,6 +58,9 @@ impl Tap {
             reports: Vec::new(),
             template: None,
             delta_template: None,
+            gemini_template: None,
+            pending_usage: Vec::new(),
+            pending_zeros: None,
             relearn_budget: RELEARN_BUDGET,
             capped: false,
         }
@@ -116,10 +127,11 @@ impl Tap {
             self.cur.report.delta_chunks += u64::from(delta);
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
+            self.flush_usage();
             match self.parse(ev.event, data) {
                 Ok(info) => {
                     if info.delta {
-                        self.learn(ev.event, data);
+                        self.learn(ev.event, data, &info);
                     }
                     self.apply(&info);
                 }
@@ -158,20 +170,52 @@ impl Tap {
         Some(delta)
     }
 
+    /// The Gemini hot path: a text chunk shaped like an earlier one bumps the
+    /// counter and keeps its usage object aside. Of two such objects with
+    /// the same zero mask the later one is what the report would keep either
+    /// way, so only a change of mask (or any other event) hands the pending
+    /// one to the report first; reading the usage waits until then.
+    fn fast_gemini(&mut self, data: &[u8]) -> Option<bool> {
+        if !self.cur.fast_ok() {
+            return None;
+        }
+        let m = self.gemini_template.as_ref()?.matches(data)?;
+        if self.pending_zeros.is_some_and(|zeros| zeros != m.zeros) {
+            self.flush_usage();
+        }
+        self.pending_usage.clear();
+        // Memory that cannot be had sends the chunk the slow way.
+        self.pending_usage.try_reserve(m.usage.len()).ok()?;
+        self.pending_usage.extend_from_slice(m.usage);
+        self.pending_zeros = Some(m.zeros);
+        Some(m.delta)
+    }
+
+    /// Gives the pending Gemini usage to the report, as the slow path would
+    /// have on its chunk.
+    fn flush_usage(&mut self) {
+        if self.pending_zeros.take().is_some() {
+            let info = pending_info(&self.pending_usage);
+            self.cur.apply(self.api, &info);
+        }
+    }
+
     /// The hot paths: an output delta shaped like an earlier one only bumps
-    /// the counter (such an event changes nothing else in a report).
+    /// the counter (such an event changes nothing else in a report; a
+    /// Gemini chunk's usage is kept aside).
     fn fast(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
         match self.api {
             Api::ChatCompletions | Api::Completions => self.fast_chat(data),
             Api::Responses => self.delta_template.as_ref()?.matches(name, data),
             Api::AnthropicMessages => self.template.as_ref()?.matches(data),
+            Api::Gemini => self.fast_gemini(data),
             _ => None,
         }
     }
 
     /// Learns the shape of a delta event the slow path just read (chat
     /// learns in [`Tap::fast_chat`]).
-    fn learn(&mut self, name: &[u8], data: &[u8]) {
+    fn learn(&mut self, name: &[u8], data: &[u8], info: &EventInfo<'_>) {
         if self.relearn_budget == 0 {
             return;
         }
@@ -181,8 +225,12 @@ impl Tap {
                 adopt(&mut self.delta_template, &mut self.relearn_budget, learned);
             }
             Api::AnthropicMessages => {
-                let learned = ChunkTemplate::learn(data, ANTHROPIC_TEXT);
+                let learned = ChunkTemplate::learn_anthropic(data);
                 adopt(&mut self.template, &mut self.relearn_budget, learned);
+            }
+            Api::Gemini => {
+                let learned = GeminiTemplate::learn(data, info);
+                adopt(&mut self.gemini_template, &mut self.relearn_budget, learned);
             }
             _ => {}
         }
@@ -247,6 +295,7 @@ impl Tap {
     /// Closes the current report and starts the next one; past
     /// [`MAX_REPORTS`] the current report takes the rest of the stream.
     fn rotate(&mut self, warning: Option<String>) {
+        self.flush_usage();
         if self.reports.len() + 1 >= MAX_REPORTS {
             if !self.capped {
                 self.capped = true;
@@ -264,6 +313,7 @@ impl Tap {
         self.reports.push(old.finish(self.api, self.max_event_size));
         self.template = None;
         self.delta_template = None;
+        self.gemini_template = None;
         self.relearn_budget = RELEARN_BUDGET;
     }
 
@@ -271,7 +321,11 @@ impl Tap {
     pub(crate) fn snapshot(&self) -> Vec<Report> {
         let mut out = self.reports.clone();
         if out.is_empty() || !self.cur.is_empty() {
-            out.push(self.cur.clone().finish(self.api, self.max_event_size));
+            let mut cur = self.cur.clone();
+            if self.pending_zeros.is_some() {
+                cur.apply(self.api, &pending_info(&self.pending_usage));
+            }
+            out.push(cur.finish(self.api, self.max_event_size));
         }
         out
     }
@@ -279,6 +333,7 @@ impl Tap {
     /// Closes the stream: every report, in order (at least one), and a
     /// fresh state for the next stream.
     pub(crate) fn finish(&mut self) -> Vec<Report> {
+        self.flush_usage();
         let cur = std::mem::take(&mut self.cur);
         let mut reports = std::mem::take(&mut self.reports);
         if reports.is_empty() || !cur.is_empty() {
@@ -287,6 +342,8 @@ impl Tap {
         self.api = Api::from(self.hint);
         self.template = None;
         self.delta_template = None;
+        self.gemini_template = None;
+        self.pending_usage = Vec::new();
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;
         reports
@@ -300,6 +357,15 @@ fn adopt<T>(slot: &mut Option<T>, budget: &mut u8, learned: Option<T>) {
     if let Some(shape) = learned {
         *slot = Some(shape);
         *budget -= 1;
+    }
+}
+
+/// What the slow path would apply for a Gemini text chunk's usage (its
+/// other effects, the delta, were counted already).
+fn pending_info(usage: &[u8]) -> EventInfo<'_> {
+    EventInfo {
+        usage: Some(usage),
+        ..EventInfo::default()
     }
 }
 
@@ -336,14 +402,15 @@ mod tests {
         feed(&mut tap, "message_start", start);
         let text =
             r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"}}"#;
-        let thinking = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"t"}}"#;
+        // Not compact: no template is learned from it.
+        let spaced = r#"{"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "t"}}"#;
         for _ in 0..2 * RELEARN_BUDGET {
-            feed(&mut tap, "content_block_delta", thinking);
+            feed(&mut tap, "content_block_delta", spaced);
         }
         assert!(tap.template.is_none());
         assert_eq!(tap.relearn_budget, RELEARN_BUDGET);
         feed(&mut tap, "content_block_delta", text);
-        let json = r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{"}}"#;
+        let json = r#"{"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{"}}"#;
         feed(&mut tap, "content_block_delta", json);
         assert!(tap
             .template
@@ -351,6 +418,34 @@ mod tests {
             .is_some_and(|t| t.matches(text.as_bytes()).is_some()));
         assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 1);
         assert_eq!(tap.delta_chunks(), 2 * u64::from(RELEARN_BUDGET) + 2);
+    }
+
+    #[test]
+    fn anthropic_thinking_and_tool_input_deltas_are_learned() {
+        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
+        let start = r#"{"type":"message_start","message":{"id":"m1","model":"c","usage":{"input_tokens":1}}}"#;
+        feed(&mut tap, "message_start", start);
+        let blocks = [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"#,
+        ];
+        for (at, head) in blocks.iter().enumerate() {
+            feed(
+                &mut tap,
+                "content_block_delta",
+                &format!(r#"{head}"a"}}}}"#),
+            );
+            assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 1 - at as u8);
+            for (text, delta) in [(r#""b\"c""#, Some(true)), (r#""""#, Some(false))] {
+                let data = format!("{head}{text}}}}}");
+                let t = tap.template.as_ref().unwrap();
+                assert_eq!(t.matches(data.as_bytes()), delta, "{data}");
+                feed(&mut tap, "content_block_delta", &data);
+            }
+        }
+        assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 3);
+        assert_eq!(tap.delta_chunks(), 6);
     }
 
     #[test]

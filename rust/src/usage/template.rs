@@ -17,6 +17,14 @@ use memchr::memmem;
 pub(crate) const CHAT_CONTENT: &[u8] = b"\"delta\":{\"content\":\"";
 /// Where the text of an Anthropic `text_delta` starts.
 pub(crate) const ANTHROPIC_TEXT: &[u8] = b"\"delta\":{\"type\":\"text_delta\",\"text\":\"";
+/// Where the output string of each Anthropic `content_block_delta` that
+/// carries output starts: text, tool input and thinking (the keys the slow
+/// path counts; a `signature_delta` carries none).
+pub(crate) const ANTHROPIC_DELTAS: [&[u8]; 3] = [
+    ANTHROPIC_TEXT,
+    b"\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"",
+    b"\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"",
+];
 const OBFUSCATION_KEY: &[u8] = b",\"obfuscation\":\"";
 
 /// The learned shape of one stream's content chunks.
@@ -33,7 +41,7 @@ pub(crate) struct ChunkTemplate {
 
 /// The offset just past the closing quote of the JSON string whose content
 /// starts at `start`, or None if it does not close.
-fn string_end(data: &[u8], start: usize) -> Option<usize> {
+pub(crate) fn string_end(data: &[u8], start: usize) -> Option<usize> {
     let mut at = start;
     loop {
         let found = at + memchr2(b'"', b'\\', data.get(at..)?)?;
@@ -50,8 +58,11 @@ impl ChunkTemplate {
     /// the bytes that open its text string.
     pub(crate) fn learn(data: &[u8], text_key: &[u8]) -> Option<Self> {
         let key = memmem::find(data, text_key)?;
-        // One choice only: a second delta would change what a match means.
-        if memmem::find(&data[key + 1..], b"\"delta\"").is_some() {
+        // One choice only: another delta, before or after, would change
+        // what a match means.
+        if memmem::find(data, b"\"delta\"") != Some(key)
+            || memmem::find(&data[key + 1..], b"\"delta\"").is_some()
+        {
             return None;
         }
         let start = key + text_key.len();
@@ -72,6 +83,13 @@ impl ChunkTemplate {
             tail: tail.to_vec(),
             obfuscated,
         })
+    }
+
+    /// Learns from an Anthropic `content_block_delta` of any output kind.
+    pub(crate) fn learn_anthropic(data: &[u8]) -> Option<Self> {
+        ANTHROPIC_DELTAS
+            .iter()
+            .find_map(|key| Self::learn(data, key))
     }
 
     /// `Some(non_empty_content)` when `data` has exactly this shape.
