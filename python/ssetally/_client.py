@@ -247,6 +247,7 @@ def connect_usage(
     retrieval: RetrievalPolicy | None = None,
     idle_timeout: float | None = None,
     deadline: float | None = None,
+    timeline: bool = False,
     **kwargs: Any,
 ) -> Iterator[UsageStream]:
     """Stream a request with an ``httpx.Client`` or ``httpx2.Client``; yields a ``UsageStream``.
@@ -259,6 +260,8 @@ def connect_usage(
     - ``idle_timeout`` / ``deadline``: seconds without an output-bearing event, and in all,
       after which iterating raises ``StreamTimeoutError`` (default: no limit; comments and
       pings do not reset the idle clock, so they cannot keep a stream alive forever).
+    - ``timeline``: ``report.timings.timeline`` gets every output-bearing event's arrival
+      time and tokens, for ITL percentiles (``Timings``); off by default.
 
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
@@ -279,6 +282,7 @@ def connect_usage(
             request_sent=meter.request_sent,
             secrets=request_secrets(response.request),
             pass_decoded=True,
+            timeline=timeline,
         )
         error_body = response.read() if response.status_code >= 300 else None
         _check_response(response, error_body)
@@ -306,6 +310,7 @@ async def aconnect_usage(
     retrieval: RetrievalPolicy | None = None,
     idle_timeout: float | None = None,
     deadline: float | None = None,
+    timeline: bool = False,
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
@@ -324,6 +329,7 @@ async def aconnect_usage(
             request_sent=meter.request_sent,
             secrets=request_secrets(response.request),
             pass_decoded=True,
+            timeline=timeline,
         )
         error_body = await response.aread() if response.status_code >= 300 else None
         _check_response(response, error_body)

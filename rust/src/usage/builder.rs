@@ -30,6 +30,9 @@ pub(crate) struct Builder {
     finished: bool,
     /// [`MAX_STEP_USAGES`] was reached.
     steps_capped: bool,
+    /// Usage objects taken so far (wrapping): tells the timeline which
+    /// event set the usage.
+    pub usage_updates: u32,
 }
 
 /// Most run-step usages one report keeps (a copy of each usage object is
@@ -134,6 +137,7 @@ impl Builder {
         };
         if usage.has_counts() {
             self.usage = Some(usage);
+            self.usage_updates = self.usage_updates.wrapping_add(1);
         }
     }
 
@@ -147,6 +151,11 @@ impl Builder {
         if matches!(api, Api::ChatCompletions | Api::Completions) && self.status.is_none() {
             self.status = Some(Status::Completed);
         }
+    }
+
+    /// The running output token count (the last usage's).
+    pub(crate) fn output_tokens(&self) -> Option<u64> {
+        self.usage.as_ref().and_then(|u| u.output_tokens)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

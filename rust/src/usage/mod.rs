@@ -35,10 +35,12 @@ mod tap;
 mod template;
 #[cfg(test)]
 mod tests;
+mod timeline;
 mod types;
 
 pub use builder::MAX_STEP_USAGES;
 pub use tap::MAX_REPORTS;
+pub use timeline::{Timeline, TimelineEntry, MAX_TIMELINE_EVENTS, MAX_TIMELINE_TEXT};
 pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
 
 use crate::reassemble::Output;
@@ -65,6 +67,8 @@ pub struct UsageTap {
     tap: Tap,
     /// Reassembled output, when the caller asked for it.
     output: Option<Output>,
+    /// The per-event timing log, when the caller asked for it.
+    timeline: Option<Box<Timeline>>,
     /// `finish` was called: the output stays readable until the next stream
     /// begins.
     finished: bool,
@@ -78,6 +82,7 @@ impl UsageTap {
             decoder: Decoder::new(config),
             tap,
             output: None,
+            timeline: None,
             finished: false,
         }
     }
@@ -88,6 +93,30 @@ impl UsageTap {
     pub fn collecting_output(mut self) -> Self {
         self.output = Some(Output::default());
         self
+    }
+
+    /// Also keep the per-event timing log ([`Timeline`]): each
+    /// output-bearing event's read, text and running usage. Off unless
+    /// asked for; give each read's clock reading with [`UsageTap::stamp`].
+    #[must_use]
+    pub fn with_timeline(mut self) -> Self {
+        self.timeline = Some(Box::default());
+        self
+    }
+
+    /// The timing log so far (None unless asked for); it stays readable
+    /// after [`UsageTap::finish`] until the next stream begins.
+    #[must_use]
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_deref()
+    }
+
+    /// Gives the output events of the reads since the last call the clock
+    /// reading `at` (no-op without a timeline).
+    pub fn stamp(&mut self, at: f64) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.stamp(at);
+        }
     }
 
     /// The output reassembled so far (None unless collecting).
@@ -112,17 +141,21 @@ impl UsageTap {
     pub fn feed(&mut self, chunk: &[u8]) {
         if std::mem::take(&mut self.finished) {
             self.take_output();
+            if let Some(t) = self.timeline.as_mut() {
+                **t = Timeline::default();
+            }
         }
         let Self {
             decoder,
             tap,
             output,
+            timeline,
             ..
         } = self;
         // Bytes go to the report that is current when the chunk begins; an
         // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, d));
+        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, timeline, d));
         if status.out_of_memory > 0 {
             tap.warn(format!(
                 "{} event(s) were discarded because memory to buffer them could not be allocated",
@@ -153,9 +186,13 @@ impl UsageTap {
             decoder,
             tap,
             output,
+            timeline,
             ..
         } = self;
-        let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, d));
+        let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, timeline, d));
+        if let Some(t) = timeline.as_mut() {
+            t.stamp_last();
+        }
         if status.flushed_partial {
             tap.warn(
                 "the stream ended without the blank line after its last event; it was read anyway"
@@ -204,10 +241,23 @@ impl UsageTap {
     }
 }
 
-fn on_dispatch(tap: &mut Tap, output: &mut Option<Output>, d: Dispatch<'_>) {
+fn on_dispatch(
+    tap: &mut Tap,
+    output: &mut Option<Output>,
+    timeline: &mut Option<Box<Timeline>>,
+    d: Dispatch<'_>,
+) {
     match d {
         Dispatch::Event(ev) => {
-            tap.on_event(ev);
+            match timeline.as_mut() {
+                None => tap.on_event(ev),
+                Some(t) => {
+                    let before = tap.mark();
+                    tap.on_event(ev);
+                    let (carried, set_usage) = before.changes(tap.mark());
+                    t.on_event(ev.data, carried, set_usage.then(|| tap.output_tokens()));
+                }
+            }
             if let Some(out) = output.as_mut() {
                 out.on_event(ev.data);
             }
