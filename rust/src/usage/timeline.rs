@@ -236,7 +236,8 @@ impl Timeline {
             if *text_full {
                 return;
             }
-            if text.len() + piece.len() > MAX_TIMELINE_TEXT || text.try_reserve(piece.len()).is_err()
+            if text.len() + piece.len() > MAX_TIMELINE_TEXT
+                || text.try_reserve(piece.len()).is_err()
             {
                 *text_full = true;
                 return;
@@ -251,7 +252,9 @@ impl Timeline {
 /// Characters of output text in one event.
 fn count_text(data: &[u8]) -> u64 {
     let mut chars = 0u64;
-    walk(data, &mut |piece: &str| chars += piece.chars().count() as u64);
+    walk(data, &mut |piece: &str| {
+        chars += piece.chars().count() as u64
+    });
     chars
 }
 
@@ -357,7 +360,10 @@ mod tests {
 
     fn chunk(content: &str, usage: Option<u64>) -> String {
         let usage = usage.map_or(String::new(), |n| {
-            format!(r#","usage":{{"prompt_tokens":5,"completion_tokens":{n},"total_tokens":{}}}"#, n + 5)
+            format!(
+                r#","usage":{{"prompt_tokens":5,"completion_tokens":{n},"total_tokens":{}}}"#,
+                n + 5
+            )
         });
         format!(
             "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]{usage}}}\n\n"
@@ -385,11 +391,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [
-                (1.0, 5, Some(1)),
-                (2.0, 9, Some(3)),
-                (2.0, 15, Some(4))
-            ]
+            [(1.0, 5, Some(1)), (2.0, 9, Some(3)), (2.0, 15, Some(4))]
         );
         assert_eq!(tl.text(), "Hello big world");
         assert_eq!(t.delta_chunks(), 3);
