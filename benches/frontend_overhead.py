@@ -243,8 +243,8 @@ async def _read(metered: bool, streams: int, events: int) -> tuple[float, int]:
     aiohttp's ``iter_any()``; each stream's chunks are fed to its ``StreamReader`` one per
     loop turn, as aiohttp's protocol feeds it one per socket read."""
     import aiohttp
-    from aiohttp.base_protocol import BaseProtocol
     import ssetally
+    from aiohttp.base_protocol import BaseProtocol
 
     loop = asyncio.get_running_loop()
     pieces = _stream(events)
