@@ -99,7 +99,7 @@ def _rejected(injected: bool, response: Any, content: bytes | None) -> str | Non
     return stream_options_rejection(response.status_code, content)
 
 
-def _meter_for(response: Any, sent: _Sent) -> StreamMeter:
+def _meter_for(response: Any, sent: _Sent, timeline: bool) -> StreamMeter:
     """The meter of an answer (its Content-Encoding, the credentials of its request)."""
     meter = StreamMeter(
         request_body=sent.body,
@@ -109,6 +109,7 @@ def _meter_for(response: Any, sent: _Sent) -> StreamMeter:
         request_sent=sent.at,
         secrets=request_secrets(response.request),
         pass_decoded=True,
+        timeline=timeline,
     )
     if sent.retried is not None:
         meter.warn(RETRIED.format(message=sent.retried))
@@ -295,6 +296,7 @@ def connect_usage(
     retrieval: RetrievalPolicy | None = None,
     idle_timeout: float | None = None,
     deadline: float | None = None,
+    timeline: bool = False,
     **kwargs: Any,
 ) -> Iterator[UsageStream]:
     """Stream a request with an ``httpx.Client`` or ``httpx2.Client``; yields a ``UsageStream``.
@@ -309,6 +311,8 @@ def connect_usage(
     - ``idle_timeout`` / ``deadline``: seconds without an output-bearing event, and in all,
       after which iterating raises ``StreamTimeoutError`` (default: no limit; comments and
       pings do not reset the idle clock, so they cannot keep a stream alive forever).
+    - ``timeline``: ``report.timings.timeline`` gets every output-bearing event's arrival
+      time and tokens, for ITL percentiles (``Timings``); off by default.
 
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
     exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
@@ -331,7 +335,7 @@ def connect_usage(
             response = opened.enter_context(client.stream(method, url, **plain))
             error_body = response.read() if response.status_code >= 300 else None
         stream._response = response
-        stream._meter = _meter_for(response, sent)
+        stream._meter = _meter_for(response, sent, timeline)
         _check_response(response, error_body)
         try:
             yield stream
@@ -357,6 +361,7 @@ async def aconnect_usage(
     retrieval: RetrievalPolicy | None = None,
     idle_timeout: float | None = None,
     deadline: float | None = None,
+    timeline: bool = False,
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
@@ -377,7 +382,7 @@ async def aconnect_usage(
             response = await opened.enter_async_context(client.stream(method, url, **plain))
             error_body = await response.aread() if response.status_code >= 300 else None
         stream._response = response
-        stream._meter = _meter_for(response, sent)
+        stream._meter = _meter_for(response, sent, timeline)
         _check_response(response, error_body)
         try:
             yield stream

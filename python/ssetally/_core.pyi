@@ -104,7 +104,12 @@ class UsageTap:
     event. The public ``ssetally.UsageTap`` wraps it with typed reports."""
 
     def __new__(
-        cls, api: str = "auto", *, max_event_size: int = ..., collect_output: bool = False
+        cls,
+        api: str = "auto",
+        *,
+        max_event_size: int = ...,
+        collect_output: bool = False,
+        timeline: bool = False,
     ) -> Self: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes. An event over
@@ -131,6 +136,17 @@ class UsageTap:
         bytes arrive."""
     def clear_output(self) -> None:
         """Clear the reassembled output."""
+    def stamp(self, at: float) -> None:
+        """Give the output events of the reads fed since the last call the clock reading
+        ``at`` (no-op unless ``timeline`` was set)."""
+    def timeline_raw(
+        self,
+    ) -> tuple[list[float], list[int], list[int | None], str, int, int, int] | None:
+        """The per-event timing log, or None unless ``timeline`` was set: per output event
+        its clock reading (NaN until stamped), the characters of output text up to and
+        including it and the running output token count right after it (None when no usage
+        came); then the text (at most 16 MiB of it), its length in characters, and how many
+        events past the first 100,000 were only counted, with their characters."""
     @property
     def store(self) -> bool | None:
         """The ``store`` flag the response echoed in ``response.created`` (Responses API),

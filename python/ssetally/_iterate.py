@@ -104,6 +104,8 @@ class _Metered:
         estimate: bool,
         on_report: OnStreamReport | None,
         content_encoding: str,
+        timeline: bool = False,
+        request_sent: float | None = None,
     ) -> None:
         self._chunks = chunks
         self._estimate = estimate
@@ -114,6 +116,8 @@ class _Metered:
             content_encoding=content_encoding,
             collect_output=estimate,
             api=api,
+            timeline=timeline,
+            request_sent=request_sent,
         )
         self._iterating = False
         self.report: StreamReport | None = None
@@ -262,6 +266,8 @@ def meter(
     estimate: bool = False,
     on_report: OnStreamReport | None = None,
     content_encoding: str = "",
+    timeline: bool = False,
+    request_sent: float | None = None,
 ) -> MeteredStream:
     """Meter an iterable of raw response ``bytes``; iterate the result for the same objects.
 
@@ -278,8 +284,23 @@ def meter(
     :param content_encoding: the ``Content-Encoding`` of the chunks when they are still
         compressed (e.g. urllib3 with ``decode_content=False``); the tap reads a
         decompressed copy, the caller still gets the raw chunks.
+    :param timeline: ``report.timings.timeline`` gets every output-bearing event's arrival
+        time and tokens, for ITL percentiles (``Timings``); off by default.
+    :param request_sent: the ``time.monotonic()`` reading taken when the request was sent,
+        which the latencies count from (default: when ``meter`` is called, usually after the
+        answer's headers arrived, so TTFT would miss the wait for them).
     """
-    return MeteredStream(chunks, api, request, include_usage, estimate, on_report, content_encoding)
+    return MeteredStream(
+        chunks,
+        api,
+        request,
+        include_usage,
+        estimate,
+        on_report,
+        content_encoding,
+        timeline,
+        request_sent,
+    )
 
 
 def ameter(
@@ -291,9 +312,19 @@ def ameter(
     estimate: bool = False,
     on_report: OnStreamReport | None = None,
     content_encoding: str = "",
+    timeline: bool = False,
+    request_sent: float | None = None,
 ) -> AsyncMeteredStream:
     """Async twin of ``meter`` for an async iterable of ``bytes``. ``on_report`` may return
     an awaitable (run as a task). With ``estimate`` the count runs inline, on the loop."""
     return AsyncMeteredStream(
-        chunks, api, request, include_usage, estimate, on_report, content_encoding
+        chunks,
+        api,
+        request,
+        include_usage,
+        estimate,
+        on_report,
+        content_encoding,
+        timeline,
+        request_sent,
     )

@@ -60,13 +60,27 @@ class Attempt(NamedTuple):
 
 
 class Timings(NamedTuple):
-    """Monotonic clock readings (``time.monotonic()`` seconds) of one streamed request, and the
-    latencies derived from them with the true output token count.
+    """When the parts of one streamed request arrived, and the latencies derived from them.
 
-    ``first_content`` is the first event that carried output (TTFT); ``last_content`` the last.
-    Rates use ``output_tokens`` from the usage record, never chunk counts. Hidden reasoning
-    tokens are generated before the first visible delta, so for reasoning models the decode
-    rate over the visible window is an upper bound.
+    The fields are monotonic clock readings (``time.monotonic()`` seconds): ``request_sent``,
+    ``first_byte``, ``first_content`` (the first event that carried output: never an empty role
+    chunk, a ping or a usage-only chunk), ``last_content`` and ``end``; ``output_tokens`` is the
+    usage record's count (never a chunk count). The properties give seconds since the request
+    was sent: ``ttfb``, ``ttft``, ``duration``, and ``tpot`` as vLLM defines it.
+
+    With ``timeline=True`` on the front-end, ``timeline`` holds one ``(seconds since the
+    request was sent, tokens)`` pair per output-bearing event, for the first 100,000 events
+    (``timeline_dropped`` counts the rest). Events of one read share its arrival time.
+    ``timeline_source`` says where the tokens come from: ``usage`` (each event's own running
+    count: vLLM ``continuous_usage_stats``, Gemini), ``apportioned`` (the stream's exact total
+    shared by the tokenizer count of each event's text, so that they add up exactly: Anthropic
+    ``message_delta``, a final usage chunk, a retrieval) or ``estimate`` (tokenizer counts; no
+    exact total). ``itl_p50``, ``itl_p90``, ``itl_p99`` and ``itls()`` come from it: the
+    tokens that arrived g seconds after the previous ones, k of them, count k gaps of g/k.
+
+    Hidden reasoning tokens are generated before the first visible delta, so for reasoning
+    models rates over the visible window are upper bounds, and apportioned tokens spread the
+    hidden ones over the visible events.
     """
 
     request_sent: float
@@ -75,24 +89,38 @@ class Timings(NamedTuple):
     last_content: float | None = None
     end: float | None = None
     output_tokens: int | None = None
+    timeline: tuple[tuple[float, int], ...] = ()
+    timeline_dropped: int = 0
+    timeline_source: str | None = None
+
+    @property
+    def ttfb(self) -> float | None:
+        """Seconds from sending the request to the first byte of the answer's body."""
+        return None if self.first_byte is None else self.first_byte - self.request_sent
 
     @property
     def ttft(self) -> float | None:
-        """Seconds from sending the request to the first output delta."""
+        """Seconds from sending the request to the first event that carried output."""
         return None if self.first_content is None else self.first_content - self.request_sent
 
     @property
     def duration(self) -> float | None:
-        """Seconds from sending the request to the end of the stream."""
+        """Seconds from sending the request to the end of the stream (vLLM's E2EL)."""
         return None if self.end is None else self.end - self.request_sent
 
     @property
-    def inter_token_latency(self) -> float | None:
-        """Mean seconds between output tokens after the first one."""
+    def tpot(self) -> float | None:
+        """Time per output token after the first, as vLLM defines it: (last content - first
+        content) / (output tokens - 1)."""
         n = self.output_tokens
         if n is None or n < 2 or self.first_content is None or self.last_content is None:
             return None
         return (self.last_content - self.first_content) / (n - 1)
+
+    @property
+    def inter_token_latency(self) -> float | None:
+        """The mean inter-token latency: ``tpot`` (the name records and older code use)."""
+        return self.tpot
 
     @property
     def output_tokens_per_s(self) -> float | None:
@@ -102,16 +130,125 @@ class Timings(NamedTuple):
             return None
         return self.output_tokens / span
 
+    def _arrivals(self) -> list[tuple[float, int]]:
+        """The timeline by read: events that arrived together (one read) count as one arrival
+        of all their tokens; arrivals without tokens are left out."""
+        out: list[tuple[float, int]] = []
+        for at, tokens in self.timeline:
+            if tokens <= 0:
+                continue
+            if out and out[-1][0] == at:
+                out[-1] = (at, out[-1][1] + tokens)
+            else:
+                out.append((at, tokens))
+        return out
+
+    def _gaps(self) -> list[tuple[float, int]]:
+        """``(gap per token, tokens)`` of each arrival after the first, sorted: k tokens that
+        arrived g seconds after the previous ones count k gaps of g/k."""
+        arrivals = self._arrivals()
+        out = [
+            (max(0.0, at - before) / tokens, tokens)
+            for (before, _), (at, tokens) in zip(arrivals, arrivals[1:])
+        ]
+        out.sort()
+        return out
+
+    def itls(self) -> tuple[float, ...]:
+        """Every per-token inter-token latency in seconds, in stream order, from
+        ``timeline``: k tokens that arrived g seconds after the previous ones (in one read:
+        one event or several) give k gaps of g/k. The tokens that arrived first are not gaps
+        (they came with TTFT)."""
+        arrivals = self._arrivals()
+        out: list[float] = []
+        for (before, _), (at, tokens) in zip(arrivals, arrivals[1:]):
+            out.extend([max(0.0, at - before) / tokens] * tokens)
+        return tuple(out)
+
+    def itl_percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100) of the per-token inter-token latencies, in
+        seconds, interpolated linearly as ``numpy.percentile`` does; None without a
+        timeline of at least two token-bearing events."""
+        return _weighted_percentile(self._gaps(), q)
+
+    @property
+    def itl_p50(self) -> float | None:
+        """Median per-token inter-token latency (seconds; needs ``timeline``)."""
+        return self.itl_percentile(50)
+
+    @property
+    def itl_p90(self) -> float | None:
+        """90th percentile per-token inter-token latency (seconds; needs ``timeline``)."""
+        return self.itl_percentile(90)
+
+    @property
+    def itl_p99(self) -> float | None:
+        """99th percentile per-token inter-token latency (seconds; needs ``timeline``)."""
+        return self.itl_percentile(99)
+
     def to_dict(self) -> dict[str, Any]:
-        """Clock readings and derived latencies as a JSON-ready dict."""
+        """Clock readings, the timeline and the derived latencies as a JSON-ready dict."""
         out = self._asdict()
+        gaps = self._gaps()
         out.update(
+            timeline=[list(pair) for pair in self.timeline],
+            ttfb=self.ttfb,
             ttft=self.ttft,
             duration=self.duration,
+            tpot=self.tpot,
             inter_token_latency=self.inter_token_latency,
             output_tokens_per_s=self.output_tokens_per_s,
+            itl_p50=_weighted_percentile(gaps, 50),
+            itl_p90=_weighted_percentile(gaps, 90),
+            itl_p99=_weighted_percentile(gaps, 99),
         )
         return out
+
+    def __repr__(self) -> str:
+        gaps = self._gaps()
+        parts = [
+            f"ttft={_seconds(self.ttft)}",
+            f"ttfb={_seconds(self.ttfb)}",
+            f"duration={_seconds(self.duration)}",
+            f"output_tokens={self.output_tokens}",
+            f"tpot={_seconds(self.tpot)}",
+        ]
+        if self.timeline:
+            parts += [
+                f"itl_p50={_seconds(_weighted_percentile(gaps, 50))}",
+                f"itl_p99={_seconds(_weighted_percentile(gaps, 99))}",
+                f"timeline=<{len(self.timeline)} events, {self.timeline_source}"
+                + (f", {self.timeline_dropped} more dropped>" if self.timeline_dropped else ">"),
+            ]
+        parts.append(f"request_sent={self.request_sent!r} (monotonic)")
+        return "Timings(" + ", ".join(parts) + ")"
+
+
+def _seconds(value: float | None) -> str:
+    return "None" if value is None else f"{value:.6f}s"
+
+
+def _weighted_percentile(values: list[tuple[float, int]], q: float) -> float | None:
+    """``numpy.percentile(samples, q)`` (linear) of the samples ``value`` repeated ``count``
+    times, given sorted by value, without expanding them."""
+    total = sum(count for _, count in values)
+    if total == 0:
+        return None
+    rank = min(max(q, 0.0), 100.0) / 100.0 * (total - 1)
+    low = int(rank)
+    high = min(low + 1, total - 1)
+    v_low = v_high = None
+    seen = 0
+    for value, count in values:
+        seen += count
+        if v_low is None and low < seen:
+            v_low = value
+        if high < seen:
+            v_high = value
+            break
+    if v_low is None or v_high is None:  # not reached: counts add up to total
+        return None
+    return v_low + (v_high - v_low) * (rank - low)
 
 
 class Cost(NamedTuple):

@@ -25,12 +25,16 @@ class UsageTap(_core.UsageTap):
     """Feed it the raw bytes of an LLM stream, in chunks of any size; ``finish()`` says what
     the stream cost and how it ended.
 
-    ``UsageTap(api="auto", *, max_event_size=16 MiB, collect_output=False)``. ``feed(data)``
+    ``UsageTap(api="auto", *, max_event_size=16 MiB, collect_output=False, timeline=False)``.
+    ``feed(data)``
     frames events and extracts usage in native code and creates no Python object per event
     (``bytes`` is read without a copy). ``api="auto"`` detects the API from the first event;
     an unknown name raises ``ValueError``. Bad input never raises: it is counted and flagged in
     the report. ``collect_output=True`` also reassembles the streamed text and tool calls
-    (``output()``), which parses every event and costs more.
+    (``output()``), which parses every event and costs more. ``timeline=True`` logs each
+    output-bearing event (its text, the running usage after it) for ``Timings.timeline``:
+    call ``stamp(time.monotonic())`` after each ``feed`` to give its events their arrival
+    time, and read the log with ``timeline_raw()``; off by default, when it costs nothing.
 
     One tap meters one stream at a time and is not for sharing between threads. Besides the
     methods below it has ``bytes_fed``, ``delta_chunks`` (output-bearing events so far: not a
@@ -45,6 +49,7 @@ class UsageTap(_core.UsageTap):
         *,
         max_event_size: int = _core.DEFAULT_MAX_EVENT_SIZE_BYTES,
         collect_output: bool = False,
+        timeline: bool = False,
     ) -> None:
         self._reports: tuple[StreamReport, ...] = ()
 

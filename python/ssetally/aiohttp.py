@@ -178,6 +178,7 @@ async def aconnect_usage(
     retrieve: bool = True,
     estimate: bool = True,
     retrieval: RetrievalPolicy | None = None,
+    timeline: bool = False,
     **kwargs: Any,
 ) -> AsyncIterator[AsyncUsageStream]:
     """``ssetally.aconnect_usage`` for an ``aiohttp.ClientSession``; yields an
@@ -188,13 +189,17 @@ async def aconnect_usage(
     - ``retrieve``: a Responses stream that ended without its terminal event has its usage
       fetched with ``GET /responses/{id}`` through ``session`` (each GET with a timeout).
     - ``estimate``: when no usage can be had, count tokens with tiktoken.
+    - ``timeline``: ``report.timings.timeline`` gets every output-bearing event's arrival
+      time and tokens (and ITL percentiles); off by default.
 
     ``stream.report`` is set when the block exits, also after an early ``break``, an exception
     or a cancellation (then without waiting on the network). A non-2xx answer raises
     ``ssetally.APIStatusError``; a 2xx answer that is not an event stream ``SSEError``.
     """
     body, injected = _prepare(method, url, include_usage, kwargs)
-    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
+    meter = StreamMeter(
+        request_body=body, injected=injected, collect_output=True, timeline=timeline
+    )
     stream = AsyncUsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
     async with session.request(method, url, **kwargs) as response:
         stream._response = response

@@ -111,6 +111,9 @@ class UsageMiddleware:
     :param key_salt: salt of the API-key fingerprints in the records.
     :param shutdown_timeout: how long ``aclose()`` (and lifespan shutdown) waits for the
         fallbacks still running.
+    :param timeline: give each event-stream report's ``timings`` the arrival time and tokens
+        of every output-bearing event as the app sent it (``Timings.timeline``, ITL
+        percentiles), from the request's arrival; off by default.
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class UsageMiddleware:
         instance_id: str = "asgi",
         key_salt: str = "",
         shutdown_timeout: float = 30.0,
+        timeline: bool = False,
     ) -> None:
         self.app = app
+        self.timeline = timeline
         self.on_report = on_report
         self.sink = sink
         self.include_usage = include_usage
@@ -441,6 +446,7 @@ class _Exchange:
                 collect_output=owner.estimate,
                 request_sent=x.start,
                 secrets=x.secrets,
+                timeline=owner.timeline,
             )
             self.meter = meter
             if meter.stripping:

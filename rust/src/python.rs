@@ -494,8 +494,13 @@ mod _core {
     #[pymethods]
     impl UsageTap {
         #[new]
-        #[pyo3(signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false))]
-        fn new(api: &str, max_event_size: usize, collect_output: bool) -> PyResult<Self> {
+        #[pyo3(signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false))]
+        fn new(
+            api: &str,
+            max_event_size: usize,
+            collect_output: bool,
+            timeline: bool,
+        ) -> PyResult<Self> {
             let hint: ApiHint = api
                 .parse()
                 .map_err(|e: crate::usage::UnknownApiHint| PyValueError::new_err(e.to_string()))?;
@@ -509,6 +514,9 @@ mod _core {
             let mut inner = CoreTap::new(hint, config);
             if collect_output {
                 inner = inner.collecting_output();
+            }
+            if timeline {
+                inner = inner.with_timeline();
             }
             Ok(Self {
                 inner,
@@ -575,6 +583,35 @@ mod _core {
                 .map(|o| output_dict(py, o))
                 .collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, items)
+        }
+
+        /// Gives the output events of the reads fed since the last call the
+        /// clock reading `at` (no-op unless the tap keeps a timeline).
+        fn stamp(&mut self, at: f64) {
+            self.inner.stamp(at);
+        }
+
+        /// The timing log, or None unless the tap keeps one: `(at, text_end,
+        /// output_tokens, text, kept_chars, dropped, dropped_chars)`, the
+        /// first three lists with one item per output event.
+        fn timeline_raw<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+            let Some(t) = self.inner.timeline() else {
+                return Ok(None);
+            };
+            let entries = t.entries();
+            let at = PyList::new(py, entries.iter().map(|e| e.at))?;
+            let ends = PyList::new(py, entries.iter().map(|e| e.text_end))?;
+            let tokens = PyList::new(py, entries.iter().map(|e| e.output_tokens))?;
+            let fields = [
+                at.into_any(),
+                ends.into_any(),
+                tokens.into_any(),
+                PyString::new(py, t.text()).into_any(),
+                t.kept_chars().into_bound_py_any(py)?,
+                t.dropped().into_bound_py_any(py)?,
+                t.dropped_chars().into_bound_py_any(py)?,
+            ];
+            PyTuple::new(py, fields).map(Some)
         }
 
         /// Clears the reassembled output (for reusing the tap).

@@ -12,8 +12,8 @@ The front-ends (``connect_usage``, ``MeteringTransport``, the proxy, the ASGI mi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
@@ -26,6 +26,10 @@ from ._fallback import NOTHING, Plan, apply_fallbacks, needs_retrieval
 from ._redact import redact, redact_report
 from ._request import requested_model
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
+from ._timeline import TimelineFields, build_timeline
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class StreamMeter:
@@ -47,9 +51,13 @@ class StreamMeter:
     :param telemetry: where ``complete()`` records the stream's span and metrics: True for
         the process's shared ``Telemetry`` (the global OpenTelemetry providers), False for
         nowhere, or a ``Telemetry`` of its own.
+    :param timeline: also log each output-bearing event's arrival and tokens
+        (``Timings.timeline``); off by default, when ``feed`` does no per-event work for it.
+    :param clock: the monotonic clock to read (``time.monotonic``; tests give their own).
     """
 
     __slots__ = (
+        "_clock",
         "_decoder",
         "_pass_decoded",
         "_price",
@@ -88,7 +96,10 @@ class StreamMeter:
         pass_decoded: bool = False,
         telemetry: Telemetry | bool = True,
         price: bool = True,
+        timeline: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self.request_body = request_body
         self._price = price
         self.telemetry = telemetry
@@ -98,7 +109,7 @@ class StreamMeter:
         self.http_status: int | None = None
         self._recorded = False
         self.secrets = secrets
-        self.request_sent = time.monotonic() if request_sent is None else request_sent
+        self.request_sent = clock() if request_sent is None else request_sent
         self.first_byte: float | None = None
         self.first_content: float | None = None
         self.last_content: float | None = None
@@ -118,7 +129,7 @@ class StreamMeter:
         self._pass_decoded = pass_decoded
         # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
         several = request_body is not None and _count(request_body.get("n")) > 1
-        self._tap = UsageTap(api, collect_output=collect_output or several)
+        self._tap = UsageTap(api, collect_output=collect_output or several, timeline=timeline)
         self._decoder: ContentDecoder | None = None
         try:
             self._decoder = decoder_for(content_encoding)
@@ -127,6 +138,12 @@ class StreamMeter:
         # Compressed bytes cannot be stripped; injecting front-ends ask for identity.
         strip = injected and (self._decoder is None or pass_decoded) and self.metering
         self._stripper: UsageChunkStripper | None = UsageChunkStripper() if strip else None
+
+    def __new__(cls, *args: Any, timeline: bool = False, **kwargs: Any) -> Self:
+        # The timed variant stamps each read in its own ``feed``: the plain one does no work
+        # for a timeline it does not keep.
+        kind = _TimedStreamMeter if timeline and cls is StreamMeter else cls
+        return cast("Self", object.__new__(kind))
 
     def _undecodable(self, why: str) -> None:
         self._stop("decode", why)
@@ -156,7 +173,7 @@ class StreamMeter:
     def feed(self, chunk: bytes) -> bytes:
         """Meter one raw chunk; returns the bytes to pass on (``chunk`` itself unless usage
         was injected). Never raises: a fault stops metering or stripping, never the stream."""
-        now = time.monotonic()
+        now = self._clock()
         if self.first_byte is None:
             self.first_byte = now
         data = chunk
@@ -214,7 +231,7 @@ class StreamMeter:
         when the caller stopped reading (break, close, cancel, disconnect): a stream left
         without its end is then ``cancelled``, not ``truncated``. Only the first call counts."""
         if self.end_time is None:
-            self.end_time = time.monotonic()
+            self.end_time = self._clock()
             self.ended_by = how
             self.stopped_by_client = by_client
             if how == "eof" and self._decoder is not None and self.metering:
@@ -300,13 +317,18 @@ class StreamMeter:
         pricing: CPU work, off the loop where the front-end can.)"""
         report = apply_fallbacks(report, plan, retrieved, self.request_body)
         report = redact_report(report, self.secrets)
+        timeline, problem = self._timeline(report)
+        if problem is not None:
+            report = report.replace(warnings=(*report.warnings, problem))
+        usage = report.usage
         timings = Timings(
-            request_sent=self.request_sent,
-            first_byte=self.first_byte,
-            first_content=self.first_content,
-            last_content=self.last_content,
-            end=self.end_time,
-            output_tokens=None if report.usage is None else report.usage.output_tokens,
+            self.request_sent,
+            self.first_byte,
+            self.first_content,
+            self.last_content,
+            self.end_time,
+            None if usage is None else usage.output_tokens,
+            *timeline,
         )
         report = self._priced(report.replace(timings=timings))
         if not self._recorded:
@@ -343,6 +365,28 @@ class StreamMeter:
             error_type=str(status) if status is not None and status >= 400 else None,
         )
 
+    def _timeline(self, report: StreamReport) -> tuple[TimelineFields, str | None]:
+        """The timeline fields of the final ``report`` (empty unless asked for), and why
+        there is none when building it failed."""
+        timeline = TimelineFields()
+        raw = self._tap.timeline_raw()
+        if raw is not None:
+            model = report.model
+            if model is None and self.request_body is not None:
+                model = _str_or_none(self.request_body.get("model"))
+            try:
+                timeline = build_timeline(
+                    raw,
+                    request_sent=self.request_sent,
+                    end=self.end_time,
+                    usage=report.usage,
+                    model=model,
+                    responses=max(1, len(self.responses)),
+                )
+            except Exception as exc:  # noqa: BLE001 - the report comes, without a timeline
+                return timeline, f"no timeline: {type(exc).__name__}: {exc}"
+        return timeline, None
+
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
@@ -364,6 +408,26 @@ def _server_of(request: Any) -> tuple[str | None, int | None]:
     return (host if isinstance(host, str) and host else None), (
         port if isinstance(port, int) else None
     )
+
+
+class _TimedStreamMeter(StreamMeter):
+    """``StreamMeter(timeline=True)``: gives the tap the arrival time of each read that
+    carried output (events of one read share it)."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> bytes:
+        tap = self._tap
+        before = tap.delta_chunks
+        out = StreamMeter.feed(self, chunk)
+        at = self.last_content  # this read's clock reading when it carried output
+        if at is not None and tap.delta_chunks != before:
+            tap.stamp(at)
+        return out
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _combined(last: StreamReport, responses: tuple[StreamReport, ...]) -> StreamReport:

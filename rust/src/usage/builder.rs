@@ -46,6 +46,9 @@ pub(crate) struct Builder {
     usage_final: bool,
     /// Warnings about rejected usage values given so far.
     value_warnings: usize,
+    /// Usage objects taken so far (wrapping): tells the timeline which
+    /// event set the usage.
+    pub usage_updates: u32,
 }
 
 /// Most warnings about rejected usage values one report gives (a stream
@@ -192,6 +195,7 @@ impl Builder {
                     api,
                     Api::ChatCompletions | Api::Completions | Api::Gemini | Api::GeminiInteractions
                 );
+            self.usage_updates = self.usage_updates.wrapping_add(1);
         }
     }
 
@@ -226,6 +230,11 @@ impl Builder {
         if matches!(api, Api::ChatCompletions | Api::Completions) && self.status.is_none() {
             self.status = Some(Status::Completed);
         }
+    }
+
+    /// The running output token count (the last usage's).
+    pub(crate) fn output_tokens(&self) -> Option<u64> {
+        self.usage.as_ref().and_then(|u| u.output_tokens)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

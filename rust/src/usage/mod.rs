@@ -37,10 +37,12 @@ mod tap;
 mod template;
 #[cfg(test)]
 mod tests;
+mod timeline;
 mod types;
 
 pub use builder::MAX_STEP_USAGES;
 pub use tap::MAX_REPORTS;
+pub use timeline::{Timeline, TimelineEntry, MAX_TIMELINE_EVENTS, MAX_TIMELINE_TEXT};
 pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
 
 use crate::reassemble::Output;
@@ -67,6 +69,8 @@ pub struct UsageTap {
     tap: Tap,
     /// Reassembled output, one per response, when the caller asked for it.
     output: Option<Collect>,
+    /// The per-event timing log, when the caller asked for it.
+    timeline: Option<Box<Timeline>>,
     /// `finish` was called: the output stays readable until the next stream
     /// begins.
     finished: bool,
@@ -80,6 +84,7 @@ impl UsageTap {
             decoder: Decoder::new(config),
             tap,
             output: None,
+            timeline: None,
             finished: false,
         }
     }
@@ -90,6 +95,30 @@ impl UsageTap {
     pub fn collecting_output(mut self) -> Self {
         self.output = Some(Collect::default());
         self
+    }
+
+    /// Also keep the per-event timing log ([`Timeline`]): each
+    /// output-bearing event's read, text and running usage. Off unless
+    /// asked for; give each read's clock reading with [`UsageTap::stamp`].
+    #[must_use]
+    pub fn with_timeline(mut self) -> Self {
+        self.timeline = Some(Box::default());
+        self
+    }
+
+    /// The timing log so far (None unless asked for); it stays readable
+    /// after [`UsageTap::finish`] until the next stream begins.
+    #[must_use]
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_deref()
+    }
+
+    /// Gives the output events of the reads since the last call the clock
+    /// reading `at` (no-op without a timeline).
+    pub fn stamp(&mut self, at: f64) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.stamp(at);
+        }
     }
 
     /// The output of the current (after [`UsageTap::finish`], the last)
@@ -126,17 +155,21 @@ impl UsageTap {
     pub fn feed(&mut self, chunk: &[u8]) {
         if std::mem::take(&mut self.finished) {
             self.take_output();
+            if let Some(t) = self.timeline.as_mut() {
+                **t = Timeline::default();
+            }
         }
         let Self {
             decoder,
             tap,
             output,
+            timeline,
             ..
         } = self;
         // Bytes go to the report that is current when the chunk begins; an
         // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, d));
+        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, timeline, d));
         if status.out_of_memory > 0 {
             tap.warn(format!(
                 "{} event(s) were discarded because memory to buffer them could not be allocated",
@@ -167,14 +200,18 @@ impl UsageTap {
             decoder,
             tap,
             output,
+            timeline,
             ..
         } = self;
-        let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, d));
+        let status = decoder.finish_flushing_each(|d| on_dispatch(tap, output, timeline, d));
         if let Some(c) = output.as_mut() {
             c.cur.close();
             if c.cur.response_id.is_none() {
                 c.cur.response_id = tap.current_id().map(str::to_owned);
             }
+        }
+        if let Some(t) = timeline.as_mut() {
+            t.stamp_last();
         }
         if status.flushed_partial {
             tap.warn(
@@ -266,11 +303,24 @@ impl Collect {
     }
 }
 
-fn on_dispatch(tap: &mut Tap, output: &mut Option<Collect>, d: Dispatch<'_>) {
+fn on_dispatch(
+    tap: &mut Tap,
+    output: &mut Option<Collect>,
+    timeline: &mut Option<Box<Timeline>>,
+    d: Dispatch<'_>,
+) {
     match d {
         Dispatch::Event(ev) => {
             let closed = tap.closed();
-            tap.on_event(ev);
+            match timeline.as_mut() {
+                None => tap.on_event(ev),
+                Some(t) => {
+                    let before = tap.mark();
+                    tap.on_event(ev);
+                    let (carried, set_usage) = before.changes(tap.mark());
+                    t.on_event(ev.data, carried, set_usage.then(|| tap.output_tokens()));
+                }
+            }
             if let Some(c) = output.as_mut() {
                 c.on_event(tap, closed, ev.data);
             }

@@ -9,6 +9,7 @@ use super::gemini_template::GeminiTemplate;
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
 use super::template::{ChunkTemplate, CHAT_CONTENT};
+use super::timeline::Mark;
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
 use crate::sse::EventRef;
@@ -73,6 +74,21 @@ impl Tap {
     pub(crate) fn delta_chunks(&self) -> u64 {
         let closed: u64 = self.reports.iter().map(|r| r.delta_chunks).sum();
         closed + self.cur.report.delta_chunks
+    }
+
+    /// Where the stream stands, for the timeline to tell what an event
+    /// changed.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            reports: self.reports.len(),
+            deltas: self.cur.report.delta_chunks,
+            usage_updates: self.cur.usage_updates,
+        }
+    }
+
+    /// The running output token count of the open response.
+    pub(crate) fn output_tokens(&self) -> Option<u64> {
+        self.cur.output_tokens()
     }
 
     pub(crate) fn response_id(&self) -> Option<String> {
