@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, MutableMapping
@@ -59,8 +60,23 @@ from ._headers import (
 )
 from ._metrics import ProxyMetrics
 from ._record import Exchange, build_record, now_iso
-from ._relay import Sender, UpstreamAborted, Watchdog, quiet_abort, watch_disconnect
+from ._relay import (
+    UpstreamAborted,
+    Watchdog,
+    pump_lean,
+    pump_stack,
+    quiet_abort,
+    watch_disconnect,
+)
 from ._salt import key_salt
+from ._upstream import (
+    SentRequest,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+    httptools_available,
+)
 
 __all__ = ["MeteringProxy"]
 
@@ -80,7 +96,11 @@ class MeteringProxy:
     ``sink`` receives one record (a JSON-ready dict) per proxied request; ``metrics``
     defaults to a new ``ProxyMetrics``. ``client`` is the upstream ``httpx.AsyncClient`` or
     ``httpx2.AsyncClient`` (default: one with connection pooling, of the library chosen by
-    ``config.upstream_client``, created at start-up and closed at shutdown).
+    ``config.upstream_client``, created at start-up and closed at shutdown). Without a
+    ``client``, answers are read by the lean client of ``_upstream`` when httptools is
+    installed (``upstream_client`` ``auto`` or ``httptools``); the httpx library then serves
+    only the usage retrieval. ``ssl_context`` verifies an https upstream (default: certifi's
+    CA bundle when installed, else the system's).
     """
 
     def __init__(
@@ -90,6 +110,7 @@ class MeteringProxy:
         metrics: ProxyMetrics | None = None,
         *,
         client: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -102,9 +123,25 @@ class MeteringProxy:
         self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
         self._client = client
         self._owns_client = client is None
-        self._http = http_library(config.upstream_client, client)
-        self._timeout_errors: tuple[type[BaseException], ...] = (self._http.TimeoutException,)
-        self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
+        lean = config.upstream_client == "httptools"
+        if lean and not httptools_available():
+            raise ImportError("upstream_client httptools needs httptools: pip install httptools")
+        lean = client is None and (lean or config.upstream_client == "auto")
+        self._lean = lean and httptools_available()
+        self._http = http_library("auto" if self._lean else config.upstream_client, client)
+        #: The upstream client reading the answers: ``httptools``, ``httpx2`` or ``httpx``.
+        self.upstream_path = "httptools" if self._lean else self._http.__name__
+        self._ssl_context = ssl_context
+        self._pool: UpstreamPool | None = None
+        self._timeout_errors: tuple[type[BaseException], ...] = (
+            self._http.TimeoutException,
+            UpstreamTimeout,
+        )
+        self._transport_errors: tuple[type[BaseException], ...] = (
+            self._http.HTTPError,
+            UpstreamError,
+            OSError,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies = BodyBudget(config.max_inflight_body_bytes)
         if isinstance(sink, Sink):  # its counters (written, failed, dropped, spooled) on /metrics
@@ -141,9 +178,26 @@ class MeteringProxy:
             )
         return self._client
 
+    def _upstream_pool(self) -> UpstreamPool:
+        if self._pool is None:
+            cfg = self.config
+            self._pool = UpstreamPool(
+                self._upstream,
+                max_connections=cfg.max_connections,
+                max_idle=min(cfg.max_connections, 200),
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                max_header_bytes=cfg.max_header_bytes,
+                ssl_context=self._ssl_context,
+            )
+        return self._pool
+
     async def startup(self) -> None:
         """Open the upstream connection pool."""
-        self._upstream_client()
+        if self._lean:
+            self._upstream_pool()
+        else:
+            self._upstream_client()
 
     async def shutdown(self) -> None:
         """Wait (bounded) for the background fallbacks, close the pool, flush the sink."""
@@ -157,6 +211,9 @@ class MeteringProxy:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         await asyncio.to_thread(self.sink.close, self.config.shutdown_timeout)
 
     @property
@@ -316,13 +373,17 @@ class MeteringProxy:
             except Exception:  # noqa: BLE001 - fail open
                 self._failure(x, "inject")
 
-        url = self._upstream.copy_with(
-            raw_path=self._prefix + path + (b"?" + query if query else b"")
-        )
-        request = self._http.Request(x.method, str(url), headers=forward, content=body or None)
-        client = self._upstream_client()
+        target = self._prefix + path + (b"?" + query if query else b"")
+        request: Any
         try:
-            response = await client.send(request, stream=True)
+            if self._lean:
+                url = str(self._upstream.copy_with(raw_path=target))
+                request = SentRequest(url, forward)
+                response = await self._upstream_pool().request(x.method, target, forward, body)
+            else:
+                url = str(self._upstream.copy_with(raw_path=target))
+                request = self._http.Request(x.method, url, headers=forward, content=body or None)
+                response = await self._upstream_client().send(request, stream=True)
         except self._timeout_errors as exc:
             await self._upstream_failed(x, send, 504, exc)
             return
@@ -445,8 +506,20 @@ class MeteringProxy:
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
+        feed: Callable[[bytes], bytes] | None = None
+        if isinstance(meter, StreamMeter):
+            feed = meter.feed
+        elif meter is not None:
+            feed = meter.passing
         try:
-            await self._pump(x, meter, response, send)
+            if isinstance(response, UpstreamResponse):
+                await pump_lean(x, feed, response, send)
+            else:
+                await pump_stack(x, feed, response, send)
+            tail = meter.held() if isinstance(meter, StreamMeter) else b""
+            x.client_bytes += len(tail)
+            x.outcome = "relayed"
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if x.ended_by != "client disconnected" and x.timed_out is None:
                 raise  # the server is shutting down: the record is written by _proxy
@@ -466,37 +539,6 @@ class MeteringProxy:
         self._finish(x, meter, request)
         if aborted is not None:
             raise UpstreamAborted(x.ended_by) from aborted
-
-    async def _pump(
-        self, x: Exchange, meter: StreamMeter | JsonCapture | None, response: Any, send: Send
-    ) -> None:
-        """Relay the body as it arrives; the meter reads the very bytes that are forwarded."""
-        feed: Callable[[bytes], bytes] | None = None
-        if isinstance(meter, StreamMeter):
-            feed = meter.feed
-        elif meter is not None:
-            feed = meter.passing
-        sender = Sender(send)
-        try:
-            async for chunk in response.aiter_raw():
-                x.upstream_bytes += len(chunk)
-                out = chunk if feed is None else feed(chunk)
-                if out:
-                    x.client_bytes += len(out)
-                    if sender.put(out):
-                        await sender.room()
-        except asyncio.CancelledError:
-            sender.cancel()
-            raise
-        except BaseException:
-            await sender.drain()  # the client gets every byte the upstream sent, then the cut
-            raise
-        await sender.drain()
-        x.ended_by = "eof"
-        tail = meter.held() if isinstance(meter, StreamMeter) else b""
-        x.client_bytes += len(tail)
-        x.outcome = "relayed"
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # ------------------------------------------------------------------ the record
 
