@@ -38,11 +38,20 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             sink=args.sink,
             log_level=args.log_level,
             http=args.http,
+            workers=args.workers if args.workers is not None else default_workers(),
         )
     except (ImportError, ValueError, OSError) as exc:
         print(f"ssetally: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def add_parser(sub: Any) -> None:
@@ -79,9 +88,16 @@ def add_parser(sub: Any) -> None:
     proxy.add_argument("--max-connections", type=int, default=1000, help="upstream pool size")
     proxy.add_argument(
         "--upstream-client",
-        choices=("auto", "httpx2", "httpx"),
+        choices=("auto", "httptools", "httpx2", "httpx"),
         default="auto",
-        help="HTTP library of the upstream pool (auto: httpx2 when installed)",
+        help="client reading the upstream's answers (auto: the lean httptools client when "
+        "installed, else httpx2, else httpx)",
+    )
+    proxy.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes serving the one port (default: the number of cores)",
     )
     proxy.add_argument("--retrieval-deadline", type=float, default=30.0)
     proxy.add_argument(

@@ -17,8 +17,8 @@ Safety and failure rules:
 * An upstream that fails mid-stream makes the proxy drop the client connection the same way,
   so the client sees the cut; an upstream that cannot be reached gives 502 (504 on timeout).
 
-Scaling out: run several instances behind a load balancer, each with its own sink file and
-``--instance-id`` (every record carries it); sum the ``/metrics`` of every instance.
+Scaling out: ``--workers N`` runs N processes on one port (``_supervisor``); across machines,
+run instances behind a load balancer, each with its own sink and ``--instance-id``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from .._mime import is_event_stream
 from .._report import StreamReport
 from ..sinks import Sink, SinkCollector
 from ._config import ProxyConfig, http_library, safe_url
+from ._exposition import run_lifespan, serve_metrics
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
     HOP_BY_HOP,
@@ -58,7 +59,9 @@ from ._headers import (
     header,
     send_error,
 )
+from ._journal import Journal, in_flight_entry
 from ._metrics import ProxyMetrics
+from ._pools import lean_pool, stack_client, upstream_path
 from ._record import Exchange, build_record, now_iso
 from ._relay import (
     UpstreamAborted,
@@ -75,7 +78,6 @@ from ._upstream import (
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
-    httptools_available,
 )
 
 __all__ = ["MeteringProxy"]
@@ -100,7 +102,8 @@ class MeteringProxy:
     ``client``, answers are read by the lean client of ``_upstream`` when httptools is
     installed (``upstream_client`` ``auto`` or ``httptools``); the httpx library then serves
     only the usage retrieval. ``ssl_context`` verifies an https upstream (default: certifi's
-    CA bundle when installed, else the system's).
+    CA bundle when installed, else the system's). ``journal`` (a worker of
+    ``ssetally proxy --workers``) notes the requests in flight for the supervisor.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class MeteringProxy:
         *,
         client: Any = None,
         ssl_context: ssl.SSLContext | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -123,15 +127,13 @@ class MeteringProxy:
         self.metrics = metrics or ProxyMetrics(otel=config.otel, server_address=self._upstream.host)
         self._client = client
         self._owns_client = client is None
-        lean = config.upstream_client == "httptools"
-        if lean and not httptools_available():
-            raise ImportError("upstream_client httptools needs httptools: pip install httptools")
-        lean = client is None and (lean or config.upstream_client == "auto")
-        self._lean = lean and httptools_available()
-        self._http = http_library("auto" if self._lean else config.upstream_client, client)
         #: The upstream client reading the answers: ``httptools``, ``httpx2`` or ``httpx``.
-        self.upstream_path = "httptools" if self._lean else self._http.__name__
+        self.upstream_path = upstream_path(config.upstream_client, client)
+        self._lean = self.upstream_path == "httptools"
+        name = config.upstream_client
+        self._http = http_library("auto" if self._lean or name == "httptools" else name, client)
         self._ssl_context = ssl_context
+        self.journal = journal
         self._pool: UpstreamPool | None = None
         self._timeout_errors: tuple[type[BaseException], ...] = (
             self._http.TimeoutException,
@@ -160,36 +162,12 @@ class MeteringProxy:
 
     def _upstream_client(self) -> Any:
         if self._client is None:
-            cfg = self.config
-            http = self._http
-            self._client = http.AsyncClient(
-                timeout=http.Timeout(
-                    connect=cfg.connect_timeout,
-                    read=cfg.read_timeout,
-                    write=cfg.read_timeout,
-                    pool=cfg.connect_timeout,
-                ),
-                limits=http.Limits(
-                    max_connections=cfg.max_connections,
-                    max_keepalive_connections=min(cfg.max_connections, 200),
-                ),
-                follow_redirects=False,
-                trust_env=False,
-            )
+            self._client = stack_client(self._http, self.config)
         return self._client
 
     def _upstream_pool(self) -> UpstreamPool:
         if self._pool is None:
-            cfg = self.config
-            self._pool = UpstreamPool(
-                self._upstream,
-                max_connections=cfg.max_connections,
-                max_idle=min(cfg.max_connections, 200),
-                connect_timeout=cfg.connect_timeout,
-                read_timeout=cfg.read_timeout,
-                max_header_bytes=cfg.max_header_bytes,
-                ssl_context=self._ssl_context,
-            )
+            self._pool = lean_pool(self._upstream, self.config, self._ssl_context)
         return self._pool
 
     async def startup(self) -> None:
@@ -227,7 +205,7 @@ class MeteringProxy:
         kind = scope["type"]
         if kind == "http":
             if scope["path"] == self.config.metrics_path and scope["method"] in ("GET", "HEAD"):
-                await self._serve_metrics(send)
+                await serve_metrics(self.metrics, send)
                 return
             self.metrics.in_flight.inc()
             self.active += 1
@@ -242,35 +220,7 @@ class MeteringProxy:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001 - fail open
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.shutdown()
-                finally:
-                    await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _serve_metrics(self, send: Send) -> None:
-        body, content_type = self.metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await run_lifespan(self.startup, self.shutdown, receive, send)
 
     # ------------------------------------------------------------------ the request
 
@@ -374,14 +324,14 @@ class MeteringProxy:
                 self._failure(x, "inject")
 
         target = self._prefix + path + (b"?" + query if query else b"")
+        self._journal(x)
+        url = str(self._upstream.copy_with(raw_path=target))
         request: Any
         try:
             if self._lean:
-                url = str(self._upstream.copy_with(raw_path=target))
                 request = SentRequest(url, forward)
                 response = await self._upstream_pool().request(x.method, target, forward, body)
             else:
-                url = str(self._upstream.copy_with(raw_path=target))
                 request = self._http.Request(x.method, url, headers=forward, content=body or None)
                 response = await self._upstream_client().send(request, stream=True)
         except self._timeout_errors as exc:
@@ -501,6 +451,7 @@ class MeteringProxy:
             {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
         )
         x.http_status = response.status_code
+        self._journal(x)
 
         task = asyncio.current_task()
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
@@ -599,6 +550,11 @@ class MeteringProxy:
             final = meter.complete(cancelled, Plan())
         self._emit(x, final, meter)
 
+    def _journal(self, x: Exchange) -> None:
+        """Note ``x`` as in flight (what its record would say if this process died now)."""
+        if self.journal is not None:
+            self.journal.begin(x.request_id, in_flight_entry(x))
+
     def _emit(
         self, x: Exchange, report: StreamReport | None, meter: StreamMeter | None = None
     ) -> None:
@@ -626,6 +582,8 @@ class MeteringProxy:
                 self.metrics.failure("sink")
             self.metrics.observe(record)
             self.records_emitted += 1
+            if self.journal is not None:
+                self.journal.end(x.request_id)
         except Exception:
             logger.exception("ssetally proxy: writing the record failed")
             self.metrics.failure("sink")

@@ -67,8 +67,9 @@ class ProxyConfig:
     :param idle_timeout: longest time a stream may go without an output-bearing event
         (comments and pings do not count); the stream is cut past it. None: no limit.
     :param stream_deadline: longest time one answer may stream; cut past it. None: no limit.
-    :param upstream_client: the HTTP library of the upstream pool: ``httpx2`` (its pool scales
-        to hundreds of concurrent streams), ``httpx``, or ``auto`` (httpx2 when installed).
+    :param upstream_client: the client reading the upstream's answers: ``httptools`` (the
+        lean asyncio client of ``_upstream``), ``httpx2``, ``httpx``, or ``auto`` (httptools
+        when installed, else httpx2, else httpx). The retrieval always uses httpx2/httpx.
     """
 
     upstream: str
