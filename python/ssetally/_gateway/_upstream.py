@@ -125,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._length = False
         self._interim = False
+        self._keep_alive = False
         self._chunks: list[bytes] = []
         self._size = 0
         self._paused = False
@@ -217,6 +218,10 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.headers_done = True
+        # Read now: llhttp resets its flags once the message is complete.
+        self._keep_alive = bool(self._parser.should_keep_alive()) and (
+            self._parser.get_http_version() == "1.1"
+        )
         if self.method == "HEAD" or status in (204, 304):
             self._length = True  # no body, whatever the headers say
             if self.method == "HEAD":
@@ -336,8 +341,7 @@ class _Connection(asyncio.Protocol):
             and not self._chunks
             and not self._paused
             and self.method != "HEAD"
-            and bool(self._parser.should_keep_alive())
-            and self._parser.get_http_version() == "1.1"
+            and self._keep_alive
         )
         self.active = False
         self._parser = None
