@@ -108,15 +108,16 @@ def serve_proxy(
     """
     import uvicorn
 
-    print(runtime_line(config, http, workers), file=sys.stderr, flush=True)
+    line = runtime_line(config, http, workers)
     if workers > 1:
         from ._supervisor import Supervisor
 
         supervisor = Supervisor(
             config, workers=workers, host=host, port=port, sink=sink, log_level=log_level, http=http
         )
-        supervisor.run()
+        supervisor.run(lambda s: print(f"{line}, on {s.url}", file=sys.stderr, flush=True))
         return
+    print(line, file=sys.stderr, flush=True)
     app = MeteringProxy(config, open_sink(sink))
     try:
         uvicorn.Server(uvicorn_config(app, host, port, log_level, http)).run()

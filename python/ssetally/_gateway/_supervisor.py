@@ -28,14 +28,14 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..sinks import Sink, open_sink
 from ._config import ProxyConfig
 from ._exposition import MULTIPROC_ENV
 from ._journal import read_journal
 from ._record import Exchange, build_record
-from ._worker import WorkerSpec
+from ._worker import WORKER_COMMAND, WorkerSpec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -79,14 +79,14 @@ def cut_record(entry: dict[str, Any], why: str, instance_id: str) -> dict[str, A
     return build_record(x, None, instance_id)
 
 
-def _exit_reason(pid: int, code: int) -> str:
+def _exit_reason(code: int) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"cut: the proxy worker (pid {pid}) was killed by {name}"
-    return f"cut: the proxy worker (pid {pid}) exited with status {code}"
+        return f"was killed by {name}"
+    return f"exited with status {code}"
 
 
 class _Worker:
@@ -204,7 +204,7 @@ class Supervisor:
         env = dict(os.environ)
         env[MULTIPROC_ENV] = os.path.join(self._dir, "metrics")
         process = subprocess.Popen(
-            [sys.executable, "-m", "ssetally._gateway._worker"],
+            [sys.executable, "-c", WORKER_COMMAND],
             stdin=subprocess.PIPE,
             pass_fds=(self._socket.fileno(),),
             env=env,
@@ -239,7 +239,7 @@ class Supervisor:
             "ssetally proxy: worker %d (pid %d) %s; restarting it",
             worker.index,
             process.pid,
-            _exit_reason(process.pid, code)[5:],
+            _exit_reason(code),
         )
         self._reap(worker, code)
         young = now - worker.started < YOUNG
@@ -256,7 +256,7 @@ class Supervisor:
         pid = worker.process.pid
         entries = read_journal(worker.journal)
         if entries:
-            why = _exit_reason(pid, code)
+            why = f"cut: the proxy worker (pid {pid}) {_exit_reason(code)}"
             instance = f"{self.config.instance_id}-{worker.index}"
             if self._sink is None:
                 self._sink = open_sink(self.sink_spec)
@@ -312,8 +312,8 @@ class Supervisor:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    def run(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop."""
+    def run(self, started: Callable[[Supervisor], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then stop; ``started`` is called once serving."""
         done = threading.Event()
 
         def _signal(signum: int, frame: Any) -> None:
@@ -322,6 +322,8 @@ class Supervisor:
         previous = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
+            if started is not None:
+                started(self)
             while not done.wait(0.5):
                 pass
         finally:

@@ -1,9 +1,9 @@
 """One worker process of ``ssetally proxy --workers``: a ``MeteringProxy`` served by uvicorn
 on the listening socket it inherited from the supervisor (``_supervisor``).
 
-Started as ``python -m ssetally._gateway._worker`` with its ``WorkerSpec`` pickled on stdin
-(written by the supervisor, its parent: trusted). The worker stops itself when the
-supervisor is gone.
+Started as ``python -c WORKER_COMMAND`` with its ``WorkerSpec`` pickled on stdin (written
+by the supervisor, its parent: trusted). The worker stops itself when the supervisor is
+gone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 from ._config import ProxyConfig
 
-__all__ = ["WorkerSpec", "main"]
+__all__ = ["WORKER_COMMAND", "WorkerSpec", "main"]
+
+#: The code a worker process runs.
+WORKER_COMMAND = "from ssetally._gateway._worker import main; main()"
 
 #: Seconds between two checks that the supervisor is still there.
 PARENT_CHECK = 1.0
@@ -68,7 +71,3 @@ def main() -> None:
         pass
     finally:
         journal.close()
-
-
-if __name__ == "__main__":
-    main()
