@@ -212,3 +212,65 @@ def test_the_fallback_path_without_httptools(tmp_path: Path, monkeypatch: Any) -
     assert "upstream client httpx2" in line
     with pytest.raises(ImportError, match="httptools"):
         runtime_line(ProxyConfig(upstream="http://127.0.0.1:1", upstream_client="httptools"))
+
+
+def test_a_slow_client_pauses_the_upstream_within_a_bound(tmp_path: Path) -> None:
+    sink = tmp_path / "u.jsonl"
+    want = chat_stream(40_000)  # ~7 MB, sent as fast as the upstream can
+    with Upstream() as up, proxied(up.origin, sink) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            body = httpx.Request("POST", "http://x/", json=BODY).read()
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                b"content-type: application/json\r\nx-chunks: 40000\r\nx-frame: length\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            pool = proxy.app._pool
+            assert pool is not None
+            paused = False
+            most = 0
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # the client reads nothing meanwhile
+                for conn in list(pool._open):
+                    most = max(most, conn._size)
+                    paused = paused or conn._paused
+                time.sleep(0.01)
+            assert paused, "the upstream was never paused"
+            assert most <= upstream_module.HIGH_WATER + 256 * 1024, most
+            received = b""
+            while True:
+                piece = s.recv(1 << 20)
+                if not piece:
+                    break
+                received += piece
+        (rec,) = settled(proxy, sink, 1)
+    assert received.split(b"\r\n\r\n", 1)[1] == want
+    assert rec["status"] == "completed" and rec["bytes"]["client"] == len(want)
+
+
+def test_bytes_after_the_answer_are_never_relayed(tmp_path: Path) -> None:
+    sink = tmp_path / "u.jsonl"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    body = chat_stream(2)
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!"
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                conn.sendall(head + b"content-length: %d\r\n\r\n%s%s" % (len(body), body, extra))
+                time.sleep(0.5)
+
+    import threading
+
+    threading.Thread(target=serve, daemon=True).start()
+    with proxied(f"http://127.0.0.1:{port}", sink) as proxy, client(proxy) as c:
+        assert stream(c) == (200, body)
+        assert stream(c) == (200, body)  # on a fresh connection: the first was not pooled
+        recs = settled(proxy, sink, 2)
+    listener.close()
+    assert [r["status"] for r in recs] == ["completed", "completed"]

@@ -16,7 +16,6 @@ others).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
@@ -192,9 +191,7 @@ class Supervisor:
     def _spawn(self, worker: _Worker) -> None:
         assert self._socket is not None
         spec = WorkerSpec(
-            config=dataclasses.replace(
-                self.config, instance_id=f"{self.config.instance_id}-{worker.index}"
-            ),
+            config=self.config,  # one instance: its workers share its instance id
             sink=self.sink_spec,
             fd=self._socket.fileno(),
             journal=worker.journal,
@@ -257,7 +254,7 @@ class Supervisor:
         entries = read_journal(worker.journal)
         if entries:
             why = f"cut: the proxy worker (pid {pid}) {_exit_reason(code)}"
-            instance = f"{self.config.instance_id}-{worker.index}"
+            instance = self.config.instance_id
             if self._sink is None:
                 self._sink = open_sink(self.sink_spec)
             for entry in entries:

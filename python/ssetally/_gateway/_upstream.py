@@ -151,7 +151,10 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(UpstreamError(f"malformed answer from the upstream: {exc}"))
+            if self.complete:  # bytes after the answer (see on_message_begin): not reusable
+                self.close()
+            else:
+                self._fail(UpstreamError(f"malformed answer from the upstream: {exc}"))
             return
         if not self.headers_done:
             self._head_bytes += len(data)
@@ -198,6 +201,10 @@ class _Connection(asyncio.Protocol):
 
     # -------------------------------------------------------------- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same read: never relayed
+            raise _StrayBytes
+
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
         if lower == b"transfer-encoding" and b"chunked" in value.lower():
@@ -229,6 +236,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body after HEAD's header section
+            return
         self._chunks.append(body)
         self._size += len(body)
         if self._size > HIGH_WATER and not self._paused and self.transport is not None:
@@ -366,6 +375,10 @@ class _Connection(asyncio.Protocol):
         except (OSError, ValueError):
             return False
         return not readable
+
+
+class _StrayBytes(Exception):
+    """Raised from the parser to stop it at bytes past the answer."""
 
 
 class _NotSent(Exception):
