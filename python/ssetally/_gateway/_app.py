@@ -61,7 +61,7 @@ from ._headers import (
 )
 from ._journal import Journal, in_flight_entry
 from ._metrics import ProxyMetrics
-from ._pools import lean_pool, stack_client, upstream_path
+from ._pools import UpstreamPool, lean_pool, stack_client, upstream_path
 from ._record import Exchange, build_record, now_iso
 from ._relay import (
     UpstreamAborted,
@@ -75,7 +75,6 @@ from ._salt import key_salt
 from ._upstream import (
     SentRequest,
     UpstreamError,
-    UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
 )

@@ -208,8 +208,11 @@ class Supervisor:
             start_new_session=True,  # a Ctrl-C reaches the supervisor, which stops the workers
         )
         assert process.stdin is not None
-        process.stdin.write(pickle.dumps(spec))
-        process.stdin.close()
+        try:
+            process.stdin.write(pickle.dumps(spec))
+            process.stdin.close()
+        except OSError:  # it died at once: seen (and restarted) as any dead worker
+            pass
         worker.process = process
         worker.started = time.monotonic()
 
@@ -219,7 +222,13 @@ class Supervisor:
                 for worker in self._workers:
                     if self._stopping.is_set():
                         return
-                    self._check(worker)
+                    try:
+                        self._check(worker)
+                    except Exception:  # e.g. no process could be started: try again later
+                        logger.exception("ssetally proxy: supervising worker %d", worker.index)
+                        worker.process = None
+                        worker.backoff = min(MAX_BACKOFF, max(0.5, worker.backoff * 2))
+                        worker.restart_at = time.monotonic() + worker.backoff
 
     def _check(self, worker: _Worker) -> None:
         process = worker.process

@@ -1,43 +1,33 @@
-"""The lean upstream client of the proxy: HTTP/1.1 over asyncio protocols, answers parsed by
-httptools (llhttp), keep-alive connections pooled per origin.
+"""The lean upstream client of the proxy, one connection: HTTP/1.1 over an asyncio protocol,
+answers parsed by httptools (llhttp). Pooling and the retry rule: ``_pools``.
 
 Why not httpx/httpx2 here: their stack (httpcore, h11, anyio) opens a cancel scope and a
 timeout for every read, which costs more CPU than relaying and metering together. Here bytes
-go from ``data_received`` through the parser into one buffer that the relay drains; the only
-timers are one silence timer per connection (``read_timeout``) and the proxy's per-stream
-idle timer and deadline.
-
-Timeouts: ``connect_timeout`` covers the TCP connect, the TLS handshake and the wait for a
-pool slot; ``read_timeout`` is the longest silence of the upstream while an answer is due or
-streaming (not counted while the proxy itself paused reading for a slow client).
-
-Reuse of a pooled connection: before a request is written on an idle connection, the
-connection is checked (closed, or readable: an end-of-file, a reset or a stray byte while
-idle all mean it cannot carry a request) and dropped if so; the request then goes on another
-or a fresh connection. Once a request byte was written it is never sent again, except for an
-idempotent method (GET, HEAD, OPTIONS) on a reused connection that the upstream closed before
-a single byte of the answer: that is the keep-alive race (RFC 9112 9.3.1), retried once on a
-fresh connection. A POST is never retried: the upstream may have run (and billed) it.
+go from ``data_received`` through the parser into one buffer that the relay drains (the tap
+reads what is forwarded); the only timers are one silence timer per connection
+(``read_timeout``: the longest silence of the upstream while an answer is due or streaming,
+not counted while the proxy paused reading for a slow client) and the proxy's per-stream
+idle timer and deadline. Bodies: chunked, Content-Length or close-delimited; the header
+section is bounded; bytes past the answer are never relayed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import select
 import ssl
-import time
-from collections import deque
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Callable
 
-import httpx
+if TYPE_CHECKING:
+    from ._pools import UpstreamPool
 
 __all__ = [
     "SentRequest",
     "UpstreamError",
-    "UpstreamPool",
     "UpstreamResponse",
     "UpstreamTimeout",
+    "default_ssl_context",
     "httptools_available",
 ]
 
@@ -63,11 +53,6 @@ class UpstreamTimeout(UpstreamError):
 
 #: Buffered answer bytes beyond which the upstream is not read (the client is slower).
 HIGH_WATER = 256 * 1024
-#: Seconds an idle pooled connection is kept (below the 5 s keep-alive of common servers, so
-#: the upstream rarely closes one just as a request goes out on it).
-KEEPALIVE_EXPIRY = 4.0
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class SentRequest:
@@ -99,7 +84,7 @@ class UpstreamHeaders:
         return self._index.get(name.lower(), default)
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One upstream connection; carries one request at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -282,10 +267,10 @@ class _Connection(asyncio.Protocol):
         self._timer = self._loop.call_later(timeout - silent, self._check_silence)
 
     def start(self, method: str, data: bytes) -> None:
-        """Write one request; raises ``_NotSent`` when the connection was already closed."""
+        """Write one request; raises ``NotSent`` when the connection was already closed."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
-            raise _NotSent
+            raise NotSent
         assert httptools is not None
         self._reset()
         self.method = method
@@ -377,215 +362,41 @@ class _Connection(asyncio.Protocol):
         return not readable
 
 
+async def _ended() -> bytes:
+    return b""
+
+
 class _StrayBytes(Exception):
     """Raised from the parser to stop it at bytes past the answer."""
 
 
-class _NotSent(Exception):
+class NotSent(Exception):
     """The connection was found closed before any byte of the request was written."""
 
 
 class UpstreamResponse:
     """An answer being received: ``status_code``, ``headers``, then ``read()`` until b""."""
 
-    __slots__ = ("_conn", "_pool", "headers", "status_code")
+    __slots__ = ("_conn", "_pool", "headers", "read", "status_code")
 
-    def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
+    def __init__(self, pool: UpstreamPool, conn: Connection) -> None:
         self._pool = pool
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self.status_code = conn.status
         self.headers = UpstreamHeaders(conn.raw_headers)
-
-    async def read(self) -> bytes:
-        """The answer's body bytes received since the last call (as sent: transfer coding
-        removed, content coding kept); b"" at its end. Raises ``UpstreamError`` when the
-        answer broke off, after every byte received before the break was returned."""
-        conn = self._conn
-        if conn is None:
-            return b""
-        return await conn.read()
+        #: ``await read()``: the answer's body bytes received since the last call (as sent:
+        #: transfer coding removed, content coding kept); b"" at its end. Raises
+        #: ``UpstreamError`` when the answer broke off, after every byte received before
+        #: the break was returned. (The connection's own method: one call per read.)
+        self.read: Callable[[], Awaitable[bytes]] = conn.read
 
     async def aclose(self) -> None:
         """Release the connection: back to the pool when the answer was read whole and the
         upstream keeps it alive, closed otherwise (e.g. the client left mid-stream)."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            self.read = _ended
             self._pool.release(conn, conn.finish())
-
-
-class UpstreamPool:
-    """Keep-alive HTTP/1.1 connections to one origin (``scheme://host:port``), at most
-    ``max_connections`` at once, at most ``max_idle`` of them idle."""
-
-    def __init__(
-        self,
-        url: httpx.URL,
-        *,
-        max_connections: int,
-        max_idle: int,
-        connect_timeout: float,
-        read_timeout: float,
-        max_header_bytes: int,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        if httptools is None:
-            raise ImportError("the lean upstream client needs httptools: pip install httptools")
-        self.scheme = url.scheme
-        self.host = url.host
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self._authority = url.netloc  # host[:port], IDNA-encoded, without userinfo
-        self._basic: bytes | None = None
-        if url.username or url.password:
-            token = base64.b64encode(f"{url.username}:{url.password}".encode())
-            self._basic = b"Basic " + token
-        self._ssl: ssl.SSLContext | None = None
-        if url.scheme == "https":
-            self._ssl = ssl_context or default_ssl_context()
-        self.max_connections = max_connections
-        self.max_idle = max_idle
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_header_bytes = max_header_bytes
-        self._slots = asyncio.Semaphore(max_connections)
-        self._idle: deque[_Connection] = deque()
-        self._open: set[_Connection] = set()
-        #: Connections opened so far (tests, diagnostics).
-        self.connections_opened = 0
-
-    # -------------------------------------------------------------- connections
-
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        self.connections_opened += 1
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                ),
-                self.connect_timeout,
-            )
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"ConnectTimeout: no connection within {self.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
-            raise UpstreamError(f"ConnectError: {type(exc).__name__}: {exc}") from exc
-        self._open.add(conn)
-        return conn
-
-    def _take(self) -> _Connection | None:
-        now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()  # the most recently used: the warmest
-            if now - conn.idle_since < KEEPALIVE_EXPIRY and conn.usable():
-                conn.reused = True
-                return conn
-            conn.close()
-        return None
-
-    def forget(self, conn: _Connection) -> None:
-        """A connection closed (called from the protocol)."""
-        self._open.discard(conn)
-        try:
-            self._idle.remove(conn)
-        except ValueError:
-            pass
-
-    def release(self, conn: _Connection, reusable: bool) -> None:
-        """The exchange on ``conn`` ended: pool it when ``reusable``, free its slot."""
-        self._slots.release()
-        if reusable and len(self._idle) < self.max_idle:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
-        elif reusable:
-            conn.close()
-
-    @property
-    def idle_connections(self) -> int:
-        """Connections waiting in the pool."""
-        return len(self._idle)
-
-    # -------------------------------------------------------------- requests
-
-    def _request_head(
-        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> bytes:
-        parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", self._authority]
-        has_auth = False
-        for k, v in headers:
-            # Names and values come from the ASGI server's parser: no CR or LF in them.
-            parts += (b"\r\n", k, b": ", v)
-            has_auth = has_auth or k.lower() == b"authorization"
-        if self._basic is not None and not has_auth:
-            parts += (b"\r\nauthorization: ", self._basic)
-        if body or method in _BODY_METHODS:
-            parts += (b"\r\ncontent-length: ", str(len(body)).encode("ascii"))
-        parts.append(b"\r\n\r\n")
-        return b"".join(parts)
-
-    async def request(
-        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> UpstreamResponse:
-        """Send one request (``target``: path and query) and wait for the answer's header
-        section. Raises ``UpstreamTimeout`` or ``UpstreamError``."""
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.connect_timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"PoolTimeout: no free upstream connection within {self.connect_timeout:g}s"
-            ) from None
-        head = self._request_head(method, target, headers, body)
-        inline = len(body) <= 64 * 1024
-        data = head + body if inline else head
-        retried = False
-        conn: _Connection | None = None
-        try:
-            while True:
-                conn = self._take()
-                if conn is None:
-                    conn = await self._connect()
-                    conn.reused = False
-                try:
-                    conn.start(method, data)
-                except _NotSent:  # closed after the check: nothing went out, try another
-                    if not conn.reused:
-                        raise UpstreamError(
-                            "the upstream closed the connection without an answer"
-                        ) from None
-                    continue
-                try:
-                    if not inline:
-                        await conn.write_body(body)
-                    await conn.head()
-                except UpstreamError:
-                    if (
-                        conn.reused
-                        and not retried
-                        and not conn.got_bytes
-                        and method in _IDEMPOTENT
-                        and not isinstance(conn.error, UpstreamTimeout)
-                    ):
-                        retried = True
-                        conn.finish()
-                        continue
-                    raise
-                return UpstreamResponse(self, conn)
-        except BaseException:
-            if conn is not None:
-                conn.finish()
-                conn.close()
-            self._slots.release()
-            raise
-
-    async def aclose(self) -> None:
-        """Close every connection, idle or not."""
-        for conn in list(self._open):
-            conn.close()
-        self._idle.clear()
 
 
 def default_ssl_context() -> ssl.SSLContext:
