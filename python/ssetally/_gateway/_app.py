@@ -581,8 +581,9 @@ class MeteringProxy:
                 self.metrics.failure("sink")
             self.metrics.observe(record)
             self.records_emitted += 1
-            if self.journal is not None:
-                self.journal.end(x.request_id)
         except Exception:
             logger.exception("ssetally proxy: writing the record failed")
             self.metrics.failure("sink")
+        finally:
+            if self.journal is not None:
+                self.journal.end(x.request_id)
