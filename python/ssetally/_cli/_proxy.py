@@ -128,6 +128,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             sink=sink,
             log_level=args.log_level,
             http=args.http,
+            workers=args.workers if args.workers is not None else default_workers(),
         )
     except ImportError as exc:
         missing = _missing_extra(exc)
@@ -141,6 +142,14 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.shutdown()  # the last spans and metrics are exported
     return 0
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def add_parser(sub: Any) -> None:
@@ -202,9 +211,16 @@ def add_parser(sub: Any) -> None:
     proxy.add_argument("--max-connections", type=int, default=1000, help="upstream pool size")
     proxy.add_argument(
         "--upstream-client",
-        choices=("auto", "httpx2", "httpx"),
+        choices=("auto", "httptools", "httpx2", "httpx"),
         default="auto",
-        help="HTTP library of the upstream pool (auto: httpx2 when installed)",
+        help="client reading the upstream's answers (auto: the lean httptools client when "
+        "installed, else httpx2, else httpx)",
+    )
+    proxy.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes serving the one port (default: the number of cores)",
     )
     proxy.add_argument(
         "--retrieval-deadline",

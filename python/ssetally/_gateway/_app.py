@@ -17,14 +17,15 @@ Safety and failure rules:
 * An upstream that fails mid-stream makes the proxy drop the client connection the same way,
   so the client sees the cut; an upstream that cannot be reached gives 502 (504 on timeout).
 
-Scaling out: run several instances behind a load balancer, each with its own sink file and
-``--instance-id`` (every record carries it); sum the ``/metrics`` of every instance.
+Scaling out: ``--workers N`` runs N processes on one port (``_supervisor``); across machines,
+run instances behind a load balancer, each with its own sink and ``--instance-id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, MutableMapping
@@ -48,6 +49,7 @@ from .._mime import is_event_stream
 from .._report import StreamReport
 from ..sinks import Sink
 from ._config import ProxyConfig, http_library, safe_url
+from ._exposition import run_lifespan, serve_metrics
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
     HOP_BY_HOP,
@@ -57,11 +59,26 @@ from ._headers import (
     header,
     send_error,
 )
+from ._journal import Journal, in_flight_entry
 from ._metrics import ProxyMetrics
+from ._pools import UpstreamPool, lean_pool, stack_client, upstream_path
 from ._record import Exchange, build_record, now_iso, subject_of
-from ._relay import Sender, UpstreamAborted, Watchdog, quiet_abort, watch_disconnect
+from ._relay import (
+    UpstreamAborted,
+    Watchdog,
+    pump_lean,
+    pump_stack,
+    quiet_abort,
+    watch_disconnect,
+)
 from ._salt import key_salt
 from ._trace import trace_failed_request
+from ._upstream import (
+    SentRequest,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 __all__ = ["MeteringProxy"]
 
@@ -81,7 +98,12 @@ class MeteringProxy:
     ``sink`` receives one record (a JSON-ready dict) per proxied request; ``metrics``
     defaults to a new ``ProxyMetrics``. ``client`` is the upstream ``httpx.AsyncClient`` or
     ``httpx2.AsyncClient`` (default: one with connection pooling, of the library chosen by
-    ``config.upstream_client``, created at start-up and closed at shutdown).
+    ``config.upstream_client``, created at start-up and closed at shutdown). Without a
+    ``client``, answers are read by the lean client of ``_upstream`` when httptools is
+    installed (``upstream_client`` ``auto`` or ``httptools``); the httpx library then serves
+    only the usage retrieval. ``ssl_context`` verifies an https upstream (default: certifi's
+    CA bundle when installed, else the system's). ``journal`` (a worker of
+    ``ssetally proxy --workers``) notes the requests in flight for the supervisor.
     """
 
     def __init__(
@@ -91,6 +113,8 @@ class MeteringProxy:
         metrics: ProxyMetrics | None = None,
         *,
         client: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -103,9 +127,23 @@ class MeteringProxy:
         self.metrics = metrics or ProxyMetrics()
         self._client = client
         self._owns_client = client is None
-        self._http = http_library(config.upstream_client, client)
-        self._timeout_errors: tuple[type[BaseException], ...] = (self._http.TimeoutException,)
-        self._transport_errors: tuple[type[BaseException], ...] = (self._http.HTTPError, OSError)
+        #: The upstream client reading the answers: ``httptools``, ``httpx2`` or ``httpx``.
+        self.upstream_path = upstream_path(config.upstream_client, client)
+        self._lean = self.upstream_path == "httptools"
+        name = config.upstream_client
+        self._http = http_library("auto" if self._lean or name == "httptools" else name, client)
+        self._ssl_context = ssl_context
+        self.journal = journal
+        self._pool: UpstreamPool | None = None
+        self._timeout_errors: tuple[type[BaseException], ...] = (
+            self._http.TimeoutException,
+            UpstreamTimeout,
+        )
+        self._transport_errors: tuple[type[BaseException], ...] = (
+            self._http.HTTPError,
+            UpstreamError,
+            OSError,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies = BodyBudget(config.max_inflight_body_bytes)
         if isinstance(sink, Sink):  # its counters on /metrics, its write failures as faults
@@ -124,27 +162,20 @@ class MeteringProxy:
 
     def _upstream_client(self) -> Any:
         if self._client is None:
-            cfg = self.config
-            http = self._http
-            self._client = http.AsyncClient(
-                timeout=http.Timeout(
-                    connect=cfg.connect_timeout,
-                    read=cfg.read_timeout,
-                    write=cfg.read_timeout,
-                    pool=cfg.connect_timeout,
-                ),
-                limits=http.Limits(
-                    max_connections=cfg.max_connections,
-                    max_keepalive_connections=min(cfg.max_connections, 200),
-                ),
-                follow_redirects=False,
-                trust_env=False,
-            )
+            self._client = stack_client(self._http, self.config)
         return self._client
+
+    def _upstream_pool(self) -> UpstreamPool:
+        if self._pool is None:
+            self._pool = lean_pool(self._upstream, self.config, self._ssl_context)
+        return self._pool
 
     async def startup(self) -> None:
         """Open the upstream connection pool."""
-        self._upstream_client()
+        if self._lean:
+            self._upstream_pool()
+        else:
+            self._upstream_client()
 
     async def shutdown(self) -> None:
         """Wait (bounded) for the background fallbacks, close the pool, flush the sink."""
@@ -158,6 +189,9 @@ class MeteringProxy:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         await asyncio.to_thread(self.sink.close, self.config.shutdown_timeout)
 
     @property
@@ -171,7 +205,7 @@ class MeteringProxy:
         kind = scope["type"]
         if kind == "http":
             if scope["path"] == self.config.metrics_path and scope["method"] in ("GET", "HEAD"):
-                await self._serve_metrics(send)
+                await serve_metrics(self.metrics, send)
                 return
             self.metrics.in_flight.inc()
             self.active += 1
@@ -186,35 +220,7 @@ class MeteringProxy:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001 - fail open
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.shutdown()
-                finally:
-                    await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _serve_metrics(self, send: Send) -> None:
-        body, content_type = self.metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await run_lifespan(self.startup, self.shutdown, receive, send)
 
     # ------------------------------------------------------------------ the request
 
@@ -318,13 +324,17 @@ class MeteringProxy:
             except Exception:  # noqa: BLE001 - fail open
                 self._failure(x, "inject")
 
-        url = self._upstream.copy_with(
-            raw_path=self._prefix + path + (b"?" + query if query else b"")
-        )
-        request = self._http.Request(x.method, str(url), headers=forward, content=body or None)
-        client = self._upstream_client()
+        target = self._prefix + path + (b"?" + query if query else b"")
+        self._journal(x)
+        url = str(self._upstream.copy_with(raw_path=target))
+        request: Any
         try:
-            response = await client.send(request, stream=True)
+            if self._lean:
+                request = SentRequest(url, forward)
+                response = await self._upstream_pool().request(x.method, target, forward, body)
+            else:
+                request = self._http.Request(x.method, url, headers=forward, content=body or None)
+                response = await self._upstream_client().send(request, stream=True)
         except self._timeout_errors as exc:
             await self._upstream_failed(x, send, 504, exc)
             return
@@ -442,13 +452,26 @@ class MeteringProxy:
             {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
         )
         x.http_status = response.status_code
+        self._journal(x)
 
         task = asyncio.current_task()
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
+        feed: Callable[[bytes], bytes] | None = None
+        if isinstance(meter, StreamMeter):
+            feed = meter.feed
+        elif meter is not None:
+            feed = meter.passing
         try:
-            await self._pump(x, meter, response, send)
+            if isinstance(response, UpstreamResponse):
+                await pump_lean(x, feed, response, send)
+            else:
+                await pump_stack(x, feed, response, send)
+            tail = meter.held() if isinstance(meter, StreamMeter) else b""
+            x.client_bytes += len(tail)
+            x.outcome = "relayed"
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if x.ended_by != "client disconnected" and x.timed_out is None:
                 raise  # the server is shutting down: the record is written by _proxy
@@ -468,37 +491,6 @@ class MeteringProxy:
         self._finish(x, meter, request)
         if aborted is not None:
             raise UpstreamAborted(x.ended_by) from aborted
-
-    async def _pump(
-        self, x: Exchange, meter: StreamMeter | JsonCapture | None, response: Any, send: Send
-    ) -> None:
-        """Relay the body as it arrives; the meter reads the very bytes that are forwarded."""
-        feed: Callable[[bytes], bytes] | None = None
-        if isinstance(meter, StreamMeter):
-            feed = meter.feed
-        elif meter is not None:
-            feed = meter.passing
-        sender = Sender(send)
-        try:
-            async for chunk in response.aiter_raw():
-                x.upstream_bytes += len(chunk)
-                out = chunk if feed is None else feed(chunk)
-                if out:
-                    x.client_bytes += len(out)
-                    if sender.put(out):
-                        await sender.room()
-        except asyncio.CancelledError:
-            sender.cancel()
-            raise
-        except BaseException:
-            await sender.drain()  # the client gets every byte the upstream sent, then the cut
-            raise
-        await sender.drain()
-        x.ended_by = "eof"
-        tail = meter.held() if isinstance(meter, StreamMeter) else b""
-        x.client_bytes += len(tail)
-        x.outcome = "relayed"
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # ------------------------------------------------------------------ the record
 
@@ -559,6 +551,11 @@ class MeteringProxy:
             final = meter.complete(cancelled, Plan())
         self._emit(x, final, meter)
 
+    def _journal(self, x: Exchange) -> None:
+        """Note ``x`` as in flight (what its record would say if this process died now)."""
+        if self.journal is not None:
+            self.journal.begin(x.request_id, in_flight_entry(x))
+
     def _emit(
         self, x: Exchange, report: StreamReport | None, meter: StreamMeter | None = None
     ) -> None:
@@ -591,3 +588,6 @@ class MeteringProxy:
         except Exception:
             logger.exception("ssetally proxy: writing the record failed")
             self.metrics.failure("sink")
+        finally:
+            if self.journal is not None:
+                self.journal.end(x.request_id)

@@ -80,8 +80,9 @@ class ProxyConfig:
     :param subject_header: the request header whose value is each record's ``subject`` (whom
         a request is billed to; the CloudEvents ``subject``, else the key fingerprint);
         sanitised and cut to 256 characters. A credential header is refused.
-    :param upstream_client: the HTTP library of the upstream pool: ``httpx2`` (its pool scales
-        to hundreds of concurrent streams), ``httpx``, or ``auto`` (httpx2 when installed).
+    :param upstream_client: the client reading the upstream's answers: ``httptools`` (the
+        lean asyncio client of ``_upstream``), ``httpx2``, ``httpx``, or ``auto`` (httptools
+        when installed, else httpx2, else httpx). The retrieval always uses httpx2/httpx.
     """
 
     upstream: str

@@ -154,6 +154,7 @@ class ProxyMetrics:
             "ssetally_proxy_requests_in_flight",
             "Requests being proxied now.",
             registry=self.registry,
+            multiprocess_mode="livesum",  # summed over the live workers of --workers
         )
         self.records = prom.Counter(
             "ssetally_proxy_records",

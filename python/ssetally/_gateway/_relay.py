@@ -1,4 +1,5 @@
-"""Relaying an answer's body to the client: coalesced sends, backpressure, disconnects."""
+"""Relaying an answer's body to the client: coalesced sends, backpressure, disconnects,
+the idle timer and deadline of a stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable
 
 from .._metering import StreamMeter
 from ._record import Exchange
+from ._upstream import UpstreamResponse
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -139,6 +141,49 @@ class Watchdog:
         """The stream ended: no more checks."""
         if self._handle is not None:
             self._handle.cancel()
+
+
+async def pump_lean(
+    x: Exchange, feed: Callable[[bytes], bytes] | None, response: UpstreamResponse, send: Send
+) -> None:
+    """Relay an answer read by the lean client; ``feed`` (the meter) reads the very bytes
+    that are forwarded. Each send takes every byte received since the previous one: writes
+    are coalesced only while the client is slower than the upstream (its send waits on the
+    transport's buffer), and the upstream is not read past a bound meanwhile."""
+    read = response.read
+    while True:
+        chunk = await read()
+        if not chunk:
+            break
+        x.upstream_bytes += len(chunk)
+        out = chunk if feed is None else feed(chunk)
+        if out:
+            x.client_bytes += len(out)
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+    x.ended_by = "eof"
+
+
+async def pump_stack(
+    x: Exchange, feed: Callable[[bytes], bytes] | None, response: Any, send: Send
+) -> None:
+    """Relay an httpx/httpx2 streamed answer, through a ``Sender``."""
+    sender = Sender(send)
+    try:
+        async for chunk in response.aiter_raw():
+            x.upstream_bytes += len(chunk)
+            out = chunk if feed is None else feed(chunk)
+            if out:
+                x.client_bytes += len(out)
+                if sender.put(out):
+                    await sender.room()
+    except asyncio.CancelledError:
+        sender.cancel()
+        raise
+    except BaseException:
+        await sender.drain()  # the client gets every byte the upstream sent, then the cut
+        raise
+    await sender.drain()
+    x.ended_by = "eof"
 
 
 class UpstreamAborted(Exception):

@@ -1,10 +1,13 @@
-"""Serving the metering proxy with uvicorn: in the foreground (``ssetally proxy``) or from a
-background thread (``ProxyServer``)."""
+"""Serving the metering proxy with uvicorn: in the foreground (``ssetally proxy``, one process
+or ``workers`` of them), or from a background thread (``ProxyServer``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import socket
+import ssl
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,11 +17,12 @@ from ._app import MeteringProxy
 from ._config import ProxyConfig
 from ._guard import with_header_timeout
 from ._metrics import ProxyMetrics
+from ._pools import upstream_path
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["ProxyServer", "serve_proxy"]
+__all__ = ["ProxyServer", "runtime_line", "serve_proxy"]
 
 
 def http_protocol(http: str) -> tuple[type[Any], str]:
@@ -39,7 +43,22 @@ def http_protocol(http: str) -> tuple[type[Any], str]:
     return H11Protocol, "h11"
 
 
-def _uvicorn_config(
+def event_loop_name() -> str:
+    """The event loop uvicorn runs (its ``auto``): ``uvloop`` when installed, else
+    ``asyncio``."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def runtime_line(config: ProxyConfig, http: str = "auto", workers: int = 1) -> str:
+    """The start-up line: which event loop, client-side HTTP parser and upstream client the
+    proxy runs (the fast path is uvloop, httptools and httptools)."""
+    _, parser = http_protocol(http)
+    client = upstream_path(config.upstream_client)
+    line = f"ssetally proxy: event loop {event_loop_name()}, HTTP parser {parser}, upstream client {client}"
+    return line + (f", {workers} workers" if workers > 1 else "")
+
+
+def uvicorn_config(
     app: MeteringProxy, host: str, port: int, log_level: str, http: str = "auto"
 ) -> Any:
     try:
@@ -78,18 +97,32 @@ def serve_proxy(
     sink: Sink | str = "jsonl:ssetally-usage.jsonl",
     log_level: str = "info",
     http: str = "auto",
+    workers: int = 1,
 ) -> None:
     """Run the proxy in the calling thread until interrupted (what ``ssetally proxy`` does).
 
     ``http`` is uvicorn's HTTP implementation: ``h11`` refuses absolute-form request targets
     with 400; ``httptools`` (faster; ``auto`` picks it when installed) reduces them to their
-    path, so they still go to the fixed upstream only.
+    path, so they still go to the fixed upstream only. ``workers`` above 1 runs that many
+    processes on the one port (see ``_supervisor``).
     """
     import uvicorn
 
+    line = runtime_line(config, http, workers)
+    if workers > 1:
+        if not isinstance(sink, str):
+            raise ValueError("with several workers, give the sink as a string (each opens it)")
+        from ._supervisor import Supervisor
+
+        supervisor = Supervisor(
+            config, workers=workers, host=host, port=port, sink=sink, log_level=log_level, http=http
+        )
+        supervisor.run(lambda s: print(f"{line}, on {s.url}", file=sys.stderr, flush=True))
+        return
+    print(line, file=sys.stderr, flush=True)
     app = MeteringProxy(config, open_sink(sink) if isinstance(sink, str) else sink)
     try:
-        uvicorn.Server(_uvicorn_config(app, host, port, log_level, http)).run()
+        uvicorn.Server(uvicorn_config(app, host, port, log_level, http)).run()
     except KeyboardInterrupt:
         # uvicorn re-raises the Ctrl-C it handled, after a graceful shutdown (records flushed).
         pass
@@ -99,6 +132,8 @@ class ProxyServer:
     """A metering proxy served by uvicorn from a background thread (tests, benchmarks,
     embedding). ``with ProxyServer(config, sink) as proxy:`` listens on ``proxy.url`` until the
     block ends; on exit the fallbacks finish and the sink is flushed and closed.
+    ``ssl_context`` verifies an https upstream (default: certifi's CA bundle, else the
+    system's).
     """
 
     def __init__(
@@ -111,8 +146,11 @@ class ProxyServer:
         log_level: str = "warning",
         start_timeout: float = 10.0,
         http: str = "auto",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.app = MeteringProxy(config, open_sink(sink) if isinstance(sink, str) else sink)
+        self.app = MeteringProxy(
+            config, open_sink(sink) if isinstance(sink, str) else sink, ssl_context=ssl_context
+        )
         self._http = http
         self.host = host
         self._port = port
@@ -153,7 +191,7 @@ class ProxyServer:
         sock.bind((self.host, self._port))
         self._socket = sock
         self._server = uvicorn.Server(
-            _uvicorn_config(self.app, self.host, 0, self._log_level, self._http)
+            uvicorn_config(self.app, self.host, 0, self._log_level, self._http)
         )
         self._thread = threading.Thread(
             target=self._server.run,

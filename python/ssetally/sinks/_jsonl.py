@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from ._base import FileSink
@@ -25,21 +26,25 @@ def dumps(record: Any) -> str:
 class JsonlSink(FileSink):
     """One JSON object per line, appended to ``path`` (flushed after every batch).
 
-    Several proxy instances each write their own file (every record carries ``instance_id``
-    and a unique ``record_id``); merge them with ``cat``.
+    Several processes may append to one file (the workers of ``ssetally proxy --workers``):
+    the file is opened with ``O_APPEND`` and every batch of whole lines goes out in one
+    ``write`` call, which Linux and the BSDs do not interleave with another process's on a
+    local file system. Instances on other machines each write their own file (every record
+    carries ``instance_id`` and a unique ``record_id``); merge them with ``cat``.
     """
 
     kind = "jsonl"
 
     def _open(self) -> None:
         self._make_folder()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - the writer owns it
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, 0o666)
 
     def _write_batch(self, records: list[dict[str, Any]]) -> None:
         # Encode the whole batch first, so a record that cannot be encoded writes nothing.
-        lines = "".join(dumps(r) + "\n" for r in records)
-        self._file.write(lines)
-        self._file.flush()
+        data = memoryview("".join(dumps(r) + "\n" for r in records).encode("utf-8"))
+        while data:  # one call unless the disk fills up or a signal interrupts it
+            data = data[os.write(self._fd, data) :]
 
     def _close_destination(self) -> None:
-        self._file.close()
+        os.close(self._fd)

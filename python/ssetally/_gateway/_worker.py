@@ -1,0 +1,73 @@
+"""One worker process of ``ssetally proxy --workers``: a ``MeteringProxy`` served by uvicorn
+on the listening socket it inherited from the supervisor (``_supervisor``).
+
+Started as ``python -c WORKER_COMMAND`` with its ``WorkerSpec`` pickled on stdin (written
+by the supervisor, its parent: trusted). The worker stops itself when the supervisor is
+gone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+
+from ._config import ProxyConfig
+
+__all__ = ["WORKER_COMMAND", "WorkerSpec", "main"]
+
+#: The code a worker process runs.
+WORKER_COMMAND = "from ssetally._gateway._worker import main; main()"
+
+#: Seconds between two checks that the supervisor is still there.
+PARENT_CHECK = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs: its settings, where its records go, the socket to serve."""
+
+    config: ProxyConfig
+    sink: str
+    fd: int
+    journal: str
+    log_level: str = "info"
+    http: str = "auto"
+
+
+def _watch_parent(parent: int) -> None:
+    # An orphaned worker would keep the port without anyone restarting or reaping it.
+    stop = threading.Event()
+    while not stop.wait(PARENT_CHECK):
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def main() -> None:
+    """Serve until SIGTERM/SIGINT (then shut down gracefully: records flushed)."""
+    spec = pickle.load(sys.stdin.buffer)
+    if not isinstance(spec, WorkerSpec):
+        raise SystemExit("ssetally proxy worker: no worker spec on stdin")
+    import uvicorn
+
+    from ..sinks import open_sink
+    from ._app import MeteringProxy
+    from ._journal import Journal
+    from ._server import uvicorn_config
+
+    sock = socket.socket(fileno=spec.fd)
+    journal = Journal(spec.journal, spec.config.max_client_connections)
+    app = MeteringProxy(spec.config, open_sink(spec.sink), journal=journal)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, spec.log_level, spec.http))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        journal.close()
