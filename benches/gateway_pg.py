@@ -36,6 +36,8 @@ from gateway_report import check_records, level_figures
 
 POLL_S = 0.25
 RATE_TOLERANCE = 0.05
+#: Shortest steady-state window that says anything (seconds); a shorter one fails the rate.
+MIN_WINDOW_S = 2.0
 #: Streams per connection (quick, full): the steady-state window is a few stream durations.
 STREAMS = {"quick": 5, "full": 15}
 _METRIC = re.compile(
@@ -170,7 +172,13 @@ def pg_main(args: argparse.Namespace) -> int:
         if server is not None:
             server.cleanup()
     rate, written = steady.get("streams_per_s"), steady.get("records_written_per_s")
-    keeps_up = rate is not None and written is not None and written >= rate * (1 - RATE_TOLERANCE)
+    long_enough = steady["window_s"] >= MIN_WINDOW_S
+    keeps_up = (
+        long_enough
+        and rate is not None
+        and written is not None
+        and written >= rate * (1 - RATE_TOLERANCE)
+    )
     no_spool = steady.get("max_spool_depth") == 0 and steady.get("spooled") == 0
     exact = (
         records["lost"] == 0
@@ -203,6 +211,8 @@ def pg_main(args: argparse.Namespace) -> int:
         f"{records['lost']}, duplicated {records['duplicated']}, exact usage "
         f"{records['exact_usage']}"
     )
+    if not long_enough:
+        print(f"(steady state shorter than {MIN_WINDOW_S:g} s: more --streams per connection)")
     for name, ok in result["verdicts"].items():
         print(f"{'PASS' if ok else 'FAIL':>5}  {name.replace('_', ' ')}")
     args.out.mkdir(parents=True, exist_ok=True)
