@@ -173,8 +173,7 @@ class _Upstream(asyncio.Protocol):
                 + b'"}\n\n',
             )
             stream.sent += 1
-            loop = asyncio.get_running_loop()
-            loop.call_at(start + stream.sent * server.delay, self._tick, stream, start)
+            server.loop.call_at(start + stream.sent * server.delay, self._tick, stream, start)
             return
         self._finish(stream)
 
@@ -207,6 +206,7 @@ class _Server:
         self.events = events
         self.delay = delay
         self.count = 0
+        self.loop = asyncio.get_running_loop()
         # A content event without padding is ~266 bytes; the rest is "obfuscation" text.
         self.padding = b"x" * max(0, chunk_bytes - 266)
 
