@@ -51,6 +51,8 @@ STREAMS = {
     "quick": {1: 12, 16: 3, 64: 2, 200: 2, 500: 2},
     "full": {1: 40, 16: 10, 64: 6, 200: 5, 500: 5},
 }
+#: Share of its CPU past which the load generator counts as saturated (a note says so).
+LOAD_SATURATED = 0.9
 ALL_PATHS = ("direct", "nginx", "proxy", "inject-usage", "workers-2", "no-metering", "litellm")
 
 
@@ -145,6 +147,7 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
     warm: dict[str, Level] = {}
     deadline = time.monotonic() + args.max_seconds
     upstream, up_port = start_upstream(args, harness_cpus)
+    load = (upstream.pid,)
     t0 = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="ssetally-gateway-") as tmp:
@@ -157,14 +160,14 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
                         notes[path.name] = path.note
                 for path in started:  # connections, pools and code paths (not measured)
                     warm[path.name] = measure(
-                        path, min(WARM_CONNECTIONS, max(levels)), 1, args, WARM_EVENTS
+                        path, min(WARM_CONNECTIONS, max(levels)), 1, args, WARM_EVENTS, load
                     )
                 for c in levels:
                     for path in started:
                         if time.monotonic() > deadline:
                             notes["time"] = f"stopped at --max-seconds {args.max_seconds:g}"
                             break
-                        level = measure(path, c, plan[c], args)
+                        level = measure(path, c, plan[c], args, None, load)
                         by_level[path.name].append(level)
                         print(
                             f"  C={c:<4} {path.name:<13} {level.streams} streams, "
@@ -205,6 +208,17 @@ def _results(
             if path.exit_code not in (0, None):
                 notes[f"{path.name} exit"] = f"exit code {path.exit_code}: {path.log_tail()!r}"
         figures[path.name] = fig
+        busy = [
+            f"C={c} ({f['load_generator_cpu_share']:.0%})"
+            for c, f in fig["levels"].items()
+            if (f.get("load_generator_cpu_share") or 0) >= LOAD_SATURATED
+        ]
+        if busy:
+            notes[f"{path.name} load"] = (
+                "the client and the mock used most of their CPU at "
+                + ", ".join(busy)
+                + ": those levels measure the load generator too"
+            )
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "mode": mode,

@@ -46,6 +46,8 @@ class Level:
     bytes: int = 0
     wall_s: float = 0.0
     cpu_s: float | None = None
+    #: CPU seconds of the load generator (client and mock upstream) over the level.
+    load_cpu_s: float | None = None
     errors: Counter[str] = field(default_factory=Counter)
     #: time.monotonic() at the end of each stream.
     ended: list[float] = field(default_factory=list)

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway_client import Level, run_level
 from gateway_paths import Path as GatewayPath
-from gateway_paths import pinned
+from gateway_paths import pinned, process_cpu_seconds
 from gateway_upstream import run
 
 HERE = Path(__file__).resolve().parent
@@ -72,10 +72,18 @@ def stop(proc: Any) -> None:
 
 
 def measure(
-    path: GatewayPath, c: int, streams: int, args: argparse.Namespace, events: int | None = None
+    path: GatewayPath,
+    c: int,
+    streams: int,
+    args: argparse.Namespace,
+    events: int | None = None,
+    load_pids: tuple[int, ...] = (),
 ) -> Level:
-    """One path at one concurrency, with the path's CPU time over the level."""
+    """One path at one concurrency, with the path's CPU time over the level, and that of the
+    load generator (this process and ``load_pids``: the mock upstream)."""
     level = Level(path.name, c)
+    pids = (os.getpid(), *load_pids)
+    load_before = sum(process_cpu_seconds(p) for p in pids)
     before = path.cpu_seconds()
     timeout = args.events * args.delay_ms / 1000 * 3 + 60
     level_timeout = min(args.max_seconds, timeout * streams + 120)
@@ -94,4 +102,5 @@ def measure(
     after = path.cpu_seconds()
     if before is not None and after is not None:
         level.cpu_s = after - before
+    level.load_cpu_s = sum(process_cpu_seconds(p) for p in pids) - load_before
     return level

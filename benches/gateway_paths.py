@@ -61,6 +61,15 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process, all its threads, without its children."""
+    try:
+        fields = FsPath(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pinned(command: list[str], cpus: set[int] | None) -> list[str]:
     """``command`` run under ``taskset`` on ``cpus`` (its children inherit the affinity from
     the first instruction on); unchanged when pinning is off or taskset is missing."""
@@ -288,7 +297,8 @@ class LiteLLM(Path):
         self.port = _free_port()
         log = open(root / "litellm.log", "wb")  # noqa: SIM115 - closed with the process
         command = [
-            sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(conf),
+            sys.executable, "-c", "from litellm.proxy.proxy_cli import run_server; run_server()",
+            "--config", str(conf),
             "--host", HOST, "--port", str(self.port), "--num_workers", "1",
         ]  # fmt: skip
         self.proc = subprocess.Popen(pinned(command, cpus), stdout=log, stderr=subprocess.STDOUT)

@@ -64,6 +64,9 @@ def level_figures(level: Level, direct: Level | None) -> dict[str, Any]:
         fig["added_ttft_p50_ms"] = _round(
             _minus(percentile_ms(level.ttft_ns, 50), percentile_ms(direct.ttft_ns, 50))
         )
+    if level.load_cpu_s is not None and level.wall_s:
+        # Near 1.0 the client and the mock saturate their CPU: the level measures them too.
+        fig["load_generator_cpu_share"] = round(level.load_cpu_s / level.wall_s, 3)
     if level.cpu_s is not None:
         fig["cpu_s"] = round(level.cpu_s, 3)
         fig["cpu_s_per_1000_chunks"] = (
