@@ -40,8 +40,7 @@ from gateway_harness import (
     start_upstream,
     stop,
 )
-from gateway_paths import METERING_OFF_FLAGS, LiteLLM, Nginx, Ssetally, proxy_help
-from gateway_paths import Path as GatewayPath
+from gateway_paths import METERING_OFF_FLAGS, GatewayPath, LiteLLM, Nginx, Ssetally, proxy_help
 from gateway_report import check_records, markdown, path_figures, read_jsonl, table, targets
 
 LEVELS = (1, 16, 64, 200, 500)

@@ -263,18 +263,20 @@ async def _connection(
     conn: _Conn | None = None
     try:
         for k in range(streams):
-            if conn is None or conn.closed:
-                _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Conn(level), HOST, port), stream_timeout
-                )
             try:
+                if conn is None or conn.closed:
+                    _, conn = await asyncio.wait_for(
+                        loop.create_connection(lambda: _Conn(level), HOST, port), stream_timeout
+                    )
+                assert conn is not None
                 await asyncio.wait_for(
                     conn.send(request_bytes(port, first + k, usage, events)), stream_timeout
                 )
             except (StreamFailed, asyncio.TimeoutError, OSError) as exc:
                 level.failed += 1
                 level.errors[type(exc).__name__ + (f": {exc}"[:80] if str(exc) else "")] += 1
-                conn.transport.close()
+                if conn is not None:
+                    conn.transport.close()
                 conn = None
     finally:
         if conn is not None and conn.transport is not None:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway_client import Level, run_level
-from gateway_paths import Path as GatewayPath
-from gateway_paths import pinned, process_cpu_seconds
+from gateway_paths import GatewayPath, pinned, process_cpu_seconds
 from gateway_upstream import run
 
 HERE = Path(__file__).resolve().parent

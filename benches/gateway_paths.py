@@ -1,7 +1,7 @@
 """The paths of the gateway benchmark (direct, nginx, ``ssetally proxy`` variants, LiteLLM):
 starting each on a free 127.0.0.1 port pinned to its CPU, its CPU time from /proc, stopping it.
 
-Every path is a ``Path``: ``start()`` returns False with a ``note`` when it cannot run here (nginx
+Every path is a ``GatewayPath``: ``start()`` returns False with a ``note`` when it cannot run here (nginx
 not installed, a CLI flag missing, LiteLLM not importable), ``cpu_seconds()`` sums user and
 system time over the path's process and all its descendants (nginx's workers, the proxy's
 ``--workers``), ``stop()`` ends it gracefully (SIGINT for the proxy: its sink is flushed).
@@ -124,7 +124,7 @@ METERING_OFF_FLAGS = ("--no-metering", "--no-meter", "--pass-through", "--passth
 # --------------------------------------------------------------------------- paths
 
 
-class Path:
+class GatewayPath:
     """A way from the client to the mock upstream."""
 
     #: Proxies metering usage into records (their records are checked).
@@ -147,7 +147,7 @@ class Path:
         pass
 
 
-class Nginx(Path):
+class Nginx(GatewayPath):
     """nginx with ``proxy_buffering off`` and upstream keep-alive: the no-metering floor."""
 
     def __init__(self, binary: str = NGINX) -> None:
@@ -220,7 +220,7 @@ http {{
                 self.proc.wait(5)
 
 
-class Ssetally(Path):
+class Ssetally(GatewayPath):
     """``python -m ssetally proxy`` with a JSONL sink (or ``sink``) and extra flags."""
 
     records = True
@@ -269,7 +269,7 @@ class Ssetally(Path):
             return ""
 
 
-class LiteLLM(Path):
+class LiteLLM(GatewayPath):
     """LiteLLM's proxy (``litellm --config``), one worker, the mock as an OpenAI-compatible
     model. It re-encodes every chunk, so byte fidelity is not expected of it and it writes no
     records here: only its delays, TTFT and CPU are compared."""

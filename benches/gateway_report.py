@@ -156,7 +156,7 @@ def check_records(
 
 def read_jsonl(path: Any) -> list[dict[str, Any]]:
     """The records of a JSONL sink (a torn last line is counted as unreadable, not fatal)."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         text = path.read_text("utf-8")
     except OSError:
