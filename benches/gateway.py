@@ -82,7 +82,9 @@ def make_paths(names: list[str], sink: str | None, notes: dict[str, str]) -> lis
                     + " in `ssetally proxy --help`)"
                 )
                 continue
-            out.append(Ssetally("no-metering", (flag,), sink=sink))
+            unmetered = Ssetally("no-metering", (flag,), sink=sink)
+            unmetered.records = False  # nothing to meter, nothing to check
+            out.append(unmetered)
         elif name == "litellm":
             out.append(LiteLLM())
         else:
@@ -123,11 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--streams must be 1..1000")
     if args.sink and not args.sink.startswith(("postgresql://", "postgres://")):
         parser.error("--sink takes a postgresql:// URL")
+    raise_file_limit()
     if args.pg or args.sink:
         from gateway_pg import pg_main
 
         return pg_main(args)
     return bench(args, levels)
+
+
+def raise_file_limit() -> None:
+    """Soft limit of open files up to the hard one (C=500 is 1,000 sockets in a proxy);
+    inherited by every process started after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def bench(args: argparse.Namespace, levels: list[int]) -> int:
@@ -199,7 +216,7 @@ def _results(
     figures: dict[str, Any] = {}
     for path in started:
         fig = path_figures(by_level[path.name], direct, warm.get(path.name))
-        if isinstance(path, Ssetally) and path.jsonl is not None:
+        if isinstance(path, Ssetally) and path.records and path.jsonl is not None:
             expected = {sid: args.events for lv in by_level[path.name] for sid in lv.ids}
             expected.update({sid: WARM_EVENTS for sid in warm[path.name].ids})
             fig["records"] = check_records(read_jsonl(path.jsonl), expected)

@@ -127,7 +127,7 @@ METERING_OFF_FLAGS = ("--no-metering", "--no-meter", "--pass-through", "--passth
 class GatewayPath:
     """A way from the client to the mock upstream."""
 
-    #: Proxies metering usage into records (their records are checked).
+    #: The path writes usage records (they are matched to the streams run through it).
     records = False
 
     def __init__(self, name: str) -> None:
