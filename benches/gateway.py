@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sink and not args.sink.startswith(("postgresql://", "postgres://")):
         parser.error("--sink takes a postgresql:// URL")
     raise_file_limit()
+    # SIGTERM unwinds like Ctrl-C: every process started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.pg or args.sink:
         from gateway_pg import pg_main
 

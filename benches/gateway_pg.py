@@ -184,6 +184,8 @@ def pg_main(args: argparse.Namespace) -> int:
         records["lost"] == 0
         and records["duplicated"] == 0
         and records["exact_usage"] == records["streams"]
+        and not level.failed
+        and not warm.failed
     )
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
