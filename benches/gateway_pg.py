@@ -202,22 +202,34 @@ def pg_main(args: argparse.Namespace) -> int:
             "every_record_once_with_exact_usage": exact,
         },
     }
-    print(
-        f"PostgreSQL sink at C={c}: {level.streams} streams ({level.failed} failed) in "
-        f"{level.wall_s:.1f} s; steady state {steady.get('window_s')} s: "
-        f"{rate} streams/s, {written} records written/s, "
-        f"spool depth max {steady.get('max_spool_depth')}, pending max {steady.get('max_pending')}"
-    )
-    print(
-        f"records: {records['records']} for {records['streams']} streams, lost "
-        f"{records['lost']}, duplicated {records['duplicated']}, exact usage "
-        f"{records['exact_usage']}"
-    )
+    lines = [
+        (
+            f"PostgreSQL sink at C={c}: {level.streams} streams ({level.failed} failed) in "
+            f"{level.wall_s:.1f} s; steady state {steady.get('window_s')} s: "
+            f"{rate} streams/s, {written} records written/s, "
+            f"spool depth max {steady.get('max_spool_depth')}, pending max {steady.get('max_pending')}"
+        ),
+        (
+            f"records: {records['records']} for {records['streams']} streams, lost "
+            f"{records['lost']}, duplicated {records['duplicated']}, exact usage "
+            f"{records['exact_usage']}"
+        ),
+    ]
     if not long_enough:
-        print(f"(steady state shorter than {MIN_WINDOW_S:g} s: more --streams per connection)")
-    for name, ok in result["verdicts"].items():
-        print(f"{'PASS' if ok else 'FAIL':>5}  {name.replace('_', ' ')}")
+        lines.append(
+            f"(steady state shorter than {MIN_WINDOW_S:g} s: more --streams per connection)"
+        )
+    labels = {
+        "records_written_per_s_ge_stream_rate": "records written per second >= streams per second",
+        "nothing_spooled_in_steady_state": "nothing spooled in steady state",
+        "every_record_once_with_exact_usage": "every stream's record there once, usage exact",
+    }
+    lines += [f"{'PASS' if ok else 'FAIL':>5}  {labels[k]}" for k, ok in result["verdicts"].items()]
+    print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}-pg.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
-    print(f"wrote {args.out / (args.name + '-pg.json')}")
+    head = f"# Gateway benchmark, PostgreSQL sink\n\n{result['date']} · {pinning}\n\n"
+    body = "\n".join(f"    {line}" for line in lines)
+    (args.out / f"{args.name}-pg.md").write_text(head + body + "\n", "utf-8")
+    print(f"wrote {args.out / (args.name + '-pg.json')} and {args.out / (args.name + '-pg.md')}")
     return 0 if keeps_up and no_spool and exact and not level.failed else 1
