@@ -292,8 +292,8 @@ def table(results: Mapping[str, Any]) -> str:
         ttft = levels.get(1, {}).get("ttft_p50_ms")
         ttft_cell = _ms(ttft)
         added = levels.get(1, {}).get("added_ttft_p50_ms")
-        if added is not None:
-            ttft_cell += f" (+{added:.2f})"
+        if added is not None and name != "direct":
+            ttft_cell += f" ({added:+.2f})"
         rate = p.get("chunks_per_s_below_ceiling")
         rate_cell = (
             "-" if rate is None else (("> " if p.get("ceiling_not_reached") else "") + f"{rate:,}")
