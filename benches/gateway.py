@@ -56,7 +56,7 @@ LOAD_SATURATED = 0.9
 ALL_PATHS = ("direct", "nginx", "proxy", "inject-usage", "workers-2", "no-metering", "litellm")
 
 
-def make_paths(names: list[str], sink: str | None, notes: dict[str, str]) -> list[GatewayPath]:
+def make_paths(names: list[str], notes: dict[str, str]) -> list[GatewayPath]:
     """The paths asked for, in table order; ``notes`` gets why a path cannot run."""
     help_text = proxy_help() if any(n in names for n in ("workers-2", "no-metering")) else ""
     out: list[GatewayPath] = []
@@ -66,14 +66,14 @@ def make_paths(names: list[str], sink: str | None, notes: dict[str, str]) -> lis
         elif name == "nginx":
             out.append(Nginx())
         elif name == "proxy":
-            out.append(Ssetally("proxy", sink=sink))
+            out.append(Ssetally("proxy"))
         elif name == "inject-usage":
-            out.append(Ssetally("inject-usage", ("--inject-usage",), sink=sink))
+            out.append(Ssetally("inject-usage", ("--inject-usage",)))
         elif name == "workers-2":
             if "--workers" not in help_text:
                 notes[name] = "the installed `ssetally proxy` has no --workers"
                 continue
-            out.append(Ssetally("workers-2", ("--workers", "2"), sink=sink))
+            out.append(Ssetally("workers-2", ("--workers", "2")))
         elif name == "no-metering":
             flag = next((f for f in METERING_OFF_FLAGS if f in help_text), None)
             if flag is None:
@@ -83,7 +83,7 @@ def make_paths(names: list[str], sink: str | None, notes: dict[str, str]) -> lis
                     + " in `ssetally proxy --help`)"
                 )
                 continue
-            unmetered = Ssetally("no-metering", (flag,), sink=sink)
+            unmetered = Ssetally("no-metering", (flag,))
             unmetered.records = False  # nothing to meter, nothing to check
             out.append(unmetered)
         elif name == "litellm":
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must be 1..10000 and --delay-ms 0..1000")
     if args.streams is not None and not 1 <= args.streams <= 1000:
         parser.error("--streams must be 1..1000")
+    if not 1 <= args.pg_concurrency <= 2000 or not 1 <= args.max_seconds <= 24 * 3600:
+        parser.error("--pg-concurrency must be 1..2000 and --max-seconds 1..86400")
     if args.sink and not args.sink.startswith(("postgresql://", "postgres://")):
         parser.error("--sink takes a postgresql:// URL")
     raise_file_limit()
@@ -160,7 +162,7 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
     names = [n.strip() for n in args.paths.split(",") if n.strip()]
     if "direct" not in names:
         names.insert(0, "direct")  # every added delay is measured against it
-    paths = make_paths(names, None, notes)
+    paths = make_paths(names, notes)
     started: list[GatewayPath] = []
     by_level: dict[str, list[Level]] = {}
     warm: dict[str, Level] = {}
@@ -172,7 +174,12 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
         with tempfile.TemporaryDirectory(prefix="ssetally-gateway-") as tmp:
             try:
                 for path in paths:
-                    if path.start(up_port, path_cpus, Path(tmp)):
+                    try:
+                        ok = path.start(up_port, path_cpus, Path(tmp))
+                    except (RuntimeError, OSError) as exc:
+                        ok, path.note = False, f"did not start: {exc}"
+                        path.stop()
+                    if ok:
                         started.append(path)
                         by_level[path.name] = []
                     else:
