@@ -42,7 +42,15 @@ from gateway_harness import (
     stop,
 )
 from gateway_paths import METERING_OFF_FLAGS, GatewayPath, LiteLLM, Nginx, Ssetally, proxy_help
-from gateway_report import check_records, markdown, path_figures, read_jsonl, table, targets
+from gateway_report import (
+    check_records,
+    markdown,
+    path_figures,
+    percentile_ms,
+    read_jsonl,
+    table,
+    targets,
+)
 
 LEVELS = (1, 16, 64, 200, 500)
 #: Streams per connection at each concurrency (quick, full): C=1 needs more streams to have
@@ -195,9 +203,11 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
                             break
                         level = measure(path, c, plan[c], args, None, load)
                         by_level[path.name].append(level)
+                        p99 = percentile_ms(level.delays_ns, 99)
                         print(
                             f"  C={c:<4} {path.name:<13} {level.streams} streams, "
-                            f"{level.chunks} chunks, {level.failed} failed",
+                            f"{level.chunks} chunks, {level.failed} failed, delay p99 "
+                            + ("-" if p99 is None else f"{p99:.1f} ms"),
                             file=sys.stderr,
                             flush=True,
                         )
