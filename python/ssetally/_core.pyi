@@ -63,7 +63,7 @@ class SSEDecoder:
     """Incremental WHATWG Server-Sent Events decoder over byte chunks cut anywhere."""
 
     def __new__(
-        cls, *, max_event_size: int = ..., retry_only_events: bool = False
+        cls, *, max_event_size: int = 16777216, retry_only_events: bool = False
     ) -> SSEDecoder: ...
     def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
         """Decode a chunk; returns the events it completed.
@@ -86,7 +86,7 @@ class SSEDecoder:
 class LineDecoder:
     """Splits bytes into lines at CR, LF or CRLF (the SSE line rule)."""
 
-    def __new__(cls, *, max_line_size: int = ...) -> LineDecoder: ...
+    def __new__(cls, *, max_line_size: int = 16777216) -> LineDecoder: ...
     def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
         """The lines ``data`` completes, without their terminators. A line longer than
         ``max_line_size`` (16 MiB by default) is discarded and raises ``EventTooLargeError``,
@@ -107,7 +107,7 @@ class UsageTap:
         cls,
         api: str = "auto",
         *,
-        max_event_size: int = ...,
+        max_event_size: int = 16777216,
         collect_output: bool = False,
         timeline: bool = False,
     ) -> Self: ...
@@ -175,7 +175,7 @@ class UsageChunkStripper:
     arrives, unstripped, and counted in ``oversized``.
     """
 
-    def __new__(cls, *, max_event_size: int = ...) -> UsageChunkStripper: ...
+    def __new__(cls, *, max_event_size: int = 16777216) -> UsageChunkStripper: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """The bytes that can be forwarded now. Raises ``MemoryError`` (with nothing
         consumed) when memory for the output could not be allocated."""
@@ -218,8 +218,8 @@ class ContentDecoder:
         cls,
         content_encoding: str,
         *,
-        max_output_per_feed: int = ...,
-        max_total_output: int = ...,
+        max_output_per_feed: int = 8388608,
+        max_total_output: int = 268435456,
     ) -> ContentDecoder: ...
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """The decoded bytes this chunk completes (any chunking of the body works).

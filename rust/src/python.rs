@@ -215,7 +215,7 @@ mod _core {
     #[pymethods]
     impl SSEDecoder {
         #[new]
-        #[pyo3(signature = (*, max_event_size=DEFAULT_MAX_EVENT_SIZE, retry_only_events=false))]
+        #[pyo3(signature = (*, max_event_size=DEFAULT_MAX_EVENT_SIZE, retry_only_events=false), text_signature = "(*, max_event_size=16777216, retry_only_events=False)")]
         fn new(max_event_size: usize, retry_only_events: bool) -> PyResult<Self> {
             if max_event_size == 0 {
                 return Err(PyValueError::new_err("max_event_size must be positive"));
@@ -494,7 +494,10 @@ mod _core {
     #[pymethods]
     impl UsageTap {
         #[new]
-        #[pyo3(signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false))]
+        #[pyo3(
+            signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false),
+            text_signature = "(api='auto', *, max_event_size=16777216, collect_output=False, timeline=False)"
+        )]
         fn new(
             api: &str,
             max_event_size: usize,
@@ -675,7 +678,9 @@ mod _core {
             *,
             max_output_per_feed=crate::decode::DEFAULT_MAX_OUTPUT_PER_FEED,
             max_total_output=crate::decode::DEFAULT_MAX_TOTAL_OUTPUT,
-        ))]
+        ),
+        text_signature = "(content_encoding, *, max_output_per_feed=8388608, max_total_output=268435456)"
+        )]
         fn new(
             content_encoding: &str,
             max_output_per_feed: usize,

@@ -45,10 +45,22 @@ def tally_capture(data: bytes, api: str = "auto", estimate: bool = True) -> Capt
     (for a capture of several responses, only those whose own output is known)."""
     tap = UsageTap(api, collect_output=True)
     tap.feed(data)
-    report = tap.finish().replace(output=tap.output())
-    responses = tap.reports if len(tap.reports) > 1 else (report,)
+    report = tap.finish()
+    outputs = tap.outputs()
+    if len(tap.reports) > 1 and len(outputs) == len(tap.reports):
+        # Each response's own output; the capture's report keeps them all.
+        responses = tuple(r.replace(output=o) for r, o in zip(tap.reports, outputs))
+        report = report.replace(output=_merged(outputs))
+    else:
+        report = report.replace(output=tap.output())
+        responses = tap.reports if len(tap.reports) > 1 else (report,)
     capture = Capture(report, responses)
     return with_estimates(capture) if estimate else capture
+
+
+def _merged(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outputs of several responses as one (their choices in order)."""
+    return {"response_id": None, "choices": [c for o in outputs for c in o.get("choices", [])]}
 
 
 def with_estimates(capture: Capture) -> Capture:

@@ -20,7 +20,7 @@ pub struct LineDecoder {
 #[pymethods]
 impl LineDecoder {
     #[new]
-    #[pyo3(signature = (*, max_line_size=DEFAULT_MAX_EVENT_SIZE))]
+    #[pyo3(signature = (*, max_line_size=DEFAULT_MAX_EVENT_SIZE), text_signature = "(*, max_line_size=16777216)")]
     fn new(max_line_size: usize) -> PyResult<Self> {
         if max_line_size == 0 {
             return Err(PyValueError::new_err("max_line_size must be positive"));
@@ -95,7 +95,7 @@ pub struct UsageChunkStripper {
 #[pymethods]
 impl UsageChunkStripper {
     #[new]
-    #[pyo3(signature = (*, max_event_size=DEFAULT_MAX_EVENT_SIZE))]
+    #[pyo3(signature = (*, max_event_size=DEFAULT_MAX_EVENT_SIZE), text_signature = "(*, max_event_size=16777216)")]
     fn new(max_event_size: usize) -> PyResult<Self> {
         if max_event_size == 0 {
             return Err(PyValueError::new_err("max_event_size must be positive"));
