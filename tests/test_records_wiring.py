@@ -521,6 +521,7 @@ def test_cli_proxy_otel_exports_spans_over_otlp_http(tmp_path: Path) -> None:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ssetally", "proxy", "--upstream", upstream.origin,
                  "--port", str(port), "--sink", f"jsonl:{tmp_path / 'u.jsonl'}", "--otel",
+                 "--workers", "1",
                  "--log-level", "warning"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -646,7 +646,7 @@ def test_readme_benchmark_loop_runs_as_written(tmp_path: Path) -> None:
         run = subprocess.run(
             [sys.executable, str(script)],
             env={**{k: v for k, v in subprocess_env().items() if "proxy" not in k.lower()},
-                 "SSETALLY_BASE_URL": replay.url.removesuffix("/v1")},
+                 "OPENAI_BASE_URL": replay.url},
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         served = replay.served

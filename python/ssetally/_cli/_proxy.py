@@ -115,20 +115,26 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             **({"instance_id": args.instance_id} if args.instance_id else {}),
         )
         config.upstream_url()
-        if args.otel:
+        workers = args.workers if args.workers is not None else default_workers()
+        if args.otel and workers == 1:  # with workers, each sets up its own
             handle = configure_sdk(service_name="ssetally-proxy")
         options = _sink_options(args)
         if args.sink.startswith("cloudevents+"):
             options["instance_id"] = config.instance_id
+        # One process opens the sink now, so a bad sink fails here; workers open their own.
         sink = open_sink(args.sink, **options)
+        if workers > 1:
+            sink.close()
         serve_proxy(
             config,
             host=args.host,
             port=args.port,
-            sink=sink,
+            sink=args.sink if workers > 1 else sink,
+            sink_options=options,
             log_level=args.log_level,
             http=args.http,
-            workers=args.workers if args.workers is not None else default_workers(),
+            workers=workers,
+            otel=args.otel,
         )
     except ImportError as exc:
         missing = _missing_extra(exc)

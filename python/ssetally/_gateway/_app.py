@@ -380,7 +380,7 @@ class MeteringProxy:
         self, x: Exchange, send: Send, status: int, exc: BaseException
     ) -> None:
         x.outcome = "upstream_error"
-        x.ended_by = f"{type(exc).__name__}: {exc}"
+        x.ended_by = _failure_name(exc)
         logger.warning(
             "ssetally proxy: upstream %s failed: %s",
             safe_url(self._upstream),
@@ -591,3 +591,13 @@ class MeteringProxy:
         finally:
             if self.journal is not None:
                 self.journal.end(x.request_id)
+
+
+def _failure_name(exc: BaseException) -> str:
+    """ "Kind: message" of an upstream failure; the lean client's errors name their kind
+    first (``ConnectError: ...``), as httpx's classes do."""
+    text = str(exc)
+    kind = text.split(":", 1)[0]
+    if isinstance(exc, UpstreamError) and kind.isidentifier():
+        return text
+    return f"{type(exc).__name__}: {exc}"

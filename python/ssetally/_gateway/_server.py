@@ -10,6 +10,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..sinks import Sink, open_sink
@@ -98,13 +99,17 @@ def serve_proxy(
     log_level: str = "info",
     http: str = "auto",
     workers: int = 1,
+    sink_options: Mapping[str, Any] | None = None,
+    otel: bool = False,
 ) -> None:
     """Run the proxy in the calling thread until interrupted (what ``ssetally proxy`` does).
 
     ``http`` is uvicorn's HTTP implementation: ``h11`` refuses absolute-form request targets
     with 400; ``httptools`` (faster; ``auto`` picks it when installed) reduces them to their
     path, so they still go to the fixed upstream only. ``workers`` above 1 runs that many
-    processes on the one port (see ``_supervisor``).
+    processes on the one port (see ``_supervisor``); each opens ``sink`` (then a string) with
+    ``sink_options``; ``otel`` sets up the OpenTelemetry SDK in each worker (one process:
+    the caller sets it up).
     """
     import uvicorn
 
@@ -115,12 +120,22 @@ def serve_proxy(
         from ._supervisor import Supervisor
 
         supervisor = Supervisor(
-            config, workers=workers, host=host, port=port, sink=sink, log_level=log_level, http=http
+            config,
+            workers=workers,
+            host=host,
+            port=port,
+            sink=sink,
+            log_level=log_level,
+            http=http,
+            sink_options=sink_options,
+            otel=otel,
         )
         supervisor.run(lambda s: print(f"{line}, on {s.url}", file=sys.stderr, flush=True))
         return
     print(line, file=sys.stderr, flush=True)
-    app = MeteringProxy(config, open_sink(sink) if isinstance(sink, str) else sink)
+    app = MeteringProxy(
+        config, open_sink(sink, **(sink_options or {})) if isinstance(sink, str) else sink
+    )
     try:
         uvicorn.Server(uvicorn_config(app, host, port, log_level, http)).run()
     except KeyboardInterrupt:

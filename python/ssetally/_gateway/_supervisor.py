@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..sinks import Sink, open_sink
@@ -118,6 +119,8 @@ class Supervisor:
         sink: str = "jsonl:ssetally-usage.jsonl",
         log_level: str = "info",
         http: str = "auto",
+        sink_options: Mapping[str, Any] | None = None,
+        otel: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, not {workers}")
@@ -125,6 +128,8 @@ class Supervisor:
         self.host = host
         self._port = port
         self.sink_spec = sink
+        self.sink_options = dict(sink_options or {})
+        self.otel = otel
         self._log_level = log_level
         self._http = http
         self._count = workers
@@ -193,6 +198,8 @@ class Supervisor:
         spec = WorkerSpec(
             config=self.config,  # one instance: its workers share its instance id
             sink=self.sink_spec,
+            sink_options=self.sink_options,
+            otel=self.otel,
             fd=self._socket.fileno(),
             journal=worker.journal,
             log_level=self._log_level,
@@ -265,7 +272,7 @@ class Supervisor:
             why = f"cut: the proxy worker (pid {pid}) {_exit_reason(code)}"
             instance = self.config.instance_id
             if self._sink is None:
-                self._sink = open_sink(self.sink_spec)
+                self._sink = open_sink(self.sink_spec, **self.sink_options)
             for entry in entries:
                 try:
                     self._sink.write(cut_record(entry, why, instance))

@@ -14,7 +14,9 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._config import ProxyConfig
 
@@ -37,6 +39,10 @@ class WorkerSpec:
     journal: str
     log_level: str = "info"
     http: str = "auto"
+    #: Constructor options of the sink (spool, CloudEvents type, ...).
+    sink_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Set up the OpenTelemetry SDK in the worker (``--otel``): each process exports its own.
+    otel: bool = False
 
 
 def _watch_parent(parent: int) -> None:
@@ -60,9 +66,14 @@ def main() -> None:
     from ._journal import Journal
     from ._server import uvicorn_config
 
+    handle = None
+    if spec.otel:
+        from .._telemetry_sdk import configure_sdk
+
+        handle = configure_sdk(service_name="ssetally-proxy")
     sock = socket.socket(fileno=spec.fd)
     journal = Journal(spec.journal, spec.config.max_client_connections)
-    app = MeteringProxy(spec.config, open_sink(spec.sink), journal=journal)
+    app = MeteringProxy(spec.config, open_sink(spec.sink, **spec.sink_options), journal=journal)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, spec.log_level, spec.http))
     try:
@@ -71,3 +82,5 @@ def main() -> None:
         pass
     finally:
         journal.close()
+        if handle is not None:
+            handle.shutdown()  # the worker's last spans and metrics are exported
