@@ -60,14 +60,7 @@ def test_report_signatures_show_plain_types(name: str) -> None:
 
 
 def test_python_signatures_show_no_ellipsis() -> None:
-    native = {
-        n
-        for n in ssetally.__all__
-        if getattr(getattr(ssetally, n), "__module__", "") == "ssetally._core"
-    }
     for label, signature in signatures().items():
-        if label.split(".")[0] in native:
-            continue  # the native classes' text signatures are the extension's own
         assert "Ellipsis" not in signature, (label, signature)
 
 
@@ -119,3 +112,20 @@ def test_require_report_of_a_usage_stream() -> None:
     assert report is stream.report
     assert report.require_usage().output_tokens == server.last.output_tokens
     assert report.require_timings().ttft is not None
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        ssetally.SSEDecoder,
+        ssetally.UsageTap,
+        ssetally.LineDecoder,
+        ssetally._core.UsageChunkStripper,
+        ssetally._core.ContentDecoder,
+    ],
+)
+def test_native_signatures_show_their_real_defaults(cls: type) -> None:
+    text = str(inspect.signature(cls))
+    assert "..." not in text and "Ellipsis" not in text, text
+    assert "16777216" in text or "8388608" in text, text
+    assert "Ellipsis" not in pydoc.render_doc(cls)
