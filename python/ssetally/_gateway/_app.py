@@ -78,6 +78,7 @@ from ._upstream import (
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
+    failure_name,
 )
 
 __all__ = ["MeteringProxy"]
@@ -380,7 +381,7 @@ class MeteringProxy:
         self, x: Exchange, send: Send, status: int, exc: BaseException
     ) -> None:
         x.outcome = "upstream_error"
-        x.ended_by = _failure_name(exc)
+        x.ended_by = failure_name(exc)
         logger.warning(
             "ssetally proxy: upstream %s failed: %s",
             safe_url(self._upstream),
@@ -591,13 +592,3 @@ class MeteringProxy:
         finally:
             if self.journal is not None:
                 self.journal.end(x.request_id)
-
-
-def _failure_name(exc: BaseException) -> str:
-    """ "Kind: message" of an upstream failure; the lean client's errors name their kind
-    first (``ConnectError: ...``), as httpx's classes do."""
-    text = str(exc)
-    kind = text.split(":", 1)[0]
-    if isinstance(exc, UpstreamError) and kind.isidentifier():
-        return text
-    return f"{type(exc).__name__}: {exc}"

@@ -408,3 +408,13 @@ def default_ssl_context() -> ssl.SSLContext:
         return ssl.create_default_context(cafile=certifi.where())
     except ImportError:
         return ssl.create_default_context()
+
+
+def failure_name(exc: BaseException) -> str:
+    """ "Kind: message" of an upstream failure; the lean client's errors name their kind
+    first (``ConnectError: ...``), as httpx's classes do."""
+    text = str(exc)
+    kind = text.split(":", 1)[0]
+    if isinstance(exc, UpstreamError) and kind.isidentifier():
+        return text
+    return f"{type(exc).__name__}: {exc}"
