@@ -25,10 +25,10 @@ import importlib
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
@@ -51,6 +51,7 @@ from ._metering import (
 )
 from ._mime import is_event_stream
 from ._report import StreamReport
+from ._tasks import TaskSet
 
 if TYPE_CHECKING:
     from httpx2 import AsyncBaseTransport as _AsyncBaseTransport2
@@ -306,29 +307,20 @@ class _Base:
 _Owner = TypeVar("_Owner", bound=_Base)
 
 
+@dataclass(eq=False)
 class _End(Generic[_Owner]):
     """The end of one stream: the report is built once, however many ways the stream ends;
     subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
 
-    def __init__(
-        self,
-        owner: _Owner,
-        request: Any,
-        sent: Any,
-        meter: StreamMeter,
-        inner: Any,
-        lib: Any,
-        status: int,
-    ) -> None:
-        self._owner = owner
-        self._status = status
-        self._request = request
-        self._sent = sent
-        self._meter = meter
-        self._inner = inner
-        self._lib = lib
-        self._lock = threading.Lock()
-        self._ended = False
+    _owner: _Owner
+    _request: Any
+    _sent: Any
+    _meter: StreamMeter
+    _inner: Any
+    _lib: Any
+    _status: int
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _ended: bool = field(default=False, init=False)
 
     def _finish(self, how: str) -> tuple[StreamReport, Plan] | None:
         """The stream's report and fallback plan the first time it ends; None after that."""
@@ -497,7 +489,7 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         retrieval: RetrievalPolicy | None = None,
     ) -> None:
         super().__init__(inner, on_report, include_usage, retrieve, estimate, retrieval)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def __aenter__(self) -> Self:
         return self
@@ -531,36 +523,18 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
 
         return self._meter(response, request, body, injected, make_end, _AsyncTapStream, rejected)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to
-        run) when there is none."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            coro.close()
-            return False
-        task = loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
-
     def _deliver_async(self, report: StreamReport, request: Any) -> None:
         result = self._deliver(report, request)
-        if inspect.isawaitable(result) and not self._spawn(_await_logged(result)):
+        if inspect.isawaitable(result) and not self._tasks.start(_await_logged(result)):
             logger.error("ssetally: on_report returned an awaitable outside an event loop")
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the reports whose fallbacks are still running; True when none is left."""
-        tasks = {t for t in self._tasks if not t.done()}
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        return await self._tasks.wait(timeout)
 
     async def aclose(self) -> None:
         """Wait for pending reports, then close the inner transport(s)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
         for transport in self._transports():
             await transport.aclose()
 
@@ -582,7 +556,7 @@ class _AsyncEnd(_End["AsyncMeteringTransport"]):
                 return
             report, plan = ended
             if plan.due:
-                if self._owner._spawn(self._complete(report, plan)):
+                if self._owner._tasks.start(self._complete(report, plan)):
                     return
                 report = skipped(report, "fallback", "no running event loop for the fallbacks")
                 plan = Plan(skipped=plan.skipped)
