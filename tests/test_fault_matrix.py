@@ -45,6 +45,7 @@ from typing import Any, Callable, Union
 
 import httpx
 import pytest
+from loopback_http import QuietHandler, ThreadedServer
 from ssetally import (
     APIStatusError,
     RetrievalPolicy,
@@ -56,7 +57,6 @@ from ssetally import (
 )
 from ssetally._gateway import ProxyConfig, ProxyServer
 from ssetally._replay import Faults, ReplayServer, Served, split_events
-from typing_extensions import Self
 
 KEY = "sk-fault-matrix-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -830,23 +830,17 @@ class Answer:
     endless: bytes | None = None
 
 
-class HostileUpstream:
+class HostileUpstream(ThreadedServer):
     """A threaded HTTP/1.0 server on 127.0.0.1 writing ``answer`` for every request. Keeps the
     bytes it wrote (``written``, per request) and the request bodies it got (``bodies``)."""
 
     def __init__(self, answer: Answer) -> None:
-        import http.server
-
-        self.stop = threading.Event()
         self.written: list[bytearray] = []
         self.bodies: list[bytes] = []
         self.completed: list[bool] = []
         owner = self
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class H(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 owner.bodies.append(self.rfile.read(length) if length else b"")
@@ -871,23 +865,7 @@ class HostileUpstream:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        super().__init__(H)
 
 
 #: A case's own checks of one cell.
