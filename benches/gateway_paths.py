@@ -19,7 +19,7 @@ import time
 from pathlib import Path as FsPath
 from typing import Any
 
-from soak import _free_port, _proxy_env, stop_proxy
+from soak_proxy import free_port, proxy_env, stop_proxy
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -162,7 +162,7 @@ class Nginx(GatewayPath):
             return False
         root = FsPath(tempfile.mkdtemp(prefix="nginx-", dir=tmp))
         os.chmod(root, 0o755)  # the worker may run as nobody
-        self.port = _free_port()
+        self.port = free_port()
         user = "user root;" if os.geteuid() == 0 else ""
         conf = root / "nginx.conf"
         conf.write_text(
@@ -236,7 +236,7 @@ class Ssetally(GatewayPath):
         self.exit_code: int | None = None
 
     def start(self, upstream_port: int, cpus: set[int] | None, tmp: FsPath) -> bool:
-        self.port = _free_port()
+        self.port = free_port()
         root = FsPath(tempfile.mkdtemp(prefix="proxy-", dir=tmp))
         sink = self.sink
         if sink is None:
@@ -250,7 +250,7 @@ class Ssetally(GatewayPath):
         self.log = root / "proxy.log"
         log = open(self.log, "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            pinned(command, cpus), env=_proxy_env(root), stdout=log, stderr=subprocess.STDOUT
+            pinned(command, cpus), env=proxy_env(root), stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         _wait_port(self.proc, self.port, f"the proxy ({self.name})")
@@ -294,7 +294,7 @@ class LiteLLM(GatewayPath):
             f"      api_base: http://{HOST}:{upstream_port}/v1\n"
             "      api_key: sk-bench\n"
         )
-        self.port = _free_port()
+        self.port = free_port()
         log = open(root / "litellm.log", "wb")  # noqa: SIM115 - closed with the process
         command = [
             sys.executable, "-c", "from litellm.proxy.proxy_cli import run_server; run_server()",
