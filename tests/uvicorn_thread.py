@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import Self
 
@@ -15,7 +15,9 @@ class UvicornThread:
     """``app`` under uvicorn in a daemon thread, on a port of its own: the block waits (at
     most ``timeout`` seconds) until it serves and stops it at the end."""
 
-    def __init__(self, app: Any, *, lifespan: str = "auto", timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: Any, *, lifespan: Literal["auto", "on", "off"] = "auto", timeout: float = 10.0
+    ) -> None:
         import uvicorn  # here, so that a test module without it can skip itself first
 
         self.timeout = timeout
