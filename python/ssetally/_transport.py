@@ -307,7 +307,7 @@ class _Base:
 _Owner = TypeVar("_Owner", bound=_Base)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _End(Generic[_Owner]):
     """The end of one stream: the report is built once, however many ways the stream ends;
     subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
