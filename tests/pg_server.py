@@ -120,12 +120,17 @@ class PgServer:
     def pause(self) -> None:
         """Stop every process of the server (SIGSTOP): a database that takes connections and
         statements and answers none of them, until ``resume``."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
         for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # a backend that just exited
+                pass
 
     def cleanup(self) -> None:
         try:

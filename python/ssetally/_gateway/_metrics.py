@@ -135,6 +135,7 @@ class _SinkMirror:
         for outcome in _SINK_OUTCOMES:  # every series present from the start
             self.records.labels(sink.kind, outcome)
         sink.on_settled(self.sync)
+        self.sync()  # what it settled before (a worker's replay of its predecessor's records)
 
     def sync(self) -> None:
         stats = self.sink.stats()

@@ -56,11 +56,18 @@ def _watch_parent(parent: int) -> None:
             return
 
 
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
     """Serve until SIGTERM/SIGINT (then shut down gracefully: records flushed)."""
     spec = pickle.load(sys.stdin.buffer)
     if not isinstance(spec, WorkerSpec):
         raise SystemExit("ssetally proxy worker: no worker spec on stdin")
+    # uvicorn raises the SIGTERM it handled again once it has shut down: an exception here,
+    # so that the ``finally`` below runs (telemetry flushed) before the process ends.
+    signal.signal(signal.SIGTERM, _exit)
     import uvicorn
 
     from ..sinks import open_sink
@@ -92,7 +99,7 @@ def main() -> None:
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, spec.log_level, spec.http))
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         journal.close()
