@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,7 @@ def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
         nodes -= len(container)
         if nodes < 0:
             return False
+        pairs: Iterable[tuple[Any, Any]]
         if type(container) is dict:
             pairs = container.items()
         else:
