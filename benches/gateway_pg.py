@@ -305,8 +305,14 @@ def pg_main(args: argparse.Namespace) -> int:
             f"(steady state shorter than {MIN_WINDOW_S:g} s: more --streams per connection)"
         )
     labels = {
-        "records_written_per_s_ge_stream_rate": "records written per second >= streams per second",
-        "nothing_spooled_in_steady_state": "nothing spooled in steady state",
+        "records_written_per_s_ge_stream_rate": (
+            f"records written per second ({written}) >= the proxy's stream rate at C={c} "
+            f"({rate} streams/s, {RATE_TOLERANCE:.0%} allowed for the batch lag)"
+        ),
+        "nothing_spooled_in_steady_state": (
+            f"nothing spooled in steady state (spooled {steady.get('spooled')}, spool depth max "
+            f"{steady.get('max_spool_depth')}; whole run: {final.get('spooled')})"
+        ),
         "every_record_once_with_exact_usage": "every stream's record there once, usage exact",
     }
     lines += [f"{'PASS' if ok else 'FAIL':>5}  {labels[k]}" for k, ok in result["verdicts"].items()]
