@@ -384,6 +384,55 @@ def test_a_worker_killed_with_records_queued_for_a_paused_database_loses_none(
     assert sup.cut_records == 0
 
 
+def test_what_workers_killed_at_stop_left_is_kept_by_the_supervisor(
+    pg: Any, tmp_path: Path
+) -> None:
+    import psycopg
+    from ssetally.sinks import PostgresSink
+
+    table = f"stop_{uuid.uuid4().hex[:8]}"
+    url = f"{pg.url}?table={table}"
+    spool = str(tmp_path / "spool")
+    n = 20
+
+    def count() -> int:
+        with psycopg.connect(pg.url, connect_timeout=5) as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    with Upstream() as up:
+        config = ProxyConfig(upstream=up.origin, otel=False, estimate=False, shutdown_timeout=1.0)
+        options = {"spool_dir": spool, "connect_timeout": 2, "backoff_max": 0.5}
+        sup = Supervisor(
+            config, workers=2, port=0, sink=url, log_level="warning", sink_options=options
+        )
+        sup.start()
+        try:
+            wait_ready(sup)
+            many_streams(sup, 4)
+            wait_for(lambda: count() == 4, "the first rows")
+            pg.pause()
+            try:
+                many_streams(sup, n)
+                wait_for(
+                    lambda: sum(len(Leftovers.read(w.journal).records) for w in sup._workers) == n,
+                    "every record queued",
+                )
+                # The workers cannot flush to a database that answers nothing: killed past
+                # the grace period, their records go to the supervisor's sink, which spools.
+                sup.stop(timeout=2.0)
+            finally:
+                pg.resume()
+        finally:
+            sup.stop()
+    assert count() == 4
+    later = PostgresSink(url, spool_dir=spool)  # a proxy started again on that spool
+    try:
+        assert later.flush(60, spool=True)
+    finally:
+        later.close()
+    assert count() == n + 4
+
+
 # -- OpenTelemetry from every worker ---------------------------------------------------------
 
 
