@@ -10,7 +10,6 @@ twice, the journal's bounds, OpenTelemetry from both workers, and the CLI's star
 from __future__ import annotations
 
 import glob
-import gzip
 import os
 import signal
 import sqlite3
@@ -22,13 +21,13 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from http_upstream import Upstream, chat_stream, records
+from otlp_receiver import OtlpReceiver
 from ssetally._gateway import ProxyConfig
 from ssetally._gateway._durable import Leftovers, RecordLog, replay
 from ssetally._gateway._journal import SLOT, Journal, read_journal
@@ -436,23 +435,6 @@ def test_what_workers_killed_at_stop_left_is_kept_by_the_supervisor(
 # -- OpenTelemetry from every worker ---------------------------------------------------------
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    bodies: dict[str, list[bytes]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if self.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.bodies.setdefault(self.path, []).append(body)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def _instance(resource: Any) -> str:
     names = {kv.key: kv.value for kv in resource.attributes}
     assert names["service.name"].string_value == "proxy-under-test"
@@ -470,19 +452,12 @@ def test_otel_with_two_workers_exports_spans_and_metrics_from_both(
         ExportTraceServiceRequest,
     )
 
-    bodies: dict[str, list[bytes]] = {}
-    receiver = ThreadingHTTPServer(
-        ("127.0.0.1", 0), type("R", (_OtlpReceiver,), {"bodies": bodies})
-    )
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    monkeypatch.setenv(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.server_address[1]}"
-    )
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "proxy-under-test")
-    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")  # exported at shutdown
     sink = tmp_path / "usage.jsonl"
     served = 0
-    try:
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.origin)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "proxy-under-test")
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")  # exported at shutdown
         with Upstream() as up, supervised(up.origin, f"jsonl:{sink}", otel=True) as sup:
 
             def both_served() -> bool:
@@ -500,9 +475,7 @@ def test_otel_with_two_workers_exports_spans_and_metrics_from_both(
                 many_streams(sup, 16)
                 served += 16
                 wait_for(lambda n=served: len(records(sink)) == n, "records")
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
+    bodies = receiver.bodies
     traces = [ExportTraceServiceRequest.FromString(b) for b in bodies.get("/v1/traces", [])]
     spans = [
         (_instance(rs.resource), span)

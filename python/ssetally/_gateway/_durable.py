@@ -105,7 +105,11 @@ class RecordLog:
 
     def add(self, record: Mapping[str, Any]) -> None:
         record_id = str(record.get("record_id"))
-        line = json.dumps(record, separators=(",", ":"), default=str).encode("utf-8")
+        try:
+            line = json.dumps(record, separators=(",", ":"), default=str).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:  # the sink sanitises it anyway
+            logger.error("ssetally proxy: record %s not kept in the record log: %s", record_id, exc)
+            return
         with self._lock:
             if record_id in self._where:
                 return
