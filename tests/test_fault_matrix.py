@@ -1037,6 +1037,11 @@ def check_hostile_request(cell: HostileCell) -> None:
         text.encode("utf-8")  # no lone surrogate left
         assert len(text) < 64 * 1024, len(text)  # the 4 MiB name is capped
         assert cell.record["sanitized"], cell.record
+    elif cell.case.inject:
+        # The body has no UTF-8 form: it went out as the caller wrote it, and the report says
+        # why usage was not asked for.
+        assert cell.upstream_body == _encoded(cell.case)
+        assert "include_usage was not added" in cell.warnings, cell.warnings
 
 
 def check_two_ids(cell: HostileCell) -> None:
@@ -1085,18 +1090,29 @@ ENCODINGS = ("gzip", "deflate", "br", "zstd")
 ERROR_BOMB = 64 * MiB
 
 
-def _error_bomb() -> bytes:
-    return _compress("gzip", iter([b'{"error":"', *([b" " * MiB] * (ERROR_BOMB // MiB)), b'"}']))
+def _error_bomb(encoding: str) -> bytes:
+    head = b'{"error":{"message":"stream_options ' + b"x" * 100
+    return _compress(encoding, iter([head, *([b" " * MiB] * (ERROR_BOMB // MiB)), b'"}}']))
 
 
-def check_error_bomb(cell: HostileCell) -> None:
-    """An error answer whose gzip body is a bomb: relayed as it is by the proxy, and never
-    decoded past a bound into ``APIStatusError.body``."""
-    if cell.record is not None:
-        assert cell.record["http_status"] == 500 and cell.record["usage_source"] != "estimate"
-    else:
-        assert isinstance(cell.out.error, APIStatusError), repr(cell.out.error)
-        assert len(str(cell.out.error.body)) <= MiB, len(str(cell.out.error.body))
+def check_error_bomb(status: int) -> Check:
+    """An error answer whose compressed body is a bomb: relayed as it is by the proxy, and
+    never decoded past 64 KiB into ``APIStatusError.body``, which says it was cut (a 400 that
+    names ``stream_options`` but is cut is not taken for a rejected injection)."""
+
+    def check(cell: HostileCell) -> None:
+        if cell.record is not None:
+            assert cell.record["http_status"] == status
+            assert cell.record["usage_source"] != "estimate"
+            return
+        error = cell.out.error
+        assert isinstance(error, APIStatusError), repr(error)
+        assert error.status_code == status
+        assert isinstance(error.body, str) and error.body.startswith('{"error"'), error.body[:80]
+        assert len(error.body) <= 64 * 1024, len(error.body)
+        assert error.truncated is not None and "truncated" in str(error), str(error)[-200:]
+
+    return check
 
 
 def _truncated_gzip() -> bytes:
@@ -1167,12 +1183,9 @@ HOSTILE_CASES: list[HostileCase] = [
         },
         inject=True,
         relayed=_stripped,
-        # The proxy cannot re-encode a lone surrogate as UTF-8: it forwards the request as it
-        # came (no injection) and counts a metering fault; connect_usage raises instead.
-        xfail="connect_usage re-encodes the body it adds include_usage to as json=, which "
-        "httpx encodes as strict UTF-8: a lone surrogate raises UnicodeEncodeError "
-        "(python/ssetally/_client.py _prepare)",
-        xfail_layers=("sync", "async"),
+        # No layer can re-encode a lone surrogate as UTF-8: the request goes out as it came
+        # (no injection), the proxy counts a metering fault, connect_usage warns.
+        check_raised=True,
     ),
     HostileCase("two-response-ids", Answer(lambda: TWO_IDS), check_two_ids),
     HostileCase(
@@ -1208,16 +1221,21 @@ HOSTILE_CASES: list[HostileCase] = [
         )
         for status in (400, 429, 500, 503)
     ],
-    HostileCase(
-        "error-status-gzip-bomb",
-        Answer(_error_bomb, status=500, content_type="application/json", encoding="gzip"),
-        check_error_bomb,
-        raises=APIStatusError,
-        check_raised=True,
-        xfail="connect_usage reads an error answer whole with response.read(), which httpx "
-        "decodes without a bound (python/ssetally/_client.py)",
-        xfail_layers=("sync", "async"),
-    ),
+    *[
+        HostileCase(
+            f"error-status-{encoding}-bomb",
+            Answer(
+                lambda e=encoding: _error_bomb(e),  # type: ignore[misc]
+                status=status,
+                content_type="application/json",
+                encoding=encoding,
+            ),
+            check_error_bomb(status),
+            raises=APIStatusError,
+            check_raised=True,
+        )
+        for encoding, status in zip(ENCODINGS, (500, 400, 429, 503))
+    ],
 ]
 
 HOSTILE_PARAMS = [
@@ -1374,7 +1392,7 @@ def test_hostile_matrix(case: HostileCase, layer: str, tmp_path: Path) -> None:
             else:
                 assert isinstance(out.error, case.reading), repr(out.error)
                 assert written.startswith(out.received)
-            if case.inject:
+            if case.inject and b"include_usage" in cell.upstream_body:
                 # The usage chunk the caller did not ask for is not shown.
                 assert not [e for e in out.events if '"choices":[]' in e.data]
         if case.raises is None or layer == "proxy" or case.check_raised:
