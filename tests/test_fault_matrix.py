@@ -1115,6 +1115,33 @@ def check_error_bomb(status: int) -> Check:
     return check
 
 
+def _decompress(encoding: str, data: bytes) -> bytes:
+    import zlib
+
+    if encoding in ("gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        return zlib.decompress(data, wbits)
+    if encoding == "br":
+        return bytes(pytest.importorskip("brotli").decompress(data))
+    return bytes(pytest.importorskip("zstandard").ZstdDecompressor().decompressobj().decompress(data))
+
+
+def _decoded_stripped(encoding: str) -> Callable[[bytes], bytes]:
+    """What the proxy's client gets from an upstream that compressed although the proxy asked
+    for identity: the decoded stream, less the usage chunk the client did not ask for."""
+    return lambda written: _stripped(_decompress(encoding, written))
+
+
+def check_compressed_anyway(cell: HostileCell) -> None:
+    """Usage injected, and the upstream compressed its answer anyway: the usage is read, the
+    usage chunk never reaches the client, and the record says how the answer was changed."""
+    assert cell.status == "completed"
+    _usage_read(cell)
+    if cell.record is not None:
+        assert "decoded for the client" in cell.warnings, cell.warnings
+        assert cell.record["stripped_usage_chunks"] == 1, cell.record
+
+
 def _truncated_gzip() -> bytes:
     """A gzip stream cut in its middle: text deltas, never their end."""
     stream = _text_chunk("word ") * 2000 + _finish_chunk() + USAGE_CHUNK + DONE
@@ -1187,6 +1214,19 @@ HOSTILE_CASES: list[HostileCase] = [
         # (no injection), the proxy counts a metering fault, connect_usage warns.
         check_raised=True,
     ),
+    *[
+        HostileCase(
+            f"compressed-despite-identity-{encoding}",
+            Answer(
+                lambda e=encoding: _compress(e, iter([NORMAL])),  # type: ignore[misc]
+                encoding=encoding,
+            ),
+            check_compressed_anyway,
+            inject=True,
+            relayed=_decoded_stripped(encoding),
+        )
+        for encoding in ENCODINGS
+    ],
     HostileCase("two-response-ids", Answer(lambda: TWO_IDS), check_two_ids),
     HostileCase(
         "endless-comments",

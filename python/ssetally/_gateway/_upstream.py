@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SentRequest",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
     "UpstreamError",
+    "UpstreamPoolTimeout",
+    "UpstreamReadError",
+    "UpstreamReadTimeout",
     "UpstreamResponse",
     "UpstreamTimeout",
     "default_ssl_context",
@@ -44,11 +49,48 @@ def httptools_available() -> bool:
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached, broke the connection, or sent a malformed answer."""
+    """The upstream could not be reached, broke the connection, or sent a malformed answer.
+
+    ``kind`` names the failure as httpx names its errors (``ConnectError``, ``ReadTimeout``):
+    it is the first word of a record's ``ended_by`` and the trace's ``error.type``."""
+
+    kind = "UpstreamError"
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection to the upstream: refused, unreachable, DNS, TLS verification."""
+
+    kind = "ConnectError"
+
+
+class UpstreamReadError(UpstreamError):
+    """The connection broke while an answer was due (reset, aborted)."""
+
+    kind = "ReadError"
 
 
 class UpstreamTimeout(UpstreamError):
     """No connection, pool slot or byte from the upstream within its timeout."""
+
+    kind = "TimeoutException"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within ``connect_timeout``."""
+
+    kind = "ConnectTimeout"
+
+
+class UpstreamPoolTimeout(UpstreamTimeout):
+    """No free pool slot within ``connect_timeout``."""
+
+    kind = "PoolTimeout"
+
+
+class UpstreamReadTimeout(UpstreamTimeout):
+    """No byte from the upstream for ``read_timeout`` while an answer was due."""
+
+    kind = "ReadTimeout"
 
 
 #: Buffered answer bytes beyond which the upstream is not read (the client is slower).
@@ -166,7 +208,7 @@ class Connection(asyncio.Protocol):
             if exc is None:
                 self._fail(self._closed_early())
             else:
-                self._fail(UpstreamError(f"{type(exc).__name__}: {exc}"))
+                self._fail(UpstreamReadError(f"{type(exc).__name__}: {exc}"))
         if self._write_ok is not None and not self._write_ok.done():
             self._write_ok.set_result(None)
         self._pool.forget(self)
@@ -262,7 +304,7 @@ class Connection(asyncio.Protocol):
             self._last = self._loop.time()
             silent = 0.0
         if silent >= timeout:
-            self._fail(UpstreamTimeout(f"ReadTimeout: no byte from the upstream for {timeout:g}s"))
+            self._fail(UpstreamReadTimeout(f"no byte from the upstream for {timeout:g}s"))
             return
         self._timer = self._loop.call_later(timeout - silent, self._check_silence)
 
@@ -411,10 +453,7 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 def failure_name(exc: BaseException) -> str:
-    """ "Kind: message" of an upstream failure; the lean client's errors name their kind
-    first (``ConnectError: ...``), as httpx's classes do."""
-    text = str(exc)
-    kind = text.split(":", 1)[0]
-    if isinstance(exc, UpstreamError) and kind.isidentifier():
-        return text
-    return f"{type(exc).__name__}: {exc}"
+    """ "Kind: message" of an upstream failure, by its type: the lean client's errors by their
+    ``kind`` (``ConnectError``, ``ReadTimeout``, as httpx names its own), others by class."""
+    kind = exc.kind if isinstance(exc, UpstreamError) else type(exc).__name__
+    return f"{kind}: {exc}"
