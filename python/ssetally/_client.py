@@ -30,7 +30,7 @@ from ._metering import (
     request_secrets,
     run_fallbacks,
 )
-from ._metering._decode import MAX_ERROR_BODY, Body, aread_body, read_body
+from ._metering._decode import MAX_ERROR_BODY, Body, aread_response, read_response
 from ._metering._rejected import RETRIED, stream_options_rejection
 from ._mime import is_event_stream
 from ._report import StreamReport
@@ -93,16 +93,14 @@ def _error_body(response: Any) -> Body | None:
     """The bounded, decoded body of an error answer (status >= 300), read raw; else None."""
     if response.status_code < 300:
         return None
-    encoding = response.headers.get("content-encoding", "")
-    return read_body(response.iter_raw(), encoding, MAX_ERROR_BODY)
+    return read_response(response, MAX_ERROR_BODY)
 
 
 async def _aerror_body(response: Any) -> Body | None:
     """Async twin of ``_error_body``."""
     if response.status_code < 300:
         return None
-    encoding = response.headers.get("content-encoding", "")
-    return await aread_body(response.aiter_raw(), encoding, MAX_ERROR_BODY)
+    return await aread_response(response, MAX_ERROR_BODY)
 
 
 def _prepare(

@@ -14,7 +14,7 @@ and reading and decoding stop past it, the body then flagged ``truncated``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._core import ContentDecoder, DecompressionBombError
 
@@ -128,6 +128,30 @@ class BodyReader:
         if truncated is None:
             truncated = self._note
         return Body(b"".join(self._parts), truncated)
+
+
+def capped(content: bytes, limit: int) -> Body:
+    """A body already read and decoded (by a mock, or a transport below): cut to ``limit``."""
+    if len(content) <= limit:
+        return Body(content)
+    return Body(content[:limit], f"cut at {limit} bytes")
+
+
+def read_response(response: Any, limit: int) -> Body:
+    """The body of an httpx/httpx2 streaming response, read raw and decoded with a bound
+    (one read already, by a mock or a transport below, is only cut)."""
+    if getattr(response, "is_stream_consumed", False):
+        return capped(response.content, limit)
+    coding = response.headers.get("content-encoding", "")
+    return read_body(response.iter_raw(), coding, limit)
+
+
+async def aread_response(response: Any, limit: int) -> Body:
+    """Async twin of ``read_response``."""
+    if getattr(response, "is_stream_consumed", False):
+        return capped(response.content, limit)
+    coding = response.headers.get("content-encoding", "")
+    return await aread_body(response.aiter_raw(), coding, limit)
 
 
 def read_body(chunks: Iterable[bytes], content_encoding: str, limit: int) -> Body:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from .._report import StreamReport
 from .._tap import UsageTap
-from ._decode import MAX_JSON_BODY, Body, aread_body, read_body
+from ._decode import MAX_JSON_BODY, Body, aread_response, read_response
 from ._redact import redact, secrets_of
 
 #: Request headers that carry credentials or routing and must go with the retrieval.
@@ -192,9 +192,7 @@ def _get(client: Any, url: str, headers: Mapping[str, str], timeout: float) -> A
     with client.stream(
         "GET", url, headers=dict(headers), timeout=timeout, follow_redirects=False
     ) as response:
-        coding = response.headers.get("content-encoding", "")
-        body = read_body(response.iter_raw(), coding, MAX_JSON_BODY)
-        return response.status_code, body, response.headers
+        return response.status_code, read_response(response, MAX_JSON_BODY), response.headers
 
 
 async def _aget(client: Any, url: str, headers: Mapping[str, str], timeout: float) -> Any:
@@ -207,8 +205,7 @@ async def _aget(client: Any, url: str, headers: Mapping[str, str], timeout: floa
     async with client.stream(
         "GET", url, headers=dict(headers), timeout=timeout, follow_redirects=False
     ) as response:
-        coding = response.headers.get("content-encoding", "")
-        body = await aread_body(response.aiter_raw(), coding, MAX_JSON_BODY)
+        body = await aread_response(response, MAX_JSON_BODY)
         return response.status_code, body, response.headers
 
 
