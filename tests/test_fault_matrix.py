@@ -1123,7 +1123,9 @@ def _decompress(encoding: str, data: bytes) -> bytes:
         return zlib.decompress(data, wbits)
     if encoding == "br":
         return bytes(pytest.importorskip("brotli").decompress(data))
-    return bytes(pytest.importorskip("zstandard").ZstdDecompressor().decompressobj().decompress(data))
+    return bytes(
+        pytest.importorskip("zstandard").ZstdDecompressor().decompressobj().decompress(data)
+    )
 
 
 def _decoded_stripped(encoding: str) -> Callable[[bytes], bytes]:
@@ -1438,3 +1440,62 @@ def test_hostile_matrix(case: HostileCase, layer: str, tmp_path: Path) -> None:
         if case.raises is None or layer == "proxy" or case.check_raised:
             case.check(cell)
     assert case.at_least <= out.seconds <= case.seconds, out.seconds
+
+
+# --------------------------------------------------------------------------- upstream failures
+
+
+def test_upstream_failures_are_classified_by_type() -> None:
+    """The lean upstream client raises typed errors; ``failure_name`` (a record's
+    ``ended_by``, the span's ``error.type``) reads the type, never the message."""
+    import socket
+
+    from ssetally._gateway import _upstream
+    from ssetally._gateway._pools import UpstreamPool
+
+    pytest.importorskip("httptools")
+    # A port nobody listens on: bound, never listening.
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+
+        async def go() -> BaseException:
+            pool = UpstreamPool(
+                httpx.URL(f"http://127.0.0.1:{port}"),
+                max_connections=1,
+                max_idle=1,
+                connect_timeout=2.0,
+                read_timeout=2.0,
+                max_header_bytes=65536,
+            )
+            try:
+                await pool.request("GET", b"/", [(b"host", b"x")], b"")
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                return exc
+            raise AssertionError("a refused connection was answered")
+
+        refused = asyncio.run(go())
+    assert isinstance(refused, _upstream.UpstreamConnectError), repr(refused)
+    assert _upstream.failure_name(refused).startswith("ConnectError: ")
+    cases = [
+        (_upstream.UpstreamConnectTimeout("no connection within 1s"), "ConnectTimeout"),
+        (_upstream.UpstreamPoolTimeout("no free upstream connection"), "PoolTimeout"),
+        (_upstream.UpstreamReadTimeout("no byte for 5s"), "ReadTimeout"),
+        (_upstream.UpstreamReadError("ConnectionResetError: reset"), "ReadError"),
+        # A message that looks like a kind is not taken for one.
+        (_upstream.UpstreamError("ReadTimeout: not really"), "UpstreamError"),
+        (httpx.ConnectError("refused"), "ConnectError"),
+        (OSError("unreachable"), "OSError"),
+    ]
+    for exc, kind in cases:
+        name = _upstream.failure_name(exc)
+        assert name == f"{kind}: {exc}", name
+    assert all(
+        issubclass(c, _upstream.UpstreamTimeout)
+        for c in (
+            _upstream.UpstreamConnectTimeout,
+            _upstream.UpstreamPoolTimeout,
+            _upstream.UpstreamReadTimeout,
+        )
+    )
+    assert issubclass(_upstream.UpstreamConnectError, _upstream.UpstreamError)
