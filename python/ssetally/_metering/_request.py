@@ -86,13 +86,12 @@ def usage_request(method: str, path: str, body: Mapping[str, Any] | None) -> dic
     return with_usage_requested(body)
 
 
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    """A JSON body as compact UTF-8 bytes, encoded as httpx encodes ``json=`` (what the
-    transport and the proxy send). Raises ``ValueError`` when it cannot be: a lone surrogate (a
-    valid JSON escape with no UTF-8 form, ``UnicodeEncodeError``) or a NaN/infinity (which
-    ``json.loads`` accepts but JSON does not have). The callers then send the request as it
-    was, without the injection (``Injection.skipped``)."""
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def encode_body(body: Mapping[str, Any], *, strict: bool = False) -> bytes:
+    """A JSON body as compact UTF-8 bytes (what the transport and the proxy send). Raises
+    ``UnicodeEncodeError`` for a lone surrogate (a valid JSON escape with no UTF-8 form): the
+    callers then send the request as it was. ``strict`` encodes as httpx encodes ``json=``:
+    a NaN or an infinity (which ``json.loads`` accepts, JSON does not) raises ``ValueError``."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=not strict)
     return text.encode("utf-8")
 
 
@@ -119,7 +118,7 @@ def inject_usage(method: str, path: str, body: Mapping[str, Any] | None) -> Inje
     if new is None:
         return Injection()
     try:
-        return Injection(new, encode_body(new))
+        return Injection(new, encode_body(new, strict=True))
     except (ValueError, RecursionError) as exc:
         why = f"{type(exc).__name__}: {exc}"[:200]
         return Injection(skipped=NOT_INJECTED.format(why=why))
