@@ -4,6 +4,7 @@ server, all on 127.0.0.1."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -41,6 +42,13 @@ async def web_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/sse", sse)
     app.router.add_get("/html", html)
+    async with serving(app) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on 127.0.0.1, a free port; yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -157,15 +165,8 @@ async def bomb_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/error", error)
     app.router.add_post("/v1/chat/completions", picky)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("auto_decompress", [True, False])

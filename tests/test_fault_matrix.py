@@ -1170,6 +1170,20 @@ HOSTILE_CASES: list[HostileCase] = [
         )
         for encoding in ENCODINGS
     ],
+    *[
+        HostileCase(
+            f"bomb-{encoding}-injected",
+            Answer(lambda e=encoding: bomb(e), encoding=encoding),  # type: ignore[misc]
+            check_bomb,
+            inject=True,
+            reading=SSEError,
+            seconds=40.0,
+            # Decoded for the client (the upstream ignored identity): the first write is past
+            # the decoder's limit, so nothing reaches the client, never raw compressed bytes.
+            relayed=lambda written: b"",
+        )
+        for encoding in ("gzip", "zstd")
+    ],
     HostileCase(
         "truncated-gzip",
         Answer(_truncated_gzip, encoding="gzip"),

@@ -471,9 +471,12 @@ def test_undecodable_body_is_not_estimated(lib: ModuleType) -> None:
 
     reports = Reports()
     transport = MeteringTransport(lib.MockTransport(handler), reports, estimate=True)
-    with lib.Client(transport=transport) as client, client.stream(
-        "POST", "http://upstream.test/v1/chat/completions", json={"model": "gpt-4o"}
-    ) as response:
+    with (
+        lib.Client(transport=transport) as client,
+        client.stream(
+            "POST", "http://upstream.test/v1/chat/completions", json={"model": "gpt-4o"}
+        ) as response,
+    ):
         for _ in response.iter_raw():
             pass
     transport.close()
@@ -594,7 +597,6 @@ async def test_async_cancelled_task_reports(lib: ModuleType) -> None:
     with ReplayServer(delay=0.05) as server:
         transport = AsyncMeteringTransport(on_report=reports)
         async with asdk(server, lib, transport) as client:
-
             reading = asyncio.Event()
 
             async def consume() -> None:
@@ -796,12 +798,15 @@ def test_compressed_bomb_to_injected_request_raises_decoding_error(
     inner = compressing(lib, encoding, bomb, [], piece=1 << 20)
     transport = MeteringTransport(inner, reports, include_usage=True)
     received = bytearray()
-    with lib.Client(transport=transport) as client, client.stream(
-        "POST", "http://upstream.test/v1/chat/completions", json=CHAT_BODY
-    ) as response:
-        with pytest.raises(lib.DecodingError):
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        lib.Client(transport=transport) as client,
+        client.stream(
+            "POST", "http://upstream.test/v1/chat/completions", json=CHAT_BODY
+        ) as response,
+        pytest.raises(lib.DecodingError),
+    ):
+        for chunk in response.iter_raw():
+            received += chunk
     # A prefix of the decoded body (here nothing: the first write is the bomb), never raw
     # compressed bytes after decoded ones.
     assert len(received) <= 8 * 1024 * 1024

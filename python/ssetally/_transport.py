@@ -355,7 +355,9 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
     :param include_usage: ask Chat/legacy Completions streams for usage when the body did not
         (``stream_options.include_usage``); the usage-only chunk this adds is removed
         byte-exactly from what the caller reads. A 400 answer (up to 64 KiB) that names
-        ``stream_options`` gets the caller's own request sent once more, unchanged.
+        ``stream_options`` gets the caller's own request sent once more, unchanged. An answer
+        compressed although identity was asked is decoded for the caller (a warning says so);
+        a body that cannot be re-encoded is sent unchanged, without the injection.
     :param retrieve: a Responses stream that ended without its terminal event has its usage
         fetched with ``GET /responses/{id}`` through the inner transport, in a worker thread.
     :param estimate: when no usage can be had, count tokens with tiktoken (worker thread).

@@ -56,41 +56,33 @@ class UpstreamError(Exception):
 
     kind = "UpstreamError"
 
+    def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kind = kind or cls.kind
 
-class UpstreamConnectError(UpstreamError):
+
+class UpstreamConnectError(UpstreamError, kind="ConnectError"):
     """No connection to the upstream: refused, unreachable, DNS, TLS verification."""
 
-    kind = "ConnectError"
 
-
-class UpstreamReadError(UpstreamError):
+class UpstreamReadError(UpstreamError, kind="ReadError"):
     """The connection broke while an answer was due (reset, aborted)."""
 
-    kind = "ReadError"
 
-
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamError, kind="TimeoutException"):
     """No connection, pool slot or byte from the upstream within its timeout."""
 
-    kind = "TimeoutException"
 
-
-class UpstreamConnectTimeout(UpstreamTimeout):
+class UpstreamConnectTimeout(UpstreamTimeout, kind="ConnectTimeout"):
     """No connection within ``connect_timeout``."""
 
-    kind = "ConnectTimeout"
 
-
-class UpstreamPoolTimeout(UpstreamTimeout):
+class UpstreamPoolTimeout(UpstreamTimeout, kind="PoolTimeout"):
     """No free pool slot within ``connect_timeout``."""
 
-    kind = "PoolTimeout"
 
-
-class UpstreamReadTimeout(UpstreamTimeout):
+class UpstreamReadTimeout(UpstreamTimeout, kind="ReadTimeout"):
     """No byte from the upstream for ``read_timeout`` while an answer was due."""
-
-    kind = "ReadTimeout"
 
 
 #: Buffered answer bytes beyond which the upstream is not read (the client is slower).
