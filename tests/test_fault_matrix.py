@@ -861,12 +861,14 @@ class HostileUpstream:
                 try:
                     data = answer.body()
                     for i in range(0, len(data), 1 << 16):
-                        self.wfile.write(data[i : i + (1 << 16)])
+                        # Counted before the write: a client that reads a piece and hangs up
+                        # at once must never see more than ``written`` (no race with the test).
                         sent += data[i : i + (1 << 16)]
+                        self.wfile.write(data[i : i + (1 << 16)])
                     while answer.endless is not None and not owner.stop.wait(0.05):
+                        sent += answer.endless
                         self.wfile.write(answer.endless)
                         self.wfile.flush()
-                        sent += answer.endless
                     owner.completed[-1] = answer.endless is None
                 except (BrokenPipeError, ConnectionResetError):
                     pass

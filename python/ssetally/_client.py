@@ -405,7 +405,9 @@ def connect_usage(
     exception. A non-2xx answer raises ``APIStatusError`` (its body read with a 64 KiB
     bound); fallbacks never raise.
     """
-    options = _Options(include_usage, retrieve, estimate, retrieval, idle_timeout, deadline)
+    options = _Options(
+        include_usage, retrieve, estimate, retrieval, idle_timeout, deadline, timeline
+    )
     plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
     stream, sent = _start(UsageStream, method, url, options, kwargs, "content")
     with ExitStack() as opened:
