@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ssetally import APIStatusError, RetrievalPolicy, aconnect_usage, connect_usage
 from ssetally._metering import retrieve
 
@@ -180,3 +182,32 @@ def test_retrieval_reads_a_bounded_body(lib: types.ModuleType, encoding: str) ->
     result = retrieve(client, "http://upstream.test/v1/responses/resp_1", {}, policy)
     assert result.reason == "ok" and result.report is not None and result.report.usage is not None
     assert result.report.usage.total_tokens == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    size=st.integers(0, 3 * KEPT),
+    cuts=st.lists(st.integers(1, 4096), max_size=40),
+    limit=st.sampled_from([1, 100, KEPT]),
+)
+def test_body_reader_keeps_the_decoded_head_for_any_chunking(
+    encoding: str, size: int, cuts: list[int], limit: int
+) -> None:
+    """Whatever the chunking: the kept bytes are the head of the decoded body, at most
+    ``limit`` of them, and ``truncated`` is set exactly when the body is longer."""
+    from ssetally._metering._decode import BodyReader
+
+    body = bytes(i % 251 for i in range(size))
+    raw = compress(encoding, iter([body]))
+    reader = BodyReader(encoding, limit)
+    start = 0
+    for cut in [*cuts, len(raw)]:
+        if not reader.feed(raw[start : start + cut]):
+            break
+        start += cut
+        if start >= len(raw):
+            break
+    result = reader.result()
+    assert result.content == body[:limit]
+    assert (result.truncated is not None) == (size > limit), result.truncated

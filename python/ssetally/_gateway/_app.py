@@ -487,7 +487,7 @@ class MeteringProxy:
                 x.ended_by = x.timed_out
                 aborted = TimeoutError(x.timed_out)
         except self._transport_errors as exc:
-            x.ended_by = f"upstream failed mid-body: {type(exc).__name__}: {exc}"
+            x.ended_by = f"upstream failed mid-body: {failure_name(exc)}"
             aborted = exc
         finally:
             x.outcome = x.outcome or "relayed"
