@@ -659,6 +659,21 @@ def check_record(
 # --------------------------------------------------------------------------- the test
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm() -> None:
+    """The first stream of the process pays one-time costs (imports, the tokenizer's tables)
+    that the 1 s read timeout of the first cell must not see."""
+    path, body, replayed = STREAMS["chat"]
+    streams = [] if replayed is None else [replayed]
+    client = httpx.Client(timeout=30.0, trust_env=False)
+    with (
+        ReplayServer(streams=streams) as server,
+        client,
+        connect_usage(client, "POST", server.url + path, json=body, headers=AUTH) as stream,
+    ):
+        assert list(stream)
+
+
 @pytest.mark.parametrize(("case", "layer"), PARAMS)
 def test_fault_matrix(case: Case, layer: str, tmp_path: Path) -> None:
     path, body, replayed = STREAMS[case.stream]
