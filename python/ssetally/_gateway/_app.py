@@ -53,6 +53,7 @@ from ._exposition import run_lifespan, serve_metrics
 from ._guard import BodyBudget, Refused, framing_error, normalize_path
 from ._headers import (
     HOP_BY_HOP,
+    client_headers,
     connection_tokens,
     fingerprint,
     forward_headers,
@@ -412,6 +413,9 @@ class MeteringProxy:
                     secrets=x.secrets,
                     telemetry=self.config.otel,
                     price=self.config.cost,
+                    # Compressed although identity was asked: decoded for the client, so
+                    # that the usage chunk it did not ask for can be removed.
+                    pass_decoded=x.injected,
                 )
                 return meter
             if 200 <= response.status_code < 300:
@@ -447,8 +451,8 @@ class MeteringProxy:
             for k, v in response.headers.raw
             if (name := k.lower()) not in HOP_BY_HOP and name not in hidden
         ]
-        if isinstance(meter, StreamMeter) and meter.stripping:
-            out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"]
+        if isinstance(meter, StreamMeter):
+            out_headers = client_headers(meter, out_headers, x.warnings)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
         )
@@ -483,7 +487,7 @@ class MeteringProxy:
                 x.ended_by = x.timed_out
                 aborted = TimeoutError(x.timed_out)
         except self._transport_errors as exc:
-            x.ended_by = f"upstream failed mid-body: {type(exc).__name__}: {exc}"
+            x.ended_by = f"upstream failed mid-body: {failure_name(exc)}"
             aborted = exc
         finally:
             x.outcome = x.outcome or "relayed"
