@@ -90,6 +90,7 @@ pub fn check_strip(data: &[u8]) -> Seen {
         );
         assert_eq!(&whole, expected, "stripper counters vs reference");
     }
+    check_injected(&input, limit, body);
     Seen {
         strip_reference: reference.is_some(),
         stripped: whole.stripped,
@@ -97,6 +98,71 @@ pub fn check_strip(data: &[u8]) -> Seen {
         strip_oversized: whole.oversized,
         ..Seen::default()
     }
+}
+
+/// Usage-only chunks as `include_usage` makes upstreams send them, each a
+/// whole block with its blank line.
+const INJECTED: [&[u8]; 4] = [
+    b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\n",
+    b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\r\n\r\n",
+    b"data:{\"choices\":[],\"usage\":{}}\r\r",
+    b"data: {\"choices\": [ ], \"usage\": {\"total_tokens\": 1}}\n\n",
+];
+
+/// Injection: a usage-only chunk put between two blocks of the body (or
+/// before the first, or after the last complete one) is removed and nothing
+/// else changes: the output of body-with-chunk, whole or cut, equals that
+/// of the body, with one more chunk stripped. A chunk longer than the limit
+/// is forwarded unchanged instead, counted as oversized. Blocks are
+/// independent: the body split at that boundary strips to the same bytes as
+/// its two halves stripped apart.
+fn check_injected(input: &Input<'_>, limit: usize, body: &[u8]) {
+    let (complete, _) = blocks(body);
+    let k = (input.seed as usize / 5) % (complete.len() + 1);
+    let at: usize = complete[..k].iter().map(|b| b.len()).sum();
+    let (before, after) = body.split_at(at);
+    let mut injected = INJECTED[usize::from(input.ctrl >> 3) % INJECTED.len()];
+    if injected.ends_with(b"\r") && after.starts_with(b"\n") {
+        // That CR and LF would be one line end: the chunk would take the
+        // body's LF with it.
+        injected = INJECTED[0];
+    }
+    let stream = [before, injected, after].concat();
+    let base = strip_with(limit, &[body]);
+    let whole = strip_with(limit, &[&stream]);
+    let cut = strip_with(limit, &chunks(&stream, input.seed.rotate_left(7)));
+    assert!(
+        whole == cut,
+        "stripper: chunking changed the output of an injected stream\n whole: {}\n   cut: {}",
+        show(&whole.out),
+        show(&cut.out)
+    );
+    let (head, tail) = (strip_with(limit, &[before]), strip_with(limit, &[after]));
+    assert!(
+        base.out == [&head.out[..], &tail.out[..]].concat(),
+        "stripper: blocks are not independent at byte {at}"
+    );
+    let size = injected.len() - usize::from(injected.ends_with(b"\r\n"));
+    let expected = if size <= limit {
+        Stripped {
+            out: base.out,
+            stripped: base.stripped + 1,
+            ..base
+        }
+    } else {
+        Stripped {
+            out: [&head.out[..], injected, &tail.out[..]].concat(),
+            oversized: base.oversized + 1,
+            ..base
+        }
+    };
+    assert!(
+        whole.out == expected.out,
+        "stripper: injected usage chunk at byte {at} (limit {limit})\n      got: {}\n expected: {}",
+        show(&whole.out),
+        show(&expected.out)
+    );
+    assert_eq!(whole, expected, "stripper counters with an injected chunk");
 }
 
 /// Event blocks (each through its blank line's terminator) and the
