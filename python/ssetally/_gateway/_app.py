@@ -449,6 +449,7 @@ class MeteringProxy:
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
+        finished = False
         feed: Callable[[bytes], bytes] | None = None
         if isinstance(meter, StreamMeter):
             feed = meter.feed
@@ -466,6 +467,11 @@ class MeteringProxy:
             tail = meter.held() if isinstance(meter, StreamMeter) else b""
             x.client_bytes += len(tail)
             x.outcome = "relayed"
+            # The record before the answer's last bytes: a client sending its next request
+            # on seeing the end finds the proxy free, not building this record.
+            timer.cancel()
+            finished = True
+            self._finish(x, meter, request)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if x.ended_by != "client disconnected" and x.timed_out is None:
@@ -483,7 +489,8 @@ class MeteringProxy:
             x.outcome = x.outcome or "relayed"
             watch.cancel()
             timer.cancel()
-        self._finish(x, meter, request)
+        if not finished:
+            self._finish(x, meter, request)
         if aborted is not None:
             raise UpstreamAborted(x.ended_by) from aborted
 
