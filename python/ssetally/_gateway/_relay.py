@@ -1,5 +1,6 @@
-"""Relaying an answer's body to the client: coalesced sends, backpressure, disconnects,
-the idle timer and deadline of a stream."""
+"""Relaying an answer's body to the client: straight from the upstream protocol into
+uvicorn's transport, or by coalesced sends; backpressure, disconnects, the idle timer and
+deadline of a stream."""
 
 from __future__ import annotations
 
