@@ -27,7 +27,7 @@ import gateway_paths
 from gateway_client import Level, run_level
 from gateway_paths import HOST, _wait_port
 from gateway_upstream import run
-from soak import _free_port, _proxy_env, stop_proxy
+from soak_proxy import free_port, proxy_env, stop_proxy
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         assert upstream.stdout is not None
         up_port = int(upstream.stdout.readline().split()[1])
-        port = _free_port()
+        port = free_port()
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out.%p",
             sys.executable, "-m", "ssetally", "proxy", "--upstream", f"http://{HOST}:{up_port}",
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             "--log-level", "warning", *args.flags.split(),
         ]  # fmt: skip
         log = open(tmp / "proxy.log", "wb")  # noqa: SIM115 - closed with the process
-        proxy = subprocess.Popen(command, env=_proxy_env(tmp), stdout=log, stderr=subprocess.STDOUT)
+        proxy = subprocess.Popen(command, env=proxy_env(tmp), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         gateway_paths.START_TIMEOUT = 600.0  # valgrind starts Python slowly
         try:

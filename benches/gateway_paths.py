@@ -19,7 +19,7 @@ import time
 from pathlib import Path as FsPath
 from typing import Any
 
-from soak import _free_port, _proxy_env, stop_proxy
+from soak_proxy import free_port, proxy_env, stop_proxy
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -166,7 +166,7 @@ class Nginx(GatewayPath):
             return False
         root = FsPath(tempfile.mkdtemp(prefix="nginx-", dir=tmp))
         os.chmod(root, 0o755)  # the worker may run as nobody
-        self.port = _free_port()
+        self.port = free_port()
         user = "user root;" if os.geteuid() == 0 else ""
         conf = root / "nginx.conf"
         conf.write_text(
@@ -240,7 +240,7 @@ class Ssetally(GatewayPath):
         self.exit_code: int | None = None
 
     def start(self, upstream_port: int, cpus: set[int] | None, tmp: FsPath) -> bool:
-        self.port = _free_port()
+        self.port = free_port()
         root = FsPath(tempfile.mkdtemp(prefix="proxy-", dir=tmp))
         sink = self.sink
         if sink is None:
@@ -254,7 +254,7 @@ class Ssetally(GatewayPath):
         self.log = root / "proxy.log"
         log = open(self.log, "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            pinned(command, cpus), env=_proxy_env(root), stdout=log, stderr=subprocess.STDOUT
+            pinned(command, cpus), env=proxy_env(root), stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         _wait_port(self.proc, self.port, f"the proxy ({self.name})")
@@ -321,7 +321,7 @@ class LiteLLM(GatewayPath):
             "general_settings:\n"
             "  dangerously_permit_weak_or_unset_master_key: true\n"
         )
-        self.port = _free_port()
+        self.port = free_port()
         # Offline and quiet: the bundled model cost map, no telemetry, warnings only.
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
         env.pop("DATABASE_URL", None)

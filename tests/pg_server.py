@@ -12,9 +12,12 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 USER = "ssetally"
@@ -101,12 +104,62 @@ class PgServer:
         """``fast`` for a clean stop, ``immediate`` for a crash-like one."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (the backends, the background processes)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        found = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                found.append(int(stat.parent.name))
+        return found
+
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP): a database that takes connections and
+        statements and answers none of them, until ``resume``."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        for pid in self._processes():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # a backend that just exited
+                pass
+
     def cleanup(self) -> None:
         try:
             self.stop("immediate")
         except RuntimeError:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def running_server() -> Iterator[PgServer]:
+    """A started server for a test session; skips without the binaries (fails under ``CI``)."""
+    import pytest
+
+    bindir = find_binaries()
+    if bindir is None:
+        message = (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in PATH or "
+            "/usr/lib/postgresql/*/bin: apt-get install postgresql (.ci/run does)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 def _system_user() -> str:

@@ -4,6 +4,7 @@ server, all on 127.0.0.1."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -41,6 +42,13 @@ async def web_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/sse", sse)
     app.router.add_get("/html", html)
+    async with serving(app) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on 127.0.0.1, a free port; yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -53,26 +61,31 @@ async def web_url() -> AsyncIterator[str]:
 
 
 async def test_aconnect_sse_events(web_url: str) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
-        session, "GET", f"{web_url}/sse"
-    ) as source:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        aconnect_sse(session, "GET", f"{web_url}/sse") as source,
+    ):
         events = [e async for e in source.aiter_sse()]
     assert [(e.event, e.data, e.id) for e in events] == [("a", "1", ""), ("message", "2", "7")]
 
 
 async def test_aconnect_sse_wrong_content_type(web_url: str) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_sse(
-        session, "GET", f"{web_url}/html"
-    ) as source:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        aconnect_sse(session, "GET", f"{web_url}/html") as source,
+    ):
         with pytest.raises(ssetally.SSEError):
             async for _ in source.aiter_sse():
                 pass
 
 
 async def test_usage_injected_and_hidden(server: ReplayServer) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
-        session, "POST", f"{server.url}/chat/completions", json=CHAT, headers=AUTH
-    ) as stream:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        aconnect_usage(
+            session, "POST", f"{server.url}/chat/completions", json=CHAT, headers=AUTH
+        ) as stream,
+    ):
         events = [e async for e in stream]
     assert stream.report is not None and stream.report.usage is not None
     assert dict(stream.report.usage.raw) == server.last_usage
@@ -84,9 +97,12 @@ async def test_usage_injected_and_hidden(server: ReplayServer) -> None:
 async def test_cut_responses_stream_is_retrieved(server: ReplayServer) -> None:
     body = {"model": "gpt-4o-mini", "stream": True, "input": "Hello there"}
     headers = {**AUTH, "x-replay-cut-after-events": "5"}
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, aconnect_usage(
-        session, "POST", f"{server.url}/responses", json=body, headers=headers, retrieval=FAST
-    ) as stream:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        aconnect_usage(
+            session, "POST", f"{server.url}/responses", json=body, headers=headers, retrieval=FAST
+        ) as stream,
+    ):
         with pytest.raises(aiohttp.ClientError):
             async for _ in stream:
                 pass
@@ -116,3 +132,71 @@ async def test_error_status_raises(server: ReplayServer) -> None:
                 pass
     assert info.value.status_code == 429
     assert "test-key-123456" not in str(info.value.body)
+
+
+def _gzip(data_blocks: list[bytes]) -> bytes:
+    import zlib
+
+    z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join(z.compress(b) for b in data_blocks) + z.flush()
+
+
+@pytest.fixture
+async def bomb_url() -> AsyncIterator[str]:
+    """An error answer whose gzip body decodes to 64 MiB, and one that rejects the injected
+    ``stream_options`` before the stream is served."""
+    bomb = _gzip([b'{"error":{"message":"', *[b" " * (1 << 20)] * 64, b'"}}'])
+    stream = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],"usage":'
+        b'{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\ndata: [DONE]\n\n'
+    )
+
+    async def error(request: web.Request) -> web.Response:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(status=502, body=bomb, headers=headers)
+
+    async def picky(request: web.Request) -> web.Response:
+        body = await request.json()
+        if "stream_options" in body:
+            message = {"error": {"message": "Unrecognized request argument: stream_options"}}
+            return web.json_response(message, status=400)
+        return web.Response(body=stream, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/error", error)
+    app.router.add_post("/v1/chat/completions", picky)
+    async with serving(app) as url:
+        yield url
+
+
+@pytest.mark.parametrize("auto_decompress", [True, False])
+async def test_error_bomb_is_cut_and_flagged(bomb_url: str, auto_decompress: bool) -> None:
+    async with aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=auto_decompress) as s:
+        with pytest.raises(ssetally.APIStatusError) as info:
+            async with aconnect_usage(s, "POST", f"{bomb_url}/error", json=CHAT):
+                pass
+    error = info.value
+    assert error.status_code == 502 and error.truncated is not None
+    assert isinstance(error.body, str) and error.body.startswith('{"error"')
+    assert len(error.body) <= 64 * 1024
+
+
+async def test_rejected_injection_is_sent_again(bomb_url: str) -> None:
+    """The aiohttp front-end shares ``aconnect_usage``'s engine: a 400 naming the injected
+    ``stream_options`` gets the caller's request once more, unchanged."""
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        aconnect_usage(session, "POST", f"{bomb_url}/v1/chat/completions", json=CHAT) as stream,
+    ):
+        events = [e async for e in stream]
+    report = stream.require_report()
+    assert report.usage is not None and report.usage.total_tokens == 4
+    assert any("rejected stream_options" in w for w in report.warnings), report.warnings
+    assert events  # the caller's own request: its answer is shown whole
+
+
+def test_aconnect_usage_takes_the_same_options() -> None:
+    import inspect
+
+    assert inspect.signature(aconnect_usage) == inspect.signature(ssetally.aconnect_usage)
+    assert "idle_timeout" in inspect.signature(aconnect_usage).parameters

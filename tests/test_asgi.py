@@ -4,8 +4,6 @@ on 127.0.0.1, relaying a ``ReplayServer`` with httpx."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +19,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn_thread import UvicornThread
 
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 TIMEOUT = 10.0
 AUTH = {"Authorization": "Bearer test-key-123456"}
@@ -97,34 +96,9 @@ def make_app(kind: str, upstream: str) -> Any:
     return Starlette(routes=[Route(p, e, methods=[m]) for p, e, m in paths])
 
 
-class Serve:
-    """Serve an ASGI app with uvicorn from a thread on 127.0.0.1."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def __enter__(self) -> Serve:  # noqa: PYI034
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive()
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT)
-        self.sock.close()
+def served(app: Any) -> UvicornThread:
+    """``app`` under uvicorn on 127.0.0.1, lifespan on."""
+    return UvicornThread(app, lifespan="on", timeout=TIMEOUT)
 
 
 @pytest.fixture(params=["fastapi", "starlette"])
@@ -150,7 +124,7 @@ def test_stream_bytes_identical(kind: str) -> None:
             make_app(kind, base(upstream)), sink=sink,
             on_report=lambda r, s: reports.append((r, s)),
         )  # fmt: skip
-        with Serve(plain) as a, Serve(wrapped) as b:
+        with served(plain) as a, served(wrapped) as b:
             want = post(a.url + "/v1/chat/completions", CHAT).content
             got = post(b.url + "/v1/chat/completions", CHAT).content
             health = httpx.get(b.url + "/health", timeout=TIMEOUT)
@@ -182,7 +156,7 @@ def test_include_usage_is_added_and_stripped(kind: str) -> None:
     with ReplayServer() as first, ReplayServer() as upstream:
         plain = make_app(kind, base(first))
         wrapped = UsageMiddleware(make_app(kind, base(upstream)), sink=sink, include_usage=True)
-        with Serve(plain) as a, Serve(wrapped) as b:
+        with served(plain) as a, served(wrapped) as b:
             want = post(a.url + "/v1/chat/completions", CHAT).content
             got = post(b.url + "/v1/chat/completions", CHAT).content
         truth = upstream.last_usage
@@ -199,7 +173,7 @@ def test_include_usage_is_added_and_stripped(kind: str) -> None:
 def test_again(kind: str) -> None:
     sink = ListSink()
     with ReplayServer() as upstream:
-        with Serve(UsageMiddleware(make_app(kind, base(upstream)), sink=sink)) as b:
+        with served(UsageMiddleware(make_app(kind, base(upstream)), sink=sink)) as b:
             answer = post(b.url + "/v1/chat/completions", {**CHAT, "stream": False})
         truth = upstream.last_usage
     assert answer.json()["usage"] == truth
@@ -211,7 +185,7 @@ def test_again(kind: str) -> None:
 def test_app_raises_mid_stream(kind: str) -> None:
     sink = ListSink()
     app = UsageMiddleware(make_app(kind, "http://127.0.0.1:9"), sink=sink)
-    with Serve(app) as b, pytest.raises(httpx.HTTPError):
+    with served(app) as b, pytest.raises(httpx.HTTPError):
         post(b.url + "/v1/boom/chat/completions", CHAT)
     record = sink.wait()[0]
     assert record["ended_by"] == "app raised RuntimeError"
@@ -226,7 +200,7 @@ def test_client_disconnect_gets_retrieval(kind: str) -> None:
             make_app(kind, base(upstream)), sink=sink, retrieve=True,
             upstream_url=base(upstream), retrieval=FAST,
         )  # fmt: skip
-        with Serve(app) as b:
+        with served(app) as b:
             with httpx.Client(timeout=TIMEOUT, trust_env=False) as client:
                 headers = {**AUTH, "x-replay-delay-ms": "100"}
                 with client.stream("POST", b.url + "/v1/responses", json=body,
@@ -245,7 +219,7 @@ def test_retrieval_without_upstream_url_says_so(kind: str) -> None:
     body = {"model": "gpt-4o-mini", "stream": True, "input": "Hello there"}
     with ReplayServer() as upstream:
         app = UsageMiddleware(make_app(kind, base(upstream)), sink=sink, retrieve=True)
-        with Serve(app) as b:
+        with served(app) as b:
             with pytest.raises(httpx.HTTPError):  # the app relays the cut
                 post(b.url + "/v1/responses", body, {"x-replay-cut-after-events": "4"})
             record = sink.wait()[0]
@@ -272,7 +246,7 @@ def test_metering_faults_never_touch_the_response(
         wrapped = UsageMiddleware(
             make_app(kind, base(upstream)), sink=BrokenSink(), on_report=broken_report
         )
-        with Serve(plain) as a, Serve(wrapped) as b:
+        with served(plain) as a, served(wrapped) as b:
             want = post(a.url + "/v1/chat/completions", CHAT).content
             monkeypatch.setattr(ssetally.asgi.StreamMeter, "feed", broken_feed)
             got = post(b.url + "/v1/chat/completions", CHAT).content

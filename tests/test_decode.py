@@ -15,6 +15,7 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peak_memory import peak_reset, peak_rss
 from ssetally._core import ContentDecoder, DecompressionBombError, DecompressionError
 
 MiB = 1 << 20
@@ -207,24 +208,6 @@ def test_small_limits_are_exact() -> None:
             got += d.feed(body[i : i + 1])
     assert d.total_output == 2500
     assert got == bytes(len(got))
-
-
-def peak_reset() -> bool:
-    """Reset the peak RSS (VmHWM) to the current RSS, where the kernel allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 #: The property's limits: small, so that decoding past them would show in the resident set.

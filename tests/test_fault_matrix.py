@@ -45,6 +45,7 @@ from typing import Any, Callable, Union
 
 import httpx
 import pytest
+from loopback_http import QuietHandler, ThreadedServer
 from ssetally import (
     APIStatusError,
     RetrievalPolicy,
@@ -56,7 +57,6 @@ from ssetally import (
 )
 from ssetally._gateway import ProxyConfig, ProxyServer
 from ssetally._replay import Faults, ReplayServer, Served, split_events
-from typing_extensions import Self
 
 KEY = "sk-fault-matrix-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -659,6 +659,21 @@ def check_record(
 # --------------------------------------------------------------------------- the test
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm() -> None:
+    """The first stream of the process pays one-time costs (imports, the tokenizer's tables)
+    that the 1 s read timeout of the first cell must not see."""
+    path, body, replayed = STREAMS["chat"]
+    streams = [] if replayed is None else [replayed]
+    client = httpx.Client(timeout=30.0, trust_env=False)
+    with (
+        ReplayServer(streams=streams) as server,
+        client,
+        connect_usage(client, "POST", server.url + path, json=body, headers=AUTH) as stream,
+    ):
+        assert list(stream)
+
+
 @pytest.mark.parametrize(("case", "layer"), PARAMS)
 def test_fault_matrix(case: Case, layer: str, tmp_path: Path) -> None:
     path, body, replayed = STREAMS[case.stream]
@@ -830,23 +845,17 @@ class Answer:
     endless: bytes | None = None
 
 
-class HostileUpstream:
+class HostileUpstream(ThreadedServer):
     """A threaded HTTP/1.0 server on 127.0.0.1 writing ``answer`` for every request. Keeps the
     bytes it wrote (``written``, per request) and the request bodies it got (``bodies``)."""
 
     def __init__(self, answer: Answer) -> None:
-        import http.server
-
-        self.stop = threading.Event()
         self.written: list[bytearray] = []
         self.bodies: list[bytes] = []
         self.completed: list[bool] = []
         owner = self
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class H(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 owner.bodies.append(self.rfile.read(length) if length else b"")
@@ -861,33 +870,19 @@ class HostileUpstream:
                 try:
                     data = answer.body()
                     for i in range(0, len(data), 1 << 16):
-                        self.wfile.write(data[i : i + (1 << 16)])
+                        # Counted before the write: a client that reads a piece and hangs up
+                        # at once must never see more than ``written`` (no race with the test).
                         sent += data[i : i + (1 << 16)]
+                        self.wfile.write(data[i : i + (1 << 16)])
                     while answer.endless is not None and not owner.stop.wait(0.05):
+                        sent += answer.endless
                         self.wfile.write(answer.endless)
                         self.wfile.flush()
-                        sent += answer.endless
                     owner.completed[-1] = answer.endless is None
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        super().__init__(H)
 
 
 #: A case's own checks of one cell.
@@ -1037,6 +1032,11 @@ def check_hostile_request(cell: HostileCell) -> None:
         text.encode("utf-8")  # no lone surrogate left
         assert len(text) < 64 * 1024, len(text)  # the 4 MiB name is capped
         assert cell.record["sanitized"], cell.record
+    elif cell.case.inject:
+        # The body has no UTF-8 form: it went out as the caller wrote it, and the report says
+        # why usage was not asked for.
+        assert cell.upstream_body == _encoded(cell.case)
+        assert "include_usage was not added" in cell.warnings, cell.warnings
 
 
 def check_two_ids(cell: HostileCell) -> None:
@@ -1085,18 +1085,58 @@ ENCODINGS = ("gzip", "deflate", "br", "zstd")
 ERROR_BOMB = 64 * MiB
 
 
-def _error_bomb() -> bytes:
-    return _compress("gzip", iter([b'{"error":"', *([b" " * MiB] * (ERROR_BOMB // MiB)), b'"}']))
+def _error_bomb(encoding: str) -> bytes:
+    head = b'{"error":{"message":"stream_options ' + b"x" * 100
+    return _compress(encoding, iter([head, *([b" " * MiB] * (ERROR_BOMB // MiB)), b'"}}']))
 
 
-def check_error_bomb(cell: HostileCell) -> None:
-    """An error answer whose gzip body is a bomb: relayed as it is by the proxy, and never
-    decoded past a bound into ``APIStatusError.body``."""
+def check_error_bomb(status: int) -> Check:
+    """An error answer whose compressed body is a bomb: relayed as it is by the proxy, and
+    never decoded past 64 KiB into ``APIStatusError.body``, which says it was cut (a 400 that
+    names ``stream_options`` but is cut is not taken for a rejected injection)."""
+
+    def check(cell: HostileCell) -> None:
+        if cell.record is not None:
+            assert cell.record["http_status"] == status
+            assert cell.record["usage_source"] != "estimate"
+            return
+        error = cell.out.error
+        assert isinstance(error, APIStatusError), repr(error)
+        assert error.status_code == status
+        assert isinstance(error.body, str) and error.body.startswith('{"error"'), error.body[:80]
+        assert len(error.body) <= 64 * 1024, len(error.body)
+        assert error.truncated is not None and "truncated" in str(error), str(error)[-200:]
+
+    return check
+
+
+def _decompress(encoding: str, data: bytes) -> bytes:
+    import zlib
+
+    if encoding in ("gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        return zlib.decompress(data, wbits)
+    if encoding == "br":
+        return bytes(pytest.importorskip("brotli").decompress(data))
+    return bytes(
+        pytest.importorskip("zstandard").ZstdDecompressor().decompressobj().decompress(data)
+    )
+
+
+def _decoded_stripped(encoding: str) -> Callable[[bytes], bytes]:
+    """What the proxy's client gets from an upstream that compressed although the proxy asked
+    for identity: the decoded stream, less the usage chunk the client did not ask for."""
+    return lambda written: _stripped(_decompress(encoding, written))
+
+
+def check_compressed_anyway(cell: HostileCell) -> None:
+    """Usage injected, and the upstream compressed its answer anyway: the usage is read, the
+    usage chunk never reaches the client, and the record says how the answer was changed."""
+    assert cell.status == "completed"
+    _usage_read(cell)
     if cell.record is not None:
-        assert cell.record["http_status"] == 500 and cell.record["usage_source"] != "estimate"
-    else:
-        assert isinstance(cell.out.error, APIStatusError), repr(cell.out.error)
-        assert len(str(cell.out.error.body)) <= MiB, len(str(cell.out.error.body))
+        assert "decoded for the client" in cell.warnings, cell.warnings
+        assert cell.record["stripped_usage_chunks"] == 1, cell.record
 
 
 def _truncated_gzip() -> bytes:
@@ -1124,6 +1164,20 @@ HOSTILE_CASES: list[HostileCase] = [
             seconds=40.0,
         )
         for encoding in ENCODINGS
+    ],
+    *[
+        HostileCase(
+            f"bomb-{encoding}-injected",
+            Answer(lambda e=encoding: bomb(e), encoding=encoding),  # type: ignore[misc]
+            check_bomb,
+            inject=True,
+            reading=SSEError,
+            seconds=40.0,
+            # Decoded for the client (the upstream ignored identity): the first write is past
+            # the decoder's limit, so nothing reaches the client, never raw compressed bytes.
+            relayed=lambda written: b"",
+        )
+        for encoding in ("gzip", "zstd")
     ],
     HostileCase(
         "truncated-gzip",
@@ -1167,13 +1221,23 @@ HOSTILE_CASES: list[HostileCase] = [
         },
         inject=True,
         relayed=_stripped,
-        # The proxy cannot re-encode a lone surrogate as UTF-8: it forwards the request as it
-        # came (no injection) and counts a metering fault; connect_usage raises instead.
-        xfail="connect_usage re-encodes the body it adds include_usage to as json=, which "
-        "httpx encodes as strict UTF-8: a lone surrogate raises UnicodeEncodeError "
-        "(python/ssetally/_client.py _prepare)",
-        xfail_layers=("sync", "async"),
+        # No layer can re-encode a lone surrogate as UTF-8: the request goes out as it came
+        # (no injection), the proxy counts a metering fault, connect_usage warns.
+        check_raised=True,
     ),
+    *[
+        HostileCase(
+            f"compressed-despite-identity-{encoding}",
+            Answer(
+                lambda e=encoding: _compress(e, iter([NORMAL])),  # type: ignore[misc]
+                encoding=encoding,
+            ),
+            check_compressed_anyway,
+            inject=True,
+            relayed=_decoded_stripped(encoding),
+        )
+        for encoding in ENCODINGS
+    ],
     HostileCase("two-response-ids", Answer(lambda: TWO_IDS), check_two_ids),
     HostileCase(
         "endless-comments",
@@ -1208,16 +1272,21 @@ HOSTILE_CASES: list[HostileCase] = [
         )
         for status in (400, 429, 500, 503)
     ],
-    HostileCase(
-        "error-status-gzip-bomb",
-        Answer(_error_bomb, status=500, content_type="application/json", encoding="gzip"),
-        check_error_bomb,
-        raises=APIStatusError,
-        check_raised=True,
-        xfail="connect_usage reads an error answer whole with response.read(), which httpx "
-        "decodes without a bound (python/ssetally/_client.py)",
-        xfail_layers=("sync", "async"),
-    ),
+    *[
+        HostileCase(
+            f"error-status-{encoding}-bomb",
+            Answer(
+                lambda e=encoding: _error_bomb(e),  # type: ignore[misc]
+                status=status,
+                content_type="application/json",
+                encoding=encoding,
+            ),
+            check_error_bomb(status),
+            raises=APIStatusError,
+            check_raised=True,
+        )
+        for encoding, status in zip(ENCODINGS, (500, 400, 429, 503))
+    ],
 ]
 
 HOSTILE_PARAMS = [
@@ -1374,9 +1443,68 @@ def test_hostile_matrix(case: HostileCase, layer: str, tmp_path: Path) -> None:
             else:
                 assert isinstance(out.error, case.reading), repr(out.error)
                 assert written.startswith(out.received)
-            if case.inject:
+            if case.inject and b"include_usage" in cell.upstream_body:
                 # The usage chunk the caller did not ask for is not shown.
                 assert not [e for e in out.events if '"choices":[]' in e.data]
         if case.raises is None or layer == "proxy" or case.check_raised:
             case.check(cell)
     assert case.at_least <= out.seconds <= case.seconds, out.seconds
+
+
+# --------------------------------------------------------------------------- upstream failures
+
+
+def test_upstream_failures_are_classified_by_type() -> None:
+    """The lean upstream client raises typed errors; ``failure_name`` (a record's
+    ``ended_by``, the span's ``error.type``) reads the type, never the message."""
+    import socket
+
+    from ssetally._gateway import _upstream
+    from ssetally._gateway._pools import UpstreamPool
+
+    pytest.importorskip("httptools")
+    # A port nobody listens on: bound, never listening.
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+
+        async def go() -> BaseException:
+            pool = UpstreamPool(
+                httpx.URL(f"http://127.0.0.1:{port}"),
+                max_connections=1,
+                max_idle=1,
+                connect_timeout=2.0,
+                read_timeout=2.0,
+                max_header_bytes=65536,
+            )
+            try:
+                await pool.request("GET", b"/", [(b"host", b"x")], b"")
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                return exc
+            raise AssertionError("a refused connection was answered")
+
+        refused = asyncio.run(go())
+    assert isinstance(refused, _upstream.UpstreamConnectError), repr(refused)
+    assert _upstream.failure_name(refused).startswith("ConnectError: ")
+    cases = [
+        (_upstream.UpstreamConnectTimeout("no connection within 1s"), "ConnectTimeout"),
+        (_upstream.UpstreamPoolTimeout("no free upstream connection"), "PoolTimeout"),
+        (_upstream.UpstreamReadTimeout("no byte for 5s"), "ReadTimeout"),
+        (_upstream.UpstreamReadError("ConnectionResetError: reset"), "ReadError"),
+        # A message that looks like a kind is not taken for one.
+        (_upstream.UpstreamError("ReadTimeout: not really"), "UpstreamError"),
+        (httpx.ConnectError("refused"), "ConnectError"),
+        (OSError("unreachable"), "OSError"),
+    ]
+    for exc, kind in cases:
+        name = _upstream.failure_name(exc)
+        assert name == f"{kind}: {exc}", name
+    assert all(
+        issubclass(c, _upstream.UpstreamTimeout)
+        for c in (
+            _upstream.UpstreamConnectTimeout,
+            _upstream.UpstreamPoolTimeout,
+            _upstream.UpstreamReadTimeout,
+        )
+    )
+    assert issubclass(_upstream.UpstreamConnectError, _upstream.UpstreamError)

@@ -2,7 +2,7 @@
 the proxy (``ProxyServer``), ``MeteringTransport`` and ``connect_usage``.
 
 Upstreams are small scripted servers on 127.0.0.1 (``Scripted`` from
-``test_gateway_security``); every wait is bounded.
+``gateway_support``); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ssetally import APIStatusError, MeteringTransport, RetrievalPolicy, StreamReport, connect_usage
-from ssetally._gateway import key_fingerprint
-from ssetally._replay import ReplayServer
-from test_gateway_security import (
+from gateway_support import (
     AUTH,
     CHAT,
     KEY,
@@ -31,6 +28,9 @@ from test_gateway_security import (
     records,
     sse_chat_chunk,
 )
+from ssetally import APIStatusError, MeteringTransport, RetrievalPolicy, StreamReport, connect_usage
+from ssetally._gateway import key_fingerprint
+from ssetally._replay import ReplayServer
 
 pytest.importorskip("uvicorn")
 

@@ -47,6 +47,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,27 +76,12 @@ unix_only = pytest.mark.skipif(sys.platform == "win32", reason="getrusage is POS
 
 # ------------------------------------------------------------------------ subprocess RSS
 
-#: Run first in every child: the peak RSS in bytes (Linux: ``VmHWM``, which
-#: ``reset_peak`` brings down to the current RSS; elsewhere ``ru_maxrss``), and JSON output.
-_PRELUDE = """
+#: Run first in every child: ``peak()``, the peak RSS in bytes (Linux: ``VmHWM``, which
+#: ``reset_peak()`` brings down to the current RSS; elsewhere ``ru_maxrss``), and JSON output.
+_PRELUDE = f"""
 import json, resource, sys
-def peak():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+sys.path.append({str(Path(__file__).resolve().parent)!r})
+from peak_memory import peak_reset as reset_peak, peak_rss as peak
 def done(**values):
     print(json.dumps(values))
 """

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peak_memory import peak_reset, peak_rss
 from ssetally._core import (
     DEFAULT_MAX_EVENT_SIZE_BYTES,
     EventTooLargeError,
@@ -342,24 +343,6 @@ def test_the_2024_captures_lose_only_their_usage_chunk(name: str) -> None:
 #: the allowed growth by far.
 PROPERTY_LIMIT = 64 * KiB
 PROPERTY_LINE = 24 * MiB
-
-
-def peak_reset() -> bool:
-    """Reset the peak RSS (VmHWM) to the current RSS, where the kernel allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * KiB
-    raise AssertionError("no VmHWM")
 
 
 def _feeder(kind: str) -> Callable[[bytes], object]:

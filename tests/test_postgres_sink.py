@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_server import PASSWORD, PgServer, find_binaries
+from pg_server import PASSWORD, PgServer, running_server
 from ssetally.sinks import PostgresSink, open_sink
 
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
@@ -30,21 +30,8 @@ FAST = {"backoff_base": 0.05, "backoff_max": 0.5, "connect_timeout": 2}
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
-    bindir = find_binaries()
-    if bindir is None:
-        message = (
-            "PostgreSQL server binaries (initdb, pg_ctl) not found in PATH or "
-            "/usr/lib/postgresql/*/bin: apt-get install postgresql (.ci/run does)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = PgServer(bindir)
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def table() -> str:

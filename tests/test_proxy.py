@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +25,9 @@ import httpx
 import openai
 import pytest
 from corpus import corpus_files, rebuild
+from loopback_http import raw_exchange
 from openai.types.chat import ChatCompletionMessageParam
+from proxy_process import proxy_process
 from ssetally import UsageTap
 from ssetally._gateway import ProxyConfig, ProxyServer, key_fingerprint
 from ssetally._replay import ReplayServer
@@ -102,18 +100,6 @@ def post_stream(client: httpx.Client, path: str, body: dict[str, Any], **headers
     with client.stream("POST", path, json=body, headers=headers) as response:
         assert response.status_code == 200, response.read()
         return b"".join(response.iter_raw())
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send raw bytes to 127.0.0.1:port, return everything received until close."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(data)
-        received = b""
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                return received
-            received += piece
 
 
 def metric_samples(proxy: ProxyServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -663,55 +649,15 @@ def test_key_fingerprint() -> None:
 
 def test_cli_proxy_runs_and_flushes_on_sigint(tmp_path: Path) -> None:
     sink = tmp_path / "cli.jsonl"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with ReplayServer() as upstream:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ssetally",
-                "proxy",
-                "--upstream",
-                upstream.origin,
-                "--port",
-                str(port),
-                "--sink",
-                f"jsonl:{sink}",
-                "--inject-usage",
-                "--log-level",
-                "warning",
-                "--instance-id",
-                "cli-test",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, proc.communicate()
-                    assert time.monotonic() < deadline, "the proxy did not start"
-                    time.sleep(0.05)
-            with http(f"http://127.0.0.1:{port}") as c:
-                data = post_stream(
-                    c,
-                    "/v1/chat/completions",
-                    {"model": "gpt-4o", "messages": HELLO, "stream": True},
-                )
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        args = ["--upstream", upstream.origin, "--sink", f"jsonl:{sink}", "--inject-usage"]
+        args += ["--log-level", "warning", "--instance-id", "cli-test"]
+        with proxy_process(*args) as (proc, port), http(f"http://127.0.0.1:{port}") as c:
+            data = post_stream(
+                c,
+                "/v1/chat/completions",
+                {"model": "gpt-4o", "messages": HELLO, "stream": True},
+            )
         truth = upstream.last.usage
     assert b'"choices":[]' not in data
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""

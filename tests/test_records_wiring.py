@@ -12,7 +12,6 @@ import gzip
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+from otlp_receiver import OtlpReceiver
+from proxy_process import proxy_process
 from ssetally import MeteringTransport, StreamReport, connect_usage
 from ssetally import _telemetry as telemetry_module
 from ssetally._cost import price_report
@@ -34,6 +35,7 @@ from ssetally._gateway._record import MAX_SUBJECT_LENGTH, subject_of
 from ssetally._replay import ReplayServer
 from ssetally._telemetry import Telemetry
 from ssetally.sinks import CloudEventsSink, JsonlSink
+from uvicorn_thread import UvicornThread
 
 pytest.importorskip("genai_prices")
 pytest.importorskip("opentelemetry.sdk")
@@ -479,80 +481,42 @@ def test_proxy_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # nothing opened before the check
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    bodies: dict[str, list[bytes]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if self.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.bodies.setdefault(self.path, []).append(body)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_cli_proxy_otel_exports_spans_over_otlp_http(tmp_path: Path) -> None:
     pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
-    bodies: dict[str, list[bytes]] = {}
-    receiver = ThreadingHTTPServer(
-        ("127.0.0.1", 0), type("R", (_OtlpReceiver,), {"bodies": bodies})
-    )
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
-        "OTEL_SERVICE_NAME": "proxy-under-test",
-        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
-    }
-    try:
-        with ReplayServer() as upstream:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ssetally", "proxy", "--upstream", upstream.origin,
-                 "--port", str(port), "--sink", f"jsonl:{tmp_path / 'u.jsonl'}", "--otel",
-                 "--workers", "1",
-                 "--log-level", "warning"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+    with OtlpReceiver() as receiver:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.origin,
+            "OTEL_SERVICE_NAME": "proxy-under-test",
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+        }
+        with (
+            ReplayServer() as upstream,
+            proxy_process(
+                "--upstream",
+                upstream.origin,
+                "--sink",
+                f"jsonl:{tmp_path / 'u.jsonl'}",
+                "--otel",
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
                 env=env,
-            )  # fmt: skip
-            try:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                        break
-                    except OSError:
-                        assert proc.poll() is None, proc.communicate()
-                        assert time.monotonic() < deadline, "the proxy did not start"
-                        time.sleep(0.05)
-                with http_client() as client:
-                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    body = {**CHAT, "stream_options": {"include_usage": True}}
-                    with client.stream("POST", url, json=body) as response:
-                        response.read()
-            finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                timeout=30,
+            ) as (proc, port),
+            http_client() as client,
+        ):
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            body = {**CHAT, "stream_options": {"include_usage": True}}
+            with client.stream("POST", url, json=body) as response:
+                response.read()
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
+    bodies = receiver.bodies
     traces = [ExportTraceServiceRequest.FromString(b) for b in bodies.get("/v1/traces", [])]
     spans = [
         (rs, span)
@@ -646,7 +610,6 @@ def _canned_chat_app() -> Any:
 
 
 def test_asgi_middleware_records_cost_and_a_span(otel: Otel) -> None:
-    import uvicorn
     from ssetally.asgi import UsageMiddleware
 
     records: list[dict[str, Any]] = []
@@ -660,26 +623,12 @@ def test_asgi_middleware_records_cost_and_a_span(otel: Otel) -> None:
     app = UsageMiddleware(
         _canned_chat_app(), sink=Sink(), on_report=lambda report, scope: reports.append(report)
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.01)
+    with UvicornThread(app, lifespan="off", timeout=TIMEOUT) as server:
         with http_client() as client:
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
-            assert client.post(url, json=CHAT).status_code == 200
+            assert client.post(server.url + "/v1/chat/completions", json=CHAT).status_code == 200
         deadline = time.monotonic() + TIMEOUT
         while not records and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        sock.close()
     (report,) = reports
     assert report.cost is not None and report.cost == repriced(report).cost
     (record,) = records

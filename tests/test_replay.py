@@ -8,7 +8,6 @@ the chunked framing itself matters) and through the real ``openai`` SDK.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import httpx
 import openai
 import pytest
 from corpus import CORPUS_DIR, corpus_files, rebuild
+from loopback_http import raw_exchange
 from openai.types.chat import ChatCompletionMessageParam
 from ssetally._replay import (
     Faults,
@@ -159,14 +159,8 @@ def raw_http(
         "Connection: close",
         *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
     ]
-    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
-        received = b""
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                return received
-            received += piece
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+    return raw_exchange(server.port, request, TIMEOUT, server.host)
 
 
 def dechunk(raw: bytes) -> tuple[list[bytes], bool]:

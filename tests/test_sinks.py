@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ssetally.sinks import (
+    DEFAULT_LIMITS,
     CloudEventsSink,
     JsonlSink,
     Limits,
@@ -152,6 +153,45 @@ _records = st.fixed_dictionaries(
     },
     optional={"extra": _values, "upstream_status": _numbers, "cost": _values},
 ).flatmap(lambda r: st.dictionaries(_texts, _values, max_size=3).map(lambda x: {**x, **r}))
+
+
+def _walked(record: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """``sanitize_record`` without its fast path for records that need no change."""
+    from unittest import mock
+
+    from ssetally.sinks import _sanitize
+
+    with mock.patch.object(_sanitize, "_is_clean", lambda *_: False):
+        return sanitize_record(record, limits)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(record=st.one_of(_records, st.dictionaries(_texts, _values, max_size=6)))
+def test_property_the_fast_path_sanitises_as_the_walk_does(record: dict[str, Any]) -> None:
+    assert json.dumps(sanitize_record(record), default=str) == json.dumps(
+        _walked(record), default=str
+    )
+    tight = Limits(string=8, key=4, items=3, depth=3, budget=40, nodes=12)
+    assert json.dumps(sanitize_record(record, tight), default=str) == json.dumps(
+        _walked(record, tight), default=str
+    )
+
+
+def test_a_proxy_record_takes_the_fast_path_unchanged() -> None:
+    from ssetally._gateway._record import Exchange, build_record
+    from ssetally.sinks import _sanitize
+
+    x = Exchange("r1", "2026-05-01T10:00:00.000Z", 0.0, "POST", "/v1/chat/completions")
+    x.notes.append("é ✓ \U0001f600")
+    record = build_record(x, None, "i-1")
+    assert _sanitize._is_clean(record, Limits())
+    assert sanitize_record(record) == record == _walked(record)
+    for hostile in ("\ud800", "a\x00b", "x" * 1025):
+        changed = {**record, "path": hostile}
+        assert not _sanitize._is_clean(changed, Limits())
+        assert sanitize_record(changed)["sanitized"]
+    assert not _sanitize._is_clean({**record, "usage": {"input_tokens": 2**63}}, Limits())
+    assert not _sanitize._is_clean({**record, "events": float("nan")}, Limits())
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))

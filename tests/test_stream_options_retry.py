@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +18,6 @@ import httpx
 import openai
 import pytest
 import tiktoken
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ssetally import (
@@ -32,6 +28,7 @@ from ssetally import (
     aconnect_usage,
     connect_usage,
 )
+from uvicorn_thread import UvicornThread
 
 TIMEOUT = 30.0
 WORDS = ["Tallies ", "count ", "every ", "token ", "twice."]
@@ -96,37 +93,16 @@ def make_app(bodies: list[dict[str, Any]], rejects: bool) -> FastAPI:
     return app
 
 
-class Serve:
+class Serve(UvicornThread):
     """The app under uvicorn in a thread; ``bodies`` are the JSON bodies it received."""
 
     def __init__(self, rejects: bool = True) -> None:
         self.bodies: list[dict[str, Any]] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            make_app(self.bodies, rejects), log_level="warning", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
+        super().__init__(make_app(self.bodies, rejects), timeout=TIMEOUT)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-
-    def __enter__(self) -> Serve:  # noqa: PYI034
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive()
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT)
-        self.sock.close()
+        return super().url + "/v1"
 
 
 @pytest.fixture

@@ -3,16 +3,14 @@ exporters, and once through the real OTLP/HTTP exporter to a receiver on 127.0.0
 
 from __future__ import annotations
 
-import gzip
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+from otlp_receiver import OtlpReceiver
 from ssetally import StreamReport, Timings, Usage
 from ssetally._report import Cost
 from ssetally._telemetry import (
@@ -366,35 +364,10 @@ def test_configure_sdk_signals_off(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- through the real OTLP/HTTP exporter ---------------------------------------------------
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    bodies: dict[str, list[bytes]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if self.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.bodies.setdefault(self.path, []).append(body)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, dict[str, list[bytes]]]]:
-    bodies: dict[str, list[bytes]] = {}
-    handler = type("Handler", (_Receiver,), {"bodies": bodies})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
+    with OtlpReceiver() as server:
+        yield server.origin, server.bodies
 
 
 def _attributes(pairs: Any) -> dict[str, Any]:

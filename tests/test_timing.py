@@ -12,15 +12,12 @@ tell the schedule from chunk counting.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import math
 import re
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,10 +29,12 @@ import requests
 import ssetally
 from hypothesis import given
 from hypothesis import strategies as st
+from loopback_http import QuietHandler, ThreadedServer
 from ssetally._metering import StreamMeter
 from ssetally._metering._timeline import apportion
 from ssetally._replay import ReplayServer
 from tiktoken_cache import subprocess_env
+from uvicorn_thread import UvicornThread
 
 TIMEOUT = 10.0
 FIRST = 0.2  # seconds from the request to the first content event
@@ -168,11 +167,8 @@ STREAMS = {
 # ------------------------------------------------------------------------ the scripted server
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_POST(self) -> None:
         arrived = time.monotonic()
@@ -202,27 +198,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedServer):
     """Serves the scripted streams on 127.0.0.1, the schedule counted from each request's
     arrival; the request body's ``script`` says which stream and how many tokens per event."""
 
     def __init__(self) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> ScriptedServer:  # noqa: PYI034
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(TIMEOUT)
+        super().__init__(_Handler)
 
 
 @pytest.fixture(scope="module")
@@ -503,7 +484,7 @@ def test_connect_usage(server: ScriptedServer, stream: str) -> None:
     path, body = request_of(stream, k)
     seen: list[float] = []
     with httpx.Client(timeout=TIMEOUT, trust_env=False) as client, ssetally.connect_usage(
-        client, "POST", server.url + path, json=body, include_usage=False, timeline=True
+        client, "POST", server.origin + path, json=body, include_usage=False, timeline=True
     ) as events:
         for event in events:
             if '" ab' in event.data:
@@ -540,7 +521,7 @@ def test_meter_over_requests(server: ScriptedServer, stream: str) -> None:
     k = 3
     path, body = request_of(stream, k)
     sent = time.monotonic()
-    with requests.post(server.url + path, json=body, stream=True, timeout=TIMEOUT) as resp:
+    with requests.post(server.origin + path, json=body, stream=True, timeout=TIMEOUT) as resp:
         recorded = Recorded(resp.iter_content(None))
         with ssetally.meter(recorded, request=body, timeline=True, request_sent=sent) as chunks:
             for _ in chunks:
@@ -566,7 +547,7 @@ def test_ameter_over_aiohttp(server: ScriptedServer) -> None:
 
         async with aiohttp.ClientSession() as session:
             sent = time.monotonic()
-            async with session.post(server.url + path, json=body) as resp, ssetally.ameter(
+            async with session.post(server.origin + path, json=body) as resp, ssetally.ameter(
                 recorded(resp.content.iter_any()), timeline=True, request_sent=sent
             ) as chunks:
                 async for _ in chunks:
@@ -582,7 +563,7 @@ def test_ameter_over_aiohttp(server: ScriptedServer) -> None:
 def test_the_middleware() -> None:
     """The app follows the schedule itself and records when it yields each chunk; the
     middleware's timeline counts from the request's arrival to the body messages it sent."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
     from ssetally.asgi import UsageMiddleware
@@ -607,27 +588,15 @@ def test_the_middleware() -> None:
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     wrapped = UsageMiddleware(app, on_report=lambda r, scope: reports.append(r), timeline=True)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(wrapped, log_level="warning", lifespan="on", access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
+    with UvicornThread(wrapped, lifespan="on", timeout=TIMEOUT) as served:
+        url = served.url + "/v1/chat/completions"
         _, body = request_of("chat-running", k)
         with httpx.Client(timeout=TIMEOUT, trust_env=False) as client:
             answer = client.post(url, json=body)
         assert answer.status_code == 200 and content_events(answer.content) == EVENTS
+        deadline = time.monotonic() + TIMEOUT
         while not reports and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        srv.should_exit = True
-        thread.join(TIMEOUT)
     assert len(reports) == 1
     timings = reports[0].timings
     assert timings is not None

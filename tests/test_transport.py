@@ -471,9 +471,12 @@ def test_undecodable_body_is_not_estimated(lib: ModuleType) -> None:
 
     reports = Reports()
     transport = MeteringTransport(lib.MockTransport(handler), reports, estimate=True)
-    with lib.Client(transport=transport) as client, client.stream(
-        "POST", "http://upstream.test/v1/chat/completions", json={"model": "gpt-4o"}
-    ) as response:
+    with (
+        lib.Client(transport=transport) as client,
+        client.stream(
+            "POST", "http://upstream.test/v1/chat/completions", json={"model": "gpt-4o"}
+        ) as response,
+    ):
         for _ in response.iter_raw():
             pass
     transport.close()
@@ -594,7 +597,6 @@ async def test_async_cancelled_task_reports(lib: ModuleType) -> None:
     with ReplayServer(delay=0.05) as server:
         transport = AsyncMeteringTransport(on_report=reports)
         async with asdk(server, lib, transport) as client:
-
             reading = asyncio.Event()
 
             async def consume() -> None:
@@ -696,4 +698,151 @@ def test_body_that_cannot_be_rewritten_is_sent_unchanged(lib: ModuleType) -> Non
     with lib.Client(transport=transport) as client:
         response = client.post("http://upstream.test/v1/chat/completions", content=body)
     assert response.status_code == 200 and seen == [body]
-    assert reports.only().status == "truncated"
+    report = reports.only()
+    assert report.status == "truncated"
+    assert any("include_usage was not added" in w for w in report.warnings), report.warnings
+
+
+USAGE_ONLY = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n'
+)
+TEXT = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+CHAT_BODY = {"model": "gpt-4o", "stream": True, "messages": []}
+ENCODINGS = ["gzip", "deflate", "br", "zstd"]
+
+
+def compress(encoding: str, data: bytes) -> bytes:
+    import zlib
+
+    if encoding in ("gzip", "deflate"):
+        z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS if encoding == "gzip" else 15)
+        return z.compress(data) + z.flush()
+    if encoding == "br":
+        return bytes(pytest.importorskip("brotli").compress(data))
+    return bytes(pytest.importorskip("zstandard").ZstdCompressor().compress(data))
+
+
+def compressing(
+    lib: ModuleType, encoding: str, body: bytes, seen: list[Any], piece: int = 7
+) -> Any:
+    """A mock upstream that ignores ``Accept-Encoding: identity`` and compresses anyway,
+    streamed in ``piece``-byte writes."""
+    packed = compress(encoding, body)
+
+    class Source(lib.SyncByteStream, lib.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __iter__(self) -> Iterator[bytes]:
+            for i in range(0, len(packed), piece):
+                yield packed[i : i + piece]
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for i in range(0, len(packed), piece):
+                yield packed[i : i + piece]
+
+    def handler(request: Any) -> Any:
+        seen.append(request)
+        headers = {"content-type": "text/event-stream", "content-encoding": encoding}
+        return lib.Response(200, headers=headers, stream=Source())
+
+    return lib.MockTransport(handler)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("lib", LIBS)
+def test_compressed_answer_to_injected_request_is_decoded_and_stripped(
+    lib: ModuleType, encoding: str
+) -> None:
+    """The upstream compressed although identity was asked: the caller gets the decoded
+    stream without the usage chunk it did not ask for, and the report says so."""
+    seen: list[Any] = []
+    reports = Reports()
+    inner = compressing(lib, encoding, TEXT + USAGE_ONLY + DONE, seen)
+    transport = MeteringTransport(inner, reports, include_usage=True)
+    with lib.Client(transport=transport) as client:
+        response = client.post("http://upstream.test/v1/chat/completions", json=CHAT_BODY)
+    assert seen[0].headers["accept-encoding"] == "identity"
+    assert b"include_usage" in seen[0].content
+    assert response.content == TEXT + DONE
+    assert "content-encoding" not in response.headers
+    report = reports.only()
+    assert report.usage is not None and report.usage.total_tokens == 4
+    assert any("although identity was asked" in w for w in report.warnings), report.warnings
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+async def test_async_compressed_answer_to_injected_request_is_decoded_and_stripped(
+    encoding: str,
+) -> None:
+    seen: list[Any] = []
+    reports = Reports()
+    inner = compressing(httpx, encoding, TEXT + USAGE_ONLY + DONE, seen)
+    transport = AsyncMeteringTransport(inner, reports, include_usage=True)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post("http://upstream.test/v1/chat/completions", json=CHAT_BODY)
+    assert response.content == TEXT + DONE
+    report = reports.only()
+    assert report.usage is not None and report.usage.total_tokens == 4
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+@pytest.mark.parametrize("lib", LIBS)
+def test_compressed_bomb_to_injected_request_raises_decoding_error(
+    lib: ModuleType, encoding: str
+) -> None:
+    """Decoded for the caller, a bomb stops with the library's own ``DecodingError`` after a
+    bounded amount of output, never raw compressed bytes after decoded ones."""
+    bomb = TEXT + b":" + b" " * (32 * 1024 * 1024) + b"\n\n" + USAGE_ONLY + DONE
+    reports = Reports()
+    # One write expands past the 8 MiB a chunk may decode to.
+    inner = compressing(lib, encoding, bomb, [], piece=1 << 20)
+    transport = MeteringTransport(inner, reports, include_usage=True)
+    received = bytearray()
+    with (
+        lib.Client(transport=transport) as client,
+        client.stream(
+            "POST", "http://upstream.test/v1/chat/completions", json=CHAT_BODY
+        ) as response,
+        pytest.raises(lib.DecodingError),
+    ):
+        for chunk in response.iter_raw():
+            received += chunk
+    # A prefix of the decoded body (here nothing: the first write is the bomb), never raw
+    # compressed bytes after decoded ones.
+    assert len(received) <= 8 * 1024 * 1024
+    assert (TEXT + b":" + b" " * len(received)).startswith(received)
+    report = reports.only()
+    assert any("decompression limit" in w for w in report.warnings), report.warnings
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_rejection_check_never_decodes_a_bomb(encoding: str) -> None:
+    """A short 400 answer to an injected request is read to see whether it rejected
+    ``stream_options``: a compressed bomb is decoded with the 64 KiB bound, not whole."""
+    from ssetally._metering import _rejected
+
+    body = b'{"error":{"message":"stream_options ' + b" " * (16 * 1024 * 1024) + b'"}}'
+    raw = compress(encoding, body)
+    assert len(raw) <= _rejected.MAX_ERROR_BYTES
+    response = httpx.Response(400, headers={"content-encoding": encoding}, content=raw)
+    assert _rejected.rejection(response, raw) is None  # cut: not taken for a rejection
+    small = b'{"error":{"message":"Unrecognized request argument supplied: stream_options"}}'
+    response = httpx.Response(400, headers={"content-encoding": encoding})
+    assert _rejected.rejection(response, compress(encoding, small)) is not None
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_retrieval_through_the_transport_reads_a_bounded_body(encoding: str) -> None:
+    """The retrieval ``GET`` of a cut Responses stream reads its answer raw, with a bound: a
+    compressed bomb is reported, never decoded whole."""
+    from ssetally._getters import TransportGetter
+    from ssetally._metering import retrieve
+
+    def handler(request: Any) -> Any:
+        body = b'{"id":"resp_1","status":"completed","x":"' + b" " * (20 * 1024 * 1024) + b'"}'
+        headers = {"content-type": "application/json", "content-encoding": encoding}
+        return httpx.Response(200, headers=headers, content=compress(encoding, body))
+
+    getter = TransportGetter(httpx.MockTransport(handler), httpx)
+    result = retrieve(getter, "http://upstream.test/v1/responses/resp_1", {}, FAST_RETRIEVAL)
+    assert result.report is None and "not read whole" in result.reason, result.reason

@@ -5,7 +5,7 @@ token counts that are not counts.
 
 Streams are the recorded corpus (``tests/data/corpus``, see its MANIFEST for sources and
 licences) rebuilt into wire bytes, or written here by hand; upstreams are small scripted
-servers on 127.0.0.1 (``Scripted`` from ``test_gateway_security``), every wait bounded.
+servers on 127.0.0.1 (``Scripted`` from ``gateway_support``), every wait bounded.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from corpus import corpus_files, rebuild
+from gateway_support import TIMEOUT, Scripted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ssetally import UsageTap, connect_usage
-from test_gateway_security import TIMEOUT, Scripted
 
 BY_NAME = {f.name: f for f in corpus_files()}
 

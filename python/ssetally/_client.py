@@ -8,8 +8,14 @@ import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
-from typing import Any, NamedTuple
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
 from ._exceptions import SSEError, StreamTimeoutError
@@ -18,101 +24,147 @@ from ._metering import (
     RetrievalPolicy,
     StreamMeter,
     arun_fallbacks,
-    json_body,
+    inject_usage,
+    parse_json_object,
     redact,
     request_secrets,
     run_fallbacks,
-    usage_request,
 )
+from ._metering._decode import MAX_ERROR_BODY, Body, aread_response, read_response
 from ._metering._rejected import RETRIED, stream_options_rejection
 from ._mime import is_event_stream
 from ._report import StreamReport
 
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    _P = ParamSpec("_P")
+    _T = TypeVar("_T")
+
 
 class APIStatusError(Exception):
     """The server answered with a non-2xx status. ``body`` is the parsed JSON error body (or
-    the text when it is not JSON)."""
+    the text when it is not JSON), read raw and decoded with a bound: at most 64 KiB
+    (``MAX_ERROR_BODY``) of it is kept, and ``truncated`` then says why the rest is missing
+    (None for a whole body)."""
 
-    def __init__(self, status_code: int, body: Any, response: Any) -> None:
+    def __init__(
+        self, status_code: int, body: Any, response: Any, truncated: str | None = None
+    ) -> None:
         self.status_code = status_code
         self.body = body
         self.response = response
-        super().__init__(f"HTTP {status_code}: {_error_message(body)}")
+        self.truncated = truncated
+        cut = "" if truncated is None else f" (error body truncated: {truncated})"
+        super().__init__(f"HTTP {status_code}: {_error_message(body)}{cut}")
 
 
 def _error_message(body: Any) -> str:
     if isinstance(body, Mapping):
         error = body.get("error")
         if isinstance(error, Mapping) and error.get("message"):
-            return str(error["message"])
+            return str(error["message"])[:500]
         if isinstance(error, str):
-            return error
+            return error[:500]
     return str(body)[:500]
 
 
 def _parse_body(content: bytes) -> Any:
     try:
         return json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return content.decode("utf-8", "replace")
 
 
-def _check_response(response: Any, content: bytes | None) -> None:
+def _check_response(
+    status: int, content_type: str, secrets: tuple[str, ...], error: Body | None, response: Any
+) -> None:
+    """Raise for an error answer (``error``: its bounded body) or one that is no event stream."""
     # A server or proxy may echo the credentials it got: never repeat them in an error.
-    secrets = request_secrets(response.request)
-    if content is not None:
-        body = redact(_parse_body(content), secrets)
-        raise APIStatusError(response.status_code, body, response)
-    content_type = response.headers.get("content-type", "")
+    if error is not None:
+        body = redact(_parse_body(error.content), secrets)
+        raise APIStatusError(status, body, response, error.truncated)
     if not is_event_stream(content_type):
         message = f"Expected an event stream (text/event-stream), got {content_type!r}"
         raise SSEError(redact(message, secrets))
 
 
+def _error_body(response: Any) -> Body | None:
+    """The bounded, decoded body of an error answer (status >= 300), read raw; else None."""
+    if response.status_code < 300:
+        return None
+    return read_response(response, MAX_ERROR_BODY)
+
+
+async def _aerror_body(response: Any) -> Body | None:
+    """Async twin of ``_error_body``."""
+    if response.status_code < 300:
+        return None
+    return await aread_response(response, MAX_ERROR_BODY)
+
+
 def _prepare(
-    method: str, url: Any, include_usage: bool, kwargs: dict[str, Any]
-) -> tuple[dict[str, Any] | None, bool]:
-    """The request body as sent, and whether ``include_usage`` was added to it."""
-    body = json_body(kwargs)
-    new = usage_request(method, str(url), body) if include_usage else None
-    if new is None:
-        return body, False
-    kwargs.pop("content", None)
-    kwargs["json"] = new
-    return new, True
+    method: str, url: Any, include_usage: bool, kwargs: dict[str, Any], raw: str = "content"
+) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The request body as sent (``json=``, or JSON in ``kwargs[raw]``), whether
+    ``include_usage`` was added to it, and why not when it could not be.
+
+    A body that cannot be encoded again (a lone surrogate, a NaN) is left as the caller gave
+    it: the HTTP library sends it, or raises, exactly as it would without ssetally."""
+    body = kwargs.get("json")
+    if body is None:
+        data = kwargs.get(raw)
+        body = parse_json_object(data) if isinstance(data, (bytes, str)) else None
+    elif not isinstance(body, dict):
+        body = None
+    if not include_usage:
+        return body, False, None
+    injection = inject_usage(method, str(url), body)
+    if injection.body is None:
+        return body, False, injection.skipped
+    kwargs.pop(raw, None)
+    kwargs["json"] = injection.body
+    return injection.body, True, None
 
 
 class _Sent(NamedTuple):
     """The request that got the answer being streamed: its body, whether usage was injected,
-    when it was sent, and why it was sent again (a rejected injection), if it was."""
+    when it was sent, why it was sent again (a rejected injection), if it was, and why usage
+    could not be injected, if it could not."""
 
     body: dict[str, Any] | None
     injected: bool
     at: float
     retried: str | None = None
+    skipped: str | None = None
 
 
-def _rejected(injected: bool, response: Any, content: bytes | None) -> str | None:
-    """The server's message when it rejected the injected ``stream_options``."""
-    if not injected or content is None:
+def _rejected(sent: _Sent, status: int, error: Body | None) -> str | None:
+    """The server's message when it rejected the injected ``stream_options`` (a whole error
+    body only: a truncated one is passed on as it is)."""
+    if not sent.injected or error is None or error.truncated is not None:
         return None
-    return stream_options_rejection(response.status_code, content)
+    return stream_options_rejection(status, error.content)
 
 
-def _meter_for(response: Any, sent: _Sent, timeline: bool) -> StreamMeter:
+def _meter_for(
+    sent: _Sent, content_encoding: str, secrets: tuple[str, ...], timeline: bool
+) -> StreamMeter:
     """The meter of an answer (its Content-Encoding, the credentials of its request)."""
     meter = StreamMeter(
         request_body=sent.body,
         injected=sent.injected,
-        content_encoding=response.headers.get("content-encoding", ""),
+        content_encoding=content_encoding,
         collect_output=True,
         request_sent=sent.at,
-        secrets=request_secrets(response.request),
+        secrets=secrets,
         pass_decoded=True,
         timeline=timeline,
     )
     if sent.retried is not None:
         meter.warn(RETRIED.format(message=sent.retried))
+    if sent.skipped is not None:
+        meter.warn(sent.skipped)
     return meter
 
 
@@ -284,6 +336,40 @@ class AsyncUsageStream(_Base):
         return self.report
 
 
+class _Options(NamedTuple):
+    """The front-ends' own arguments (the rest go to the HTTP library)."""
+
+    include_usage: bool = True
+    retrieve: bool = True
+    estimate: bool = True
+    retrieval: RetrievalPolicy | None = None
+    idle_timeout: float | None = None
+    deadline: float | None = None
+    timeline: bool = False
+
+
+_S = TypeVar("_S", bound=_Base)
+
+
+def _start(
+    kind: type[_S], method: str, url: Any, options: _Options, kwargs: dict[str, Any], raw: str
+) -> tuple[_S, _Sent]:
+    """The stream object and the first request (``kwargs`` gets the injection, if any)."""
+    body, injected, skipped = _prepare(method, url, options.include_usage, kwargs, raw)
+    sent = _Sent(body, injected, time.monotonic(), skipped=skipped)
+    # Replaced by the meter of the answer (its Content-Encoding) once it arrives.
+    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
+    limits = _Limits(options.idle_timeout, options.deadline)
+    policy = options.retrieval or RetrievalPolicy()
+    return kind(meter, policy, options.retrieve, options.estimate, limits), sent
+
+
+def _resent(method: str, url: Any, plain: dict[str, Any], raw: str, rejected: str) -> _Sent:
+    """The caller's own request, sent again after the server rejected the injection."""
+    body = _prepare(method, url, False, dict(plain), raw)[0]
+    return _Sent(body, False, time.monotonic(), rejected)
+
+
 @contextmanager
 def connect_usage(
     client: Any,
@@ -304,7 +390,8 @@ def connect_usage(
     - ``include_usage``: ask Chat/legacy Completions streams for usage when the body did not
       (the added usage chunk is not shown to the caller). A server that rejects the added
       ``stream_options`` (HTTP 400 naming it) gets the caller's request once more, unchanged;
-      ``report.warnings`` says so.
+      ``report.warnings`` says so. A body that cannot be sent again as UTF-8 JSON (a lone
+      surrogate) goes out as the caller gave it, without the injection, with a warning.
     - ``retrieve``: a Responses stream that ended without its terminal event has its usage
       fetched with ``GET /responses/{id}`` (polling while it is still in progress).
     - ``estimate``: when no usage can be had, count tokens with tiktoken (``source="estimate"``).
@@ -315,28 +402,29 @@ def connect_usage(
       time and tokens, for ITL percentiles (``Timings``); off by default.
 
     ``stream.report`` is set when the block exits, also after an early ``break`` or an
-    exception. A non-2xx answer raises ``APIStatusError``; fallbacks never raise.
+    exception. A non-2xx answer raises ``APIStatusError`` (its body read with a 64 KiB
+    bound); fallbacks never raise.
     """
-    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
-    body, injected = _prepare(method, url, include_usage, kwargs)
-    sent = _Sent(body, injected, time.monotonic())
-    # Replaced by the meter of the answer (its Content-Encoding) once it arrives.
-    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
-    stream = UsageStream(
-        meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
+    options = _Options(
+        include_usage, retrieve, estimate, retrieval, idle_timeout, deadline, timeline
     )
+    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
+    stream, sent = _start(UsageStream, method, url, options, kwargs, "content")
     with ExitStack() as opened:
         response = opened.enter_context(client.stream(method, url, **kwargs))
-        error_body = response.read() if response.status_code >= 300 else None
-        rejected = _rejected(injected, response, error_body)
+        error = _error_body(response)
+        rejected = _rejected(sent, response.status_code, error)
         if rejected is not None:
             opened.close()
-            sent = _Sent(json_body(plain), False, time.monotonic(), rejected)
+            sent = _resent(method, url, plain, "content", rejected)
             response = opened.enter_context(client.stream(method, url, **plain))
-            error_body = response.read() if response.status_code >= 300 else None
+            error = _error_body(response)
         stream._response = response
-        stream._meter = _meter_for(response, sent, timeline)
-        _check_response(response, error_body)
+        secrets = request_secrets(response.request)
+        encoding = response.headers.get("content-encoding", "")
+        stream._meter = _meter_for(sent, encoding, secrets, timeline)
+        content_type = response.headers.get("content-type", "")
+        _check_response(response.status_code, content_type, secrets, error, response)
         try:
             yield stream
         except BaseException as exc:
@@ -349,8 +437,84 @@ def connect_usage(
                 stream._finalize(client)
 
 
+class Wire:
+    """How ``aconnect_usage`` speaks to one HTTP library: httpx/httpx2 here (``client.stream``,
+    raw bytes decoded by the meter); ``ssetally.aiohttp`` has aiohttp's."""
+
+    #: The stream type yielded, and the keyword of a raw request body.
+    stream_type: type[AsyncUsageStream] = AsyncUsageStream
+    raw_body = "content"
+
+    def open(
+        self, client: Any, method: str, url: Any, kwargs: dict[str, Any]
+    ) -> AbstractAsyncContextManager[Any]:
+        """The streaming request, as an async context manager giving the response."""
+        opened: AbstractAsyncContextManager[Any] = client.stream(method, url, **kwargs)
+        return opened
+
+    def status(self, response: Any) -> int:
+        return int(response.status_code)
+
+    def content_encoding(self, client: Any, response: Any) -> str:
+        """The coding of the bytes the stream's chunks hold (raw: the header's)."""
+        return str(response.headers.get("content-encoding", ""))
+
+    def secrets(self, response: Any) -> tuple[str, ...]:
+        return request_secrets(response.request)
+
+    async def error_body(self, client: Any, response: Any) -> Body | None:
+        return await _aerror_body(response)
+
+    def attach(self, stream: AsyncUsageStream, response: Any) -> None:
+        stream._response = response
+
+    async def close(self, response: Any) -> None:
+        await response.aclose()
+
+
+_HTTPX = Wire()
+
+
 @asynccontextmanager
-async def aconnect_usage(
+async def _aopen(
+    wire: Wire, client: Any, method: str, url: Any, options: _Options, kwargs: dict[str, Any]
+) -> AsyncIterator[AsyncUsageStream]:
+    """``aconnect_usage`` over ``wire``'s HTTP library."""
+    raw = wire.raw_body
+    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
+    stream, sent = _start(wire.stream_type, method, url, options, kwargs, raw)
+    async with AsyncExitStack() as opened:
+        response = await opened.enter_async_context(wire.open(client, method, url, kwargs))
+        error = await wire.error_body(client, response)
+        rejected = _rejected(sent, wire.status(response), error)
+        if rejected is not None:
+            await opened.aclose()
+            sent = _resent(method, url, plain, raw, rejected)
+            response = await opened.enter_async_context(wire.open(client, method, url, plain))
+            error = await wire.error_body(client, response)
+        wire.attach(stream, response)
+        secrets = wire.secrets(response)
+        encoding = wire.content_encoding(client, response)
+        stream._meter = _meter_for(sent, encoding, secrets, options.timeline)
+        content_type = response.headers.get("content-type", "")
+        _check_response(wire.status(response), content_type, secrets, error, response)
+        try:
+            yield stream
+        except BaseException as exc:
+            stream._note_interruption(exc)
+            raise
+        finally:
+            try:
+                await wire.close(response)
+            except BaseException as exc:
+                # A cancel scope still in force cancels this await too; the report is still due.
+                stream._note_interruption(exc)
+                raise
+            finally:
+                await stream._finalize(client)
+
+
+def aconnect_usage(
     client: Any,
     method: str,
     url: Any,
@@ -363,38 +527,33 @@ async def aconnect_usage(
     deadline: float | None = None,
     timeline: bool = False,
     **kwargs: Any,
-) -> AsyncIterator[AsyncUsageStream]:
-    """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
-    plain = dict(kwargs)  # the caller's request, sent again if the injection is rejected
-    body, injected = _prepare(method, url, include_usage, kwargs)
-    sent = _Sent(body, injected, time.monotonic())
-    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
-    stream = AsyncUsageStream(
-        meter, retrieval or RetrievalPolicy(), retrieve, estimate, _Limits(idle_timeout, deadline)
+) -> AbstractAsyncContextManager[AsyncUsageStream]:
+    """Async twin of ``connect_usage`` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``:
+    ``async with aconnect_usage(client, "POST", url, json=body) as stream``."""
+    options = _Options(
+        include_usage, retrieve, estimate, retrieval, idle_timeout, deadline, timeline
     )
-    async with AsyncExitStack() as opened:
-        response = await opened.enter_async_context(client.stream(method, url, **kwargs))
-        error_body = await response.aread() if response.status_code >= 300 else None
-        rejected = _rejected(injected, response, error_body)
-        if rejected is not None:
-            await opened.aclose()
-            sent = _Sent(json_body(plain), False, time.monotonic(), rejected)
-            response = await opened.enter_async_context(client.stream(method, url, **plain))
-            error_body = await response.aread() if response.status_code >= 300 else None
-        stream._response = response
-        stream._meter = _meter_for(response, sent, timeline)
-        _check_response(response, error_body)
-        try:
-            yield stream
-        except BaseException as exc:
-            stream._note_interruption(exc)
-            raise
-        finally:
-            try:
-                await response.aclose()
-            except BaseException as exc:
-                # A cancel scope still in force cancels this await too; the report is still due.
-                stream._note_interruption(exc)
-                raise
-            finally:
-                await stream._finalize(client)
+    return _aopen(_HTTPX, client, method, url, options, kwargs)
+
+
+_SIGNATURE = inspect.signature(aconnect_usage)
+
+
+def aconnect_over(wire: Wire, *args: Any, **kwargs: Any) -> AbstractAsyncContextManager[Any]:
+    """``aconnect_usage(*args, **kwargs)`` over another HTTP library's ``wire``."""
+    bound = _SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    given = dict(bound.arguments)
+    request = given.pop("kwargs")
+    client, method, url = given.pop("client"), given.pop("method"), given.pop("url")
+    return _aopen(wire, client, method, url, _Options(**given), request)
+
+
+def same_options(front: Callable[_P, object]) -> Callable[[Callable[..., _T]], Callable[_P, _T]]:
+    """Decorates a front-end that takes what ``front`` takes: its signature and its types."""
+
+    def wrap(impl: Callable[..., _T]) -> Callable[_P, _T]:
+        impl.__signature__ = inspect.signature(front)  # type: ignore[attr-defined]
+        return impl
+
+    return wrap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, NamedTuple
 
 
@@ -34,7 +35,8 @@ def configure_sdk(*, service_name: str = "ssetally", set_global: bool = True) ->
     ``OTEL_METRIC_EXPORT_INTERVAL``...; ``OTEL_TRACES_EXPORTER=none`` or
     ``OTEL_METRICS_EXPORTER=none`` leave a signal out, ``OTEL_SDK_DISABLED=true`` both).
 
-    ``service_name`` is used when the environment names none. The providers become the
+    ``service_name`` is used when the environment names none; ``service.instance.id`` (a
+    new UUID, with ``process.pid``) tells the processes of one service apart. The providers become the
     global ones unless ``set_global`` is False. Raises ``TelemetryError`` when the SDK or the
     exporter is not installed.
     """
@@ -57,6 +59,12 @@ def configure_sdk(*, service_name: str = "ssetally", set_global: bool = True) ->
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": service_name}))
+    if "service.instance.id" not in resource.attributes:
+        # One per process: the workers of ``ssetally proxy --workers`` each export cumulative
+        # metrics, which a backend would mix up under one identity.
+        resource = resource.merge(
+            Resource({"service.instance.id": uuid.uuid4().hex, "process.pid": os.getpid()})
+        )
     tracer_provider = None
     if not _env_off("OTEL_TRACES_EXPORTER"):
         tracer_provider = TracerProvider(resource=resource)

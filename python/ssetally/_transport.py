@@ -21,14 +21,13 @@ from there.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
@@ -41,16 +40,16 @@ from ._metering import (
     StreamMeter,
     _rejected,
     arun_fallbacks,
-    encode_body,
     parse_json_object,
     redact,
     request_secrets,
     run_fallbacks,
     skipped,
-    usage_request,
 )
 from ._mime import is_event_stream
 from ._report import StreamReport
+from ._sending import Prepared, library, prepare, request_content
+from ._tasks import TaskSet
 
 if TYPE_CHECKING:
     from httpx2 import AsyncBaseTransport as _AsyncBaseTransport2
@@ -111,54 +110,34 @@ class _Options:
     policy: RetrievalPolicy
 
 
-def _library(request: Any) -> Any:
-    """The ``httpx`` or ``httpx2`` module a request object belongs to."""
-    name = type(request).__module__.split(".", 1)[0]
-    if name not in ("httpx", "httpx2"):
-        name = "httpx"
-    return importlib.import_module(name)
-
-
-def _request_content(request: Any) -> bytes | None:
-    """The request body when it is already in memory (never reads a streaming body)."""
-    try:
-        content = request.content
-    except Exception:  # noqa: BLE001 - RequestNotRead: a streaming body, left alone
-        return None
-    return content if isinstance(content, bytes) else None
-
-
-def _prepare(request: Any, include_usage: bool) -> tuple[Any, dict[str, Any] | None, bool]:
-    """The request to send, its JSON body, and whether ``include_usage`` was added to it.
-
-    Never raises: a body that cannot be rewritten is sent as it is (fail-open)."""
-    body = parse_json_object(_request_content(request))
-    new = usage_request(request.method, request.url.path, body) if include_usage else None
-    if new is None:
-        return request, body, False
-    try:
-        content = encode_body(new)
-        headers = request.headers.copy()
-        headers["content-length"] = str(len(content))
-        # The usage chunk is removed from the raw bytes: they must not be compressed.
-        headers["accept-encoding"] = "identity"
-        sent = _library(request).Request(
-            request.method, request.url, headers=headers, content=content,
-            extensions=request.extensions,
-        )  # fmt: skip
-    except Exception:
-        logger.exception("ssetally: include_usage could not be added; request sent unchanged")
-        return request, body, False
-    return sent, new, True
+#: The warning of an injected stream whose upstream compressed the answer anyway.
+DECODED_FOR_CALLER = (
+    "the upstream answered with Content-Encoding {coding!r} although identity was asked: the "
+    "body was decoded for the caller (Content-Encoding and Content-Length removed) so that "
+    "the added usage chunk could be removed"
+)
 
 
 class _Stream:
     """What the sync and async stream wrappers share: the meter and the exactly-once end."""
 
-    def __init__(self, inner: Any, meter: StreamMeter, end: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        meter: StreamMeter,
+        end: Callable[[str], None],
+        failure: type[Exception] | None = None,
+    ) -> None:
         self._inner = inner
         self._meter = meter
         self._end = end
+        #: Raised when a body decoded for the caller stops decoding (``DecodingError``).
+        self._failure = failure
+
+    def _check(self) -> None:
+        why = self._meter.undecodable
+        if why is not None and self._failure is not None:
+            raise self._failure(why)
 
     def _failed(self, exc: BaseException) -> bytes:
         """End the stream for ``exc``; returns what the caller would have read before the
@@ -175,6 +154,7 @@ class _SyncTapStream(_Stream, httpx.SyncByteStream, _SyncByteStream2):
                 out = feed(chunk)
                 if out:
                     yield out
+                self._check()
         except GeneratorExit:
             self._end("closed early")
             raise
@@ -203,6 +183,7 @@ class _AsyncTapStream(_Stream, httpx.AsyncByteStream, _AsyncByteStream2):
                 out = feed(chunk)
                 if out:
                     yield out
+                self._check()
         except GeneratorExit:
             self._end("closed early")
             raise
@@ -273,8 +254,7 @@ class _Base:
         self,
         response: Any,
         request: Any,
-        body: dict[str, Any] | None,
-        injected: bool,
+        prepared: Prepared,
         make_end: Callable[[StreamMeter], Callable[[str], None]],
         stream_type: type[_SyncTapStream | _AsyncTapStream],
         rejected: str | None = None,
@@ -285,50 +265,54 @@ class _Base:
         if not is_event_stream(response.headers.get("content-type", "")):
             return response
         consumed = getattr(response, "is_stream_consumed", False)
+        injected = prepared.injected and not consumed
+        coding = "" if consumed else response.headers.get("content-encoding", "")
         meter = StreamMeter(
-            request_body=body,
-            injected=injected and not consumed,
+            request_body=prepared.body,
+            injected=injected,
             # A body the inner transport read already (e.g. a mock) is decoded already.
-            content_encoding="" if consumed else response.headers.get("content-encoding", ""),
+            content_encoding=coding,
             collect_output=self._options.estimate,
             secrets=request_secrets(request),
+            # An upstream that compressed although identity was asked: the caller gets the
+            # decoded bytes, so that the usage chunk it did not ask for can be removed.
+            pass_decoded=injected,
         )
-        if rejected is not None:
-            meter.warn(_rejected.RETRIED.format(message=rejected))
+        for note in (prepared.skipped, rejected and _rejected.RETRIED.format(message=rejected)):
+            if note:
+                meter.warn(note)
         if consumed:
             meter.feed(response.content)
             make_end(meter)("eof")
             return response
-        response.stream = stream_type(response.stream, meter, make_end(meter))
+        failure = None
+        if injected and meter.compressed and meter.metering:
+            meter.warn(DECODED_FOR_CALLER.format(coding=coding[:50]))
+            for name in ("content-encoding", "content-length"):
+                if name in response.headers:
+                    del response.headers[name]
+            failure = library(request).DecodingError
+        response.stream = stream_type(response.stream, meter, make_end(meter), failure)
         return response
 
 
 _Owner = TypeVar("_Owner", bound=_Base)
 
 
+@dataclass(eq=False, repr=False)
 class _End(Generic[_Owner]):
     """The end of one stream: the report is built once, however many ways the stream ends;
     subclasses deliver it (sync: fallbacks in a worker thread; async: as a task)."""
 
-    def __init__(
-        self,
-        owner: _Owner,
-        request: Any,
-        sent: Any,
-        meter: StreamMeter,
-        inner: Any,
-        lib: Any,
-        status: int,
-    ) -> None:
-        self._owner = owner
-        self._status = status
-        self._request = request
-        self._sent = sent
-        self._meter = meter
-        self._inner = inner
-        self._lib = lib
-        self._lock = threading.Lock()
-        self._ended = False
+    _owner: _Owner
+    _request: Any
+    _sent: Any
+    _meter: StreamMeter
+    _inner: Any
+    _lib: Any
+    _status: int
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _ended: bool = field(default=False, init=False)
 
     def _finish(self, how: str) -> tuple[StreamReport, Plan] | None:
         """The stream's report and fallback plan the first time it ends; None after that."""
@@ -363,7 +347,9 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
     :param include_usage: ask Chat/legacy Completions streams for usage when the body did not
         (``stream_options.include_usage``); the usage-only chunk this adds is removed
         byte-exactly from what the caller reads. A 400 answer (up to 64 KiB) that names
-        ``stream_options`` gets the caller's own request sent once more, unchanged.
+        ``stream_options`` gets the caller's own request sent once more, unchanged. An answer
+        compressed although identity was asked is decoded for the caller (a warning says so);
+        a body that cannot be re-encoded is sent unchanged, without the injection.
     :param retrieve: a Responses stream that ended without its terminal event has its usage
         fetched with ``GET /responses/{id}`` through the inner transport, in a worker thread.
     :param estimate: when no usage can be had, count tokens with tiktoken (worker thread).
@@ -403,24 +389,25 @@ class MeteringTransport(_Base, httpx.BaseTransport, _BaseTransport2):
 
     def handle_request(self, request: Any) -> Any:
         """Send the request through the inner transport; meter an event-stream answer."""
-        sent, body, injected = _prepare(request, self._options.include_usage)
-        lib = _library(request)
+        prepared = prepare(request, self._options.include_usage)
+        lib = library(request)
         inner = self._inner_for(lib, "HTTPTransport")
-        response = inner.handle_request(sent)
+        response = inner.handle_request(prepared.request)
         rejected = None
-        if injected and _rejected.worth_reading(response):
+        if prepared.injected and _rejected.worth_reading(response):
             raw = _rejected.read_closed(response)
-            rejected = _rejected.rejection(lib, response, raw)
+            rejected = _rejected.rejection(response, raw)
             if rejected is None:
                 return _rejected.rebuilt(lib, response, raw)
             # Sent again as the caller wrote it, and metered as usual.
-            sent, body, injected = request, parse_json_object(_request_content(request)), False
-            response = inner.handle_request(sent)
+            prepared = Prepared(request, parse_json_object(request_content(request)), False)
+            response = inner.handle_request(request)
+        sent = prepared.request
 
         def make_end(meter: StreamMeter) -> _SyncEnd:
             return _SyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _SyncTapStream, rejected)
+        return self._meter(response, request, prepared, make_end, _SyncTapStream, rejected)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._pending_lock:
@@ -497,7 +484,7 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
         retrieval: RetrievalPolicy | None = None,
     ) -> None:
         super().__init__(inner, on_report, include_usage, retrieve, estimate, retrieval)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def __aenter__(self) -> Self:
         return self
@@ -512,55 +499,38 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport, _AsyncBaseTranspor
 
     async def handle_async_request(self, request: Any) -> Any:
         """Send the request through the inner transport; meter an event-stream answer."""
-        sent, body, injected = _prepare(request, self._options.include_usage)
-        lib = _library(request)
+        prepared = prepare(request, self._options.include_usage)
+        lib = library(request)
         inner = self._inner_for(lib, "AsyncHTTPTransport")
-        response = await inner.handle_async_request(sent)
+        response = await inner.handle_async_request(prepared.request)
         rejected = None
-        if injected and _rejected.worth_reading(response):
+        if prepared.injected and _rejected.worth_reading(response):
             raw = await _rejected.aread_closed(response)
-            rejected = _rejected.rejection(lib, response, raw)
+            rejected = _rejected.rejection(response, raw)
             if rejected is None:
                 return _rejected.rebuilt(lib, response, raw)
             # Sent again as the caller wrote it, and metered as usual.
-            sent, body, injected = request, parse_json_object(_request_content(request)), False
-            response = await inner.handle_async_request(sent)
+            prepared = Prepared(request, parse_json_object(request_content(request)), False)
+            response = await inner.handle_async_request(request)
+        sent = prepared.request
 
         def make_end(meter: StreamMeter) -> _AsyncEnd:
             return _AsyncEnd(self, request, sent, meter, inner, lib, response.status_code)
 
-        return self._meter(response, request, body, injected, make_end, _AsyncTapStream, rejected)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Run ``coro`` as a task on the running loop; False (and ``coro`` closed, never to
-        run) when there is none."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            coro.close()
-            return False
-        task = loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
+        return self._meter(response, request, prepared, make_end, _AsyncTapStream, rejected)
 
     def _deliver_async(self, report: StreamReport, request: Any) -> None:
         result = self._deliver(report, request)
-        if inspect.isawaitable(result) and not self._spawn(_await_logged(result)):
+        if inspect.isawaitable(result) and not self._tasks.start(_await_logged(result)):
             logger.error("ssetally: on_report returned an awaitable outside an event loop")
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the reports whose fallbacks are still running; True when none is left."""
-        tasks = {t for t in self._tasks if not t.done()}
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        return await self._tasks.wait(timeout)
 
     async def aclose(self) -> None:
         """Wait for pending reports, then close the inner transport(s)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
         for transport in self._transports():
             await transport.aclose()
 
@@ -582,7 +552,7 @@ class _AsyncEnd(_End["AsyncMeteringTransport"]):
                 return
             report, plan = ended
             if plan.due:
-                if self._owner._spawn(self._complete(report, plan)):
+                if self._owner._tasks.start(self._complete(report, plan)):
                     return
                 report = skipped(report, "fallback", "no running event loop for the fallbacks")
                 plan = Plan(skipped=plan.skipped)

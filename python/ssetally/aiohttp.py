@@ -12,41 +12,42 @@ the retrieval fallback uses one of its own per request (``RetrievalPolicy``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NamedTuple
 
 import aiohttp
 
+from . import _client
 from ._api import _sse_headers
-from ._client import APIStatusError, _parse_body
 from ._client import AsyncUsageStream as _AsyncUsageStream
+from ._client import Wire, same_options
 from ._core import ServerSentEvent, SSEDecoder
 from ._exceptions import SSEError
-from ._metering import (
-    RetrievalPolicy,
-    StreamMeter,
-    parse_json_object,
-    redact,
-    secrets_of,
-    usage_request,
-)
+from ._metering import redact, secrets_of
+from ._metering._decode import MAX_ERROR_BODY, MAX_JSON_BODY, Body, aread_body
 from ._mime import is_event_stream
 
 __all__ = ["AsyncUsageStream", "EventSource", "aconnect_sse", "aconnect_usage"]
 
-#: Error and retrieval bodies are read up to this size (the rest is dropped).
-_MAX_BODY = 8 * 1024 * 1024
 
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int = _MAX_BODY) -> bytes:
-    parts: list[bytes] = []
-    size = 0
+async def _raw(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as aiohttp hands it over (decoded, unless the session's ``auto_decompress``
+    is off)."""
     async for chunk in response.content.iter_any():
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(parts)[:limit]
+        yield chunk
+
+
+def _coding(session: aiohttp.ClientSession | None, response: aiohttp.ClientResponse) -> str:
+    """The coding of what ``_raw`` yields: aiohttp decodes itself unless told not to."""
+    if session is None or getattr(session, "auto_decompress", True):
+        return ""
+    return response.headers.get("content-encoding", "")
+
+
+async def _read_capped(
+    response: aiohttp.ClientResponse, limit: int, session: aiohttp.ClientSession | None = None
+) -> Body:
+    return await aread_body(_raw(response), _coding(session, response), limit)
 
 
 def _check_content_type(response: aiohttp.ClientResponse, secrets: tuple[str, ...]) -> None:
@@ -115,7 +116,8 @@ class _Answer(NamedTuple):
 
 
 class _SessionGetter:
-    """The ``client.get`` that ``aretrieve`` needs, over an aiohttp session."""
+    """The ``client.get`` that ``aretrieve`` needs, over an aiohttp session (the body is read
+    with the retrieval's bound)."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -127,9 +129,9 @@ class _SessionGetter:
         async with self._session.get(
             url, headers=headers, timeout=limit, allow_redirects=follow_redirects
         ) as response:
-            content = await _read_capped(response)
+            body = await _read_capped(response, MAX_JSON_BODY, self._session)
             lowered = {k.lower(): v for k, v in response.headers.items()}
-            return _Answer(response.status, content, lowered)
+            return _Answer(response.status, body.content, lowered)
 
 
 class AsyncUsageStream(_AsyncUsageStream):
@@ -149,79 +151,68 @@ class AsyncUsageStream(_AsyncUsageStream):
         return _SessionGetter(client)
 
 
-def _prepare(
-    method: str, url: Any, include_usage: bool, kwargs: dict[str, Any]
-) -> tuple[dict[str, Any] | None, bool]:
-    """The request body as sent (``json=`` or ``data=`` of JSON), and whether
-    ``include_usage`` was added to it."""
-    body = kwargs.get("json")
-    if body is None:
-        data = kwargs.get("data")
-        body = parse_json_object(data) if isinstance(data, (bytes, str)) else None
-    elif not isinstance(body, dict):
-        body = None
-    new = usage_request(method, str(url), body) if include_usage else None
-    if new is None:
-        return body, False
-    kwargs.pop("data", None)
-    kwargs["json"] = new
-    return new, True
+class _AiohttpWire(Wire):
+    """``aconnect_usage`` over an ``aiohttp.ClientSession``."""
+
+    stream_type = AsyncUsageStream
+    raw_body = "data"
+
+    def open(
+        self, client: Any, method: str, url: Any, kwargs: dict[str, Any]
+    ) -> AbstractAsyncContextManager[Any]:
+        opened: AbstractAsyncContextManager[Any] = client.request(method, url, **kwargs)
+        return opened
+
+    def status(self, response: Any) -> int:
+        return int(response.status)
+
+    def content_encoding(self, client: Any, response: Any) -> str:
+        return _coding(client, response)
+
+    def secrets(self, response: Any) -> tuple[str, ...]:
+        return _secrets(response)
+
+    async def error_body(self, client: Any, response: Any) -> Body | None:
+        if response.status < 300:
+            return None
+        return await _read_capped(response, MAX_ERROR_BODY, client)
+
+    def attach(self, stream: Any, response: Any) -> None:
+        stream._response = response
+        info = response.request_info
+        stream._request = _Request(str(info.url), {k: v for k, v in info.headers.items()})
+
+    async def close(self, response: Any) -> None:
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
 
 
-@asynccontextmanager
-async def aconnect_usage(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: Any,
-    *,
-    include_usage: bool = True,
-    retrieve: bool = True,
-    estimate: bool = True,
-    retrieval: RetrievalPolicy | None = None,
-    timeline: bool = False,
-    **kwargs: Any,
-) -> AsyncIterator[AsyncUsageStream]:
-    """``ssetally.aconnect_usage`` for an ``aiohttp.ClientSession``; yields an
-    ``AsyncUsageStream``.
+_AIOHTTP = _AiohttpWire()
+
+
+@same_options(_client.aconnect_usage)
+def aconnect_usage(*args: Any, **kwargs: Any) -> AbstractAsyncContextManager[AsyncUsageStream]:
+    """``ssetally.aconnect_usage`` for an ``aiohttp.ClientSession`` (the first argument);
+    yields an ``AsyncUsageStream``. The same options, over aiohttp:
 
     - ``include_usage``: ask Chat/legacy Completions streams for usage when the body (``json=``
-      or JSON ``data=``) did not; the added usage chunk is not shown to the caller.
+      or JSON ``data=``) did not; the added usage chunk is not shown to the caller, and a 400
+      that rejects it gets the caller's own request once more.
     - ``retrieve``: a Responses stream that ended without its terminal event has its usage
-      fetched with ``GET /responses/{id}`` through ``session`` (each GET with a timeout).
+      fetched with ``GET /responses/{id}`` through the session (each GET with a timeout).
     - ``estimate``: when no usage can be had, count tokens with tiktoken.
+    - ``idle_timeout`` / ``deadline``: seconds without output, and in all (``StreamTimeoutError``).
     - ``timeline``: ``report.timings.timeline`` gets every output-bearing event's arrival
       time and tokens (and ITL percentiles); off by default.
 
     ``stream.report`` is set when the block exits, also after an early ``break``, an exception
     or a cancellation (then without waiting on the network). A non-2xx answer raises
-    ``ssetally.APIStatusError``; a 2xx answer that is not an event stream ``SSEError``.
+    ``ssetally.APIStatusError`` (its body read with a 64 KiB bound); a 2xx answer that is not
+    an event stream ``SSEError``.
     """
-    body, injected = _prepare(method, url, include_usage, kwargs)
-    meter = StreamMeter(
-        request_body=body, injected=injected, collect_output=True, timeline=timeline
+    opened: AbstractAsyncContextManager[AsyncUsageStream] = _client.aconnect_over(
+        _AIOHTTP, *args, **kwargs
     )
-    stream = AsyncUsageStream(meter, retrieval or RetrievalPolicy(), retrieve, estimate)
-    async with session.request(method, url, **kwargs) as response:
-        stream._response = response
-        secrets = _secrets(response)
-        meter.secrets = secrets
-        info = response.request_info
-        stream._request = _Request(str(info.url), {k: v for k, v in info.headers.items()})
-        if response.status >= 300:
-            content = await _read_capped(response)
-            error = redact(_parse_body(content), secrets)
-            raise APIStatusError(response.status, error, response)
-        _check_content_type(response, secrets)
-        try:
-            yield stream
-        except BaseException as exc:
-            stream._note_interruption(exc)
-            raise
-        finally:
-            try:
-                if response.content.at_eof():
-                    response.release()
-                else:
-                    response.close()
-            finally:
-                await stream._finalize(session)
+    return opened

@@ -46,6 +46,7 @@ from ._metering import (
 from ._metering._fallback import needs_retrieval
 from ._mime import is_event_stream
 from ._report import StreamReport
+from ._tasks import TaskSet
 
 __all__ = ["OnReport", "RecordSink", "UsageMiddleware"]
 
@@ -153,7 +154,7 @@ class UsageMiddleware:
         self.shutdown_timeout = shutdown_timeout
         self._client = client
         self._owns_client = client is None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         #: Records handed to the sink, and metering faults, so far.
         self.records = 0
         self.faults = 0
@@ -184,20 +185,13 @@ class UsageMiddleware:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the fallbacks still running; True when none is left."""
-        tasks = {t for t in self._tasks if not t.done()}
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        return await self._tasks.wait(timeout)
 
     async def aclose(self) -> None:
         """Wait (``shutdown_timeout``) for the fallbacks, cancel the rest (their records are
         still written), close the retrieval client if it was created here."""
         if not await self.wait(self.shutdown_timeout):
-            pending = [t for t in self._tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=5)
+            await self._tasks.cancel(5)
         if self._client is not None and self._owns_client:
             client, self._client = self._client, None
             await client.aclose()
@@ -238,9 +232,7 @@ class UsageMiddleware:
 
     def _spawn(self, x: Exchange, meter: StreamMeter, report: StreamReport, plan: Plan,
                scope: Scope) -> None:  # fmt: skip
-        task = asyncio.ensure_future(self._fallbacks(x, meter, report, plan, scope))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._fallbacks(x, meter, report, plan, scope))
 
     async def _fallbacks(
         self, x: Exchange, meter: StreamMeter, report: StreamReport, plan: Plan, scope: Scope

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from ._args import add_listen, subcommand
+
 #: Top-level modules of the ``proxy`` extra: without them the command says what to install.
 _PROXY_MODULES = frozenset({"uvicorn", "prometheus_client", "httptools", "uvloop", "httpx2"})
 _INSTALL_PROXY = (
@@ -36,21 +38,6 @@ and metrics on the global providers; --otel sets up the SDK with OTLP/HTTP expor
 the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME...;
 needs ssetally[otel]); OTEL_SEMCONV_STABILITY_OPT_IN picks the metric names.
 """
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Every option's default after its help (unless there is none to show: a flag that is
-    off, an option unset by default, whose help says what happens then), and the
-    description and sink list as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if "%(default)" in text or not action.option_strings:
-            return text
-        if default is None or default is False or default == "" or default is argparse.SUPPRESS:
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def _missing_extra(exc: BaseException) -> str | None:
@@ -168,21 +155,22 @@ def add_parser(sub: Any) -> None:
     """The ``proxy`` subcommand."""
     from ..sinks import DEFAULT_EVENT_TYPE, DEFAULT_SPOOL_BYTES, DEFAULT_TOKEN_ENV
 
-    proxy = sub.add_parser(
+    proxy = subcommand(
+        sub,
         "proxy",
-        help="run a metering reverse proxy in front of an LLM API (needs ssetally[proxy])",
+        _cmd_proxy,
+        summary="run a metering reverse proxy in front of an LLM API (needs ssetally[proxy])",
         description="Forward every request to --upstream, relay the answers byte for byte and\n"
         "write one usage record per request (tokens, cost, timings) to the sink;\n"
         "Prometheus metrics on /metrics. Needs the proxy extra: pip install 'ssetally[proxy]'\n"
         "(from a clone of the repository: pip install '.[proxy]').",
         epilog=_SINKS,
-        formatter_class=_Formatter,
+        as_written=True,
     )
     proxy.add_argument(
         "--upstream", required=True, help="the API origin, e.g. https://api.openai.com (required)"
     )
-    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    proxy.add_argument("--port", type=int, default=8080, help="port to listen on")
+    add_listen(proxy, 8080)
     proxy.add_argument(
         "--sink",
         default="jsonl:ssetally-usage.jsonl",
@@ -350,4 +338,3 @@ def add_parser(sub: Any) -> None:
         choices=("critical", "error", "warning", "info", "debug"),
         help="log level of the proxy and uvicorn",
     )
-    proxy.set_defaults(func=_cmd_proxy)

@@ -7,7 +7,7 @@ import errno
 import sys
 from typing import Any
 
-from ._help import DefaultsFormatter
+from ._args import add_listen, subcommand
 
 #: Exit status when the server cannot start (a file is missing, the port is taken).
 EXIT_CANNOT_SERVE = 2
@@ -51,20 +51,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``replay`` subcommand."""
-    replay = sub.add_parser(
+    replay = subcommand(
+        sub,
         "replay",
-        help="serve a local OpenAI-compatible replay server",
+        _cmd_replay,
+        summary="serve a local OpenAI-compatible replay server",
         description="Serve a local OpenAI-compatible server (Chat, Completions, Responses with "
         "GET /v1/responses/{id} retrieval, /v1/models) for testing clients offline: it replays "
         "the given captures one per request, or generates streams with usage. Its base URL is "
         "http://HOST:PORT/v1. Runs until Ctrl-C.",
-        formatter_class=DefaultsFormatter,
     )
     replay.add_argument(
         "files", nargs="*", help="SSE captures to replay, one per request (none: generate)"
     )
-    replay.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    replay.add_argument("--port", type=int, default=8000, help="port to listen on")
+    add_listen(replay, 8000)
     replay.add_argument("--delay", type=float, default=0.02, help="seconds between events")
     replay.add_argument("--cycle", action="store_true", help="replay the files round and round")
     replay.add_argument(
@@ -86,4 +86,3 @@ def add_parser(sub: Any) -> None:
     replay.add_argument(
         "--status", type=int, help="answer every request with this HTTP status (an error body)"
     )
-    replay.set_defaults(func=_cmd_replay)

@@ -12,7 +12,7 @@ from .._cost import price_report
 from .._metering._fallback import with_estimate
 from .._report import StreamReport
 from .._tap import APIS, UsageTap
-from ._help import DefaultsFormatter
+from ._args import add_json, subcommand
 from ._text import print_report, total_usage
 
 SAMPLE = "chat_stream.sse"
@@ -137,21 +137,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``report`` subcommand."""
-    report = sub.add_parser(
+    report = subcommand(
+        sub,
         "report",
-        help="report on a captured SSE stream",
+        _cmd_report,
+        summary="report on a captured SSE stream",
         description="Report the usage, status and output of a captured LLM event stream "
         "(e.g. saved with curl -N). A capture of several responses is reported response by "
         f"response, then their sum. Exits {EXIT_UNREADABLE} when the file cannot be read and "
         f"{EXIT_NOT_A_STREAM} when it is not an LLM event stream.",
-        formatter_class=DefaultsFormatter,
     )
     report.add_argument(
         "file", nargs="?", help="capture file, - for stdin; without it, the bundled sample"
     )
-    report.add_argument(
-        "--json", action="store_true", help="print the report as JSON (with responses, total)"
-    )
+    add_json(report, "(with responses, total)")
     report.add_argument(
         "--api", default="auto", choices=APIS, help="the API of the stream (auto: detect it)"
     )
@@ -163,4 +162,3 @@ def add_parser(sub: Any) -> None:
     report.add_argument(
         "--no-text", action="store_true", help="leave the assembled output out of the text report"
     )
-    report.set_defaults(func=_cmd_report)

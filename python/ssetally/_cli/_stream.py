@@ -13,7 +13,7 @@ import httpx
 from .._client import APIStatusError, UsageStream, connect_usage
 from .._core import ServerSentEvent
 from .._metering import redact
-from ._help import DefaultsFormatter
+from ._args import add_json, subcommand
 from ._text import OUTPUT_TITLE, print_report, title
 
 #: The default of ``OPENAI_BASE_URL``.
@@ -105,13 +105,14 @@ def run_stream(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``stream`` subcommand."""
-    stream = sub.add_parser(
+    stream = subcommand(
+        sub,
         "stream",
-        help="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)",
+        run_stream,
+        summary="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)",
         description="Stream one live call to an OpenAI-compatible server, print the text as it "
         "arrives, then the report with its timings. The key is read from OPENAI_API_KEY, the "
         f"server from OPENAI_BASE_URL (default {DEFAULT_BASE_URL}). Exits 1 when the call fails.",
-        formatter_class=DefaultsFormatter,
     )
     stream.add_argument("prompt", help="the user message")
     stream.add_argument(
@@ -130,9 +131,4 @@ def add_parser(sub: Any) -> None:
         type=int,
         help="cap on output tokens (max_output_tokens, or max_completion_tokens for chat; default: the server's)",
     )
-    stream.add_argument(
-        "--json",
-        action="store_true",
-        help="print the report as JSON on stdout (the streamed text then goes to stderr)",
-    )
-    stream.set_defaults(func=run_stream)
+    add_json(stream, "on stdout (the streamed text then goes to stderr)")

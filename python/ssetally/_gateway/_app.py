@@ -55,6 +55,7 @@ from ._exposition import run_lifespan, serve_metrics
 from ._guard import BodyBudget, Refused, framing_error, normalize_path, read_body
 from ._headers import (
     HOP_BY_HOP,
+    client_headers,
     connection_tokens,
     fingerprint,
     forward_headers,
@@ -402,6 +403,9 @@ class MeteringProxy:
                     secrets=x.secrets,
                     telemetry=self.config.otel,
                     price=self.config.cost,
+                    # Compressed although identity was asked: decoded for the client, so
+                    # that the usage chunk it did not ask for can be removed.
+                    pass_decoded=x.injected,
                 )
                 return meter
             if 200 <= response.status_code < 300:
@@ -437,8 +441,8 @@ class MeteringProxy:
             for k, v in response.headers.raw
             if (name := k.lower()) not in HOP_BY_HOP and name not in hidden
         ]
-        if isinstance(meter, StreamMeter) and meter.stripping:
-            out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"]
+        if isinstance(meter, StreamMeter):
+            out_headers = client_headers(meter, out_headers, x.warnings)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
         )
@@ -467,8 +471,7 @@ class MeteringProxy:
             tail = meter.held() if isinstance(meter, StreamMeter) else b""
             x.client_bytes += len(tail)
             x.outcome = "relayed"
-            # The record before the answer's last bytes: a client sending its next request
-            # on seeing the end finds the proxy free, not building this record.
+            # The record first: a next request sent on seeing the end finds the proxy free.
             timer.cancel()
             finished = True
             self._finish(x, meter, request)
@@ -483,7 +486,7 @@ class MeteringProxy:
                 x.ended_by = x.timed_out
                 aborted = TimeoutError(x.timed_out)
         except self._transport_errors as exc:
-            x.ended_by = f"upstream failed mid-body: {type(exc).__name__}: {exc}"
+            x.ended_by = f"upstream failed mid-body: {failure_name(exc)}"
             aborted = exc
         finally:
             x.outcome = x.outcome or "relayed"

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Iterable, MutableMapping
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
+from .._metering import StreamMeter
 from ._config import key_fingerprint
 
 Message = MutableMapping[str, Any]
@@ -82,3 +83,27 @@ async def send_error(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+#: The record's warning when the upstream compressed an answer to an injected request.
+DECODED_FOR_CLIENT = (
+    "the upstream answered with Content-Encoding {coding!r} although the proxy asked for "
+    "identity (usage injected): the body was decoded for the client (Content-Encoding and "
+    "Content-Length removed) so that the usage chunk could be removed"
+)
+
+
+def client_headers(
+    meter: StreamMeter, headers: list[tuple[bytes, bytes]], warnings: list[str]
+) -> list[tuple[bytes, bytes]]:
+    """The answer's headers as the client gets them from a metered stream: no Content-Length
+    once usage is stripped, and no Content-Encoding when the body is decoded for the client
+    (``warnings`` then says so)."""
+    if not meter.stripping:
+        return headers
+    drop = {b"content-length"}
+    if meter.compressed:
+        drop.add(b"content-encoding")
+        coding = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
+        warnings.append(DECODED_FOR_CLIENT.format(coding=coding.decode("latin-1")[:50]))
+    return [(k, v) for k, v in headers if k.lower() not in drop]

@@ -1,16 +1,16 @@
 """The in-flight journal of a proxy worker: which requests it is relaying now, so that the
-supervisor can write the record of each one when the worker dies.
+record of each one is written when the worker dies.
 
 A file of fixed size (``slots`` x ``SLOT`` bytes) mapped into the worker's memory: a request
 takes a slot when it is sent upstream (a few fields of its record as JSON) and frees it once
 its record was handed to the sink. Writing is a memory copy, no system call; the file never
-grows, and the supervisor reads it only after the worker exited (the kernel keeps what the
-worker wrote in a shared mapping even when it was killed).
+grows, and it is read only after the worker exited (the kernel keeps what the worker wrote in
+a shared mapping even when it was killed).
 
 A slot is ``length (4 bytes, little-endian) + JSON``; length 0 is a free slot. The JSON is
 written before its length, so a worker killed mid-write leaves a free slot, never a torn
-entry. Bounded loss: a record the worker had queued for its sink but not yet written when
-it was killed is neither in the sink nor in the journal.
+entry. The records the worker queued for its sink are kept elsewhere until written
+(``_durable``).
 """
 
 from __future__ import annotations
@@ -88,21 +88,17 @@ class Journal:
         self._map.close()
 
 
+#: The fields of an ``Exchange`` an in-flight entry copies as they are.
+_COPIED = "request_id time start method key_fingerprint request_bytes injected upstream_status"
+
+
 def in_flight_entry(x: Exchange) -> dict[str, Any]:
     """What the record of ``x`` would say if its worker died now."""
-    return {
-        "request_id": x.request_id,
-        "time": x.time,
-        "start": x.start,
-        "method": x.method,
-        "path": x.path[:200],
-        "key_fingerprint": x.key_fingerprint,
-        "requested_model": (x.requested_model or "")[:100] or None,
-        "request_bytes": x.request_bytes,
-        "injected": x.injected,
-        "upstream_status": x.upstream_status,
-        "stream": x.event_stream,
-    }
+    entry = {name: getattr(x, name) for name in _COPIED.split()}
+    entry["path"] = x.path[:200]
+    entry["requested_model"] = (x.requested_model or "")[:100] or None
+    entry["stream"] = x.event_stream
+    return entry
 
 
 def read_journal(path: str) -> list[dict[str, Any]]:

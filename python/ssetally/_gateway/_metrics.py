@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -103,6 +104,52 @@ class _FaultLog:
         )
 
 
+#: The sink outcomes counted (``SinkCollector``'s).
+_SINK_OUTCOMES = ("written", "failed", "dropped", "spooled")
+#: Set in the workers of ``ssetally proxy --workers`` (prometheus-client's multiprocess mode).
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _SinkMirror:
+    """A sink's counters as metrics of this process, for the multiprocess mode of ``--workers``
+    (where ``/metrics`` sums the workers' metric files and a collector would be invisible):
+    brought up to date after each batch the sink settles, and at each record and scrape."""
+
+    def __init__(self, prom: Any, registry: Any, sink: Sink) -> None:
+        self.sink = sink
+        self.records = prom.Counter(
+            "ssetally_sink_records",
+            "Usage records by what became of them in the sink",
+            ["sink", "outcome"],
+            registry=registry,
+        )
+        self.pending, self.spool_depth = (
+            prom.Gauge(name, text, ["sink"], registry=registry, multiprocess_mode="livesum")
+            for name, text in (
+                ("ssetally_sink_pending", "Usage records queued and not yet settled"),
+                ("ssetally_sink_spool_depth", "Usage records waiting in the sink's on-disk spool"),
+            )
+        )
+        self._seen = dict.fromkeys(_SINK_OUTCOMES, 0)
+        self._lock = threading.Lock()
+        for outcome in _SINK_OUTCOMES:  # every series present from the start
+            self.records.labels(sink.kind, outcome)
+        sink.on_settled(self.sync)
+        self.sync()  # what it settled before (a worker's replay of its predecessor's records)
+
+    def sync(self) -> None:
+        stats = self.sink.stats()
+        kind = self.sink.kind
+        with self._lock:
+            for outcome in _SINK_OUTCOMES:
+                new = stats[outcome] - self._seen[outcome]
+                if new > 0:
+                    self.records.labels(kind, outcome).inc(new)
+                    self._seen[outcome] = stats[outcome]
+            self.pending.labels(kind).set(stats["pending"])
+            self.spool_depth.labels(kind).set(stats["spool_depth"])
+
+
 def _amount(value: Any) -> float | None:
     """A cost amount of a record (a decimal string) as a float, None if it is not one."""
     try:
@@ -172,13 +219,17 @@ class ProxyMetrics:
         self._model_label = _ModelLabels()
         self._fault_log = _FaultLog()
         self._sink: Sink | None = None
+        self._mirror: _SinkMirror | None = None
         self._sink_failed = 0
         self._sink_lock = threading.Lock()
 
     def watch(self, sink: Sink) -> None:
         """Expose ``sink``'s counters, and count the records it fails to write (a full disk,
         a refusing database) as metering failures at stage ``sink``."""
-        self.registry.register(SinkCollector(sink))
+        if os.environ.get(_MULTIPROC_ENV):
+            self._mirror = _SinkMirror(self._prom, self.registry, sink)
+        else:
+            self.registry.register(SinkCollector(sink))
         self._sink = sink
         self._sink_failed = sink.failed
 
@@ -193,6 +244,8 @@ class ProxyMetrics:
         sink = self._sink
         if sink is None:
             return
+        if self._mirror is not None:
+            self._mirror.sync()
         with self._sink_lock:
             failed = sink.failed
             new, self._sink_failed = failed - self._sink_failed, failed

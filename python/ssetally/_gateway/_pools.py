@@ -28,7 +28,10 @@ from ._config import ProxyConfig, http_library
 from ._upstream import (
     Connection,
     NotSent,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamError,
+    UpstreamPoolTimeout,
     UpstreamResponse,
     UpstreamTimeout,
     default_ssl_context,
@@ -103,11 +106,11 @@ class UpstreamPool:
                 self.connect_timeout,
             )
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"ConnectTimeout: no connection within {self.connect_timeout:g}s"
+            raise UpstreamConnectTimeout(
+                f"no connection within {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
-            raise UpstreamError(f"ConnectError: {type(exc).__name__}: {exc}") from exc
+            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
         self._open.add(conn)
         return conn
 
@@ -172,8 +175,8 @@ class UpstreamPool:
             else:
                 await self._slots.acquire()
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"PoolTimeout: no free upstream connection within {self.connect_timeout:g}s"
+            raise UpstreamPoolTimeout(
+                f"no free upstream connection within {self.connect_timeout:g}s"
             ) from None
         head = self._request_head(method, target, headers, body)
         inline = len(body) <= 64 * 1024

@@ -17,6 +17,7 @@ from ..sinks import Sink, open_sink
 from ._app import MeteringProxy
 from ._config import ProxyConfig
 from ._guard import with_header_timeout
+from ._listener import Listener
 from ._metrics import ProxyMetrics
 from ._pools import upstream_path
 
@@ -143,7 +144,7 @@ def serve_proxy(
         pass
 
 
-class ProxyServer:
+class ProxyServer(Listener):
     """A metering proxy served by uvicorn from a background thread (tests, benchmarks,
     embedding). ``with ProxyServer(config, sink) as proxy:`` listens on ``proxy.url`` until the
     block ends; on exit the fallbacks finish and the sink is flushed and closed.
@@ -184,18 +185,6 @@ class ProxyServer:
     def metrics(self) -> ProxyMetrics:
         """The proxy's metrics."""
         return self.app.metrics
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        if self._socket is not None:
-            return int(self._socket.getsockname()[1])
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``."""
-        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Self:
         """Bind and serve from a daemon thread; returns once the server accepts."""

@@ -8,10 +8,11 @@ others).
 * ``/metrics``: the sum over the workers (prometheus-client's multiprocess mode, in a
   directory of this supervisor's that is removed at exit).
 * A worker that exits while the proxy is not stopping is restarted (after a back-off that
-  grows while it keeps dying young), and each request it had in flight gets a record with
-  status ``truncated`` and ``ended_by`` saying the worker died: the worker notes its
-  in-flight requests in a fixed-size journal (``_journal``) that the supervisor reads once
-  the worker is gone. Those records are not counted in ``/metrics``.
+  grows while it keeps dying young). Nothing it accepted is lost (``_durable``): its
+  successor writes the records it had queued but not written, and a record with status
+  ``truncated`` and ``ended_by`` saying the worker died for each request it had in flight
+  (noted in a fixed-size journal, ``_journal``), and counts those in ``/metrics``. What is
+  left when the proxy stops is written by the supervisor itself.
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..sinks import Sink, open_sink
 from ._config import ProxyConfig
+from ._durable import Leftovers, replay
 from ._exposition import MULTIPROC_ENV
-from ._journal import read_journal
-from ._record import Exchange, build_record
+from ._listener import Listener
 from ._worker import WORKER_COMMAND, WorkerSpec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Supervisor", "cut_record"]
+__all__ = ["Supervisor"]
 
 logger = logging.getLogger("ssetally.proxy")
 
@@ -49,34 +50,6 @@ POLL = 0.1
 #: A worker that lived shorter than this died young: its restart waits longer each time.
 YOUNG = 5.0
 MAX_BACKOFF = 10.0
-
-
-def _text(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
-
-
-def cut_record(entry: dict[str, Any], why: str, instance_id: str) -> dict[str, Any]:
-    """The record of an in-flight request (a journal ``entry``) whose worker died."""
-    status = entry.get("upstream_status")
-    start = entry.get("start")
-    size = entry.get("request_bytes")
-    x = Exchange(
-        request_id=str(entry["request_id"])[:64],
-        time=_text(entry.get("time"), 40) or "",
-        start=float(start) if isinstance(start, (int, float)) else time.monotonic(),
-        method=_text(entry.get("method"), 16) or "",
-        path=_text(entry.get("path"), 200) or "",
-        key_fingerprint=_text(entry.get("key_fingerprint"), 16),
-        requested_model=_text(entry.get("requested_model"), 100),
-        request_bytes=size if isinstance(size, int) else 0,
-        injected=entry.get("injected") is True,
-        upstream_status=status if isinstance(status, int) else None,
-        http_status=status if isinstance(status, int) else None,
-        event_stream=entry.get("stream") is True,
-    )
-    x.ended_by = why
-    x.warnings.append("the proxy worker relaying this request died: usage and bytes unknown")
-    return build_record(x, None, instance_id)
 
 
 def _exit_reason(code: int) -> str:
@@ -90,7 +63,7 @@ def _exit_reason(code: int) -> str:
 
 
 class _Worker:
-    __slots__ = ("backoff", "index", "journal", "process", "restart_at", "started")
+    __slots__ = ("backoff", "index", "journal", "process", "restart_at", "started", "why")
 
     def __init__(self, index: int, journal: str) -> None:
         self.index = index
@@ -99,9 +72,11 @@ class _Worker:
         self.started = 0.0
         self.backoff = 0.0
         self.restart_at = 0.0
+        #: How its last process ended, for the records of the requests it cut.
+        self.why: str | None = None
 
 
-class Supervisor:
+class Supervisor(Listener):
     """Run ``workers`` proxy processes on ``host:port`` (0: any free port, see ``port``).
 
     ``start()`` returns once the socket listens and the workers were started; a monitor
@@ -140,22 +115,10 @@ class Supervisor:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
-        #: Records written for requests cut by a worker's death.
+        #: Requests cut by a worker's death (each gets a record from the worker's successor).
         self.cut_records = 0
         #: Workers restarted so far.
         self.restarts = 0
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        if self._socket is not None:
-            return int(self._socket.getsockname()[1])
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``."""
-        return f"http://{self.host}:{self.port}"
 
     @property
     def pids(self) -> list[int]:
@@ -204,6 +167,7 @@ class Supervisor:
             journal=worker.journal,
             log_level=self._log_level,
             http=self._http,
+            predecessor=worker.why,
         )
         env = dict(os.environ)
         env[MULTIPROC_ENV] = os.path.join(self._dir, "metrics")
@@ -264,32 +228,31 @@ class Supervisor:
             self.restarts += 1
 
     def _reap(self, worker: _Worker, code: int) -> None:
-        """Records for the dead worker's in-flight requests; its live gauges dropped."""
+        """Note how the worker ended (its successor records what it left); its live gauges
+        dropped."""
         assert worker.process is not None
         pid = worker.process.pid
-        entries = read_journal(worker.journal)
-        if entries:
-            why = f"cut: the proxy worker (pid {pid}) {_exit_reason(code)}"
-            instance = self.config.instance_id
-            if self._sink is None:
-                self._sink = open_sink(self.sink_spec, **self.sink_options)
-            for entry in entries:
-                try:
-                    self._sink.write(cut_record(entry, why, instance))
-                    self.cut_records += 1
-                except Exception:
-                    logger.exception("ssetally proxy: writing the record of a cut request failed")
-            self._sink.flush(self.config.shutdown_timeout)
-        try:
-            os.unlink(worker.journal)
-        except OSError:
-            pass
+        worker.why = f"cut: the proxy worker (pid {pid}) {_exit_reason(code)}"
+        self.cut_records += len(Leftovers.read(worker.journal).entries)
         try:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid, os.path.join(self._dir, "metrics"))  # type: ignore[no-untyped-call]
         except Exception:  # noqa: BLE001 - only the live gauges of a dead process
             logger.warning("ssetally proxy: dropping the gauges of worker %d failed", pid)
+
+    def _write_leftovers(self, worker: _Worker) -> None:
+        """Write what a worker that is not restarted left (see ``_durable``)."""
+        left = Leftovers.read(worker.journal)
+        if not left.records and not left.entries:
+            left.remove()
+            return
+        if self._sink is None:
+            self._sink = open_sink(self.sink_spec, **self.sink_options)
+        why = worker.why or "cut: the proxy stopped"
+        replay(left, self._sink, why, self.config.instance_id)
+        if self._sink.flush(self.config.shutdown_timeout):
+            left.remove()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the workers gracefully (SIGTERM; SIGKILL past ``timeout``), write the records
@@ -316,6 +279,8 @@ class Supervisor:
                     w.process.wait()
                 self._reap(w, w.process.returncode)
                 w.process = None
+            for w in self._workers:
+                self._write_leftovers(w)
         if self._socket is not None:
             self._socket.close()
             self._socket = None

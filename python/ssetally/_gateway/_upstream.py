@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SentRequest",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
     "UpstreamError",
+    "UpstreamPoolTimeout",
+    "UpstreamReadError",
+    "UpstreamReadTimeout",
     "UpstreamResponse",
     "UpstreamTimeout",
     "default_ssl_context",
@@ -44,11 +49,40 @@ def httptools_available() -> bool:
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached, broke the connection, or sent a malformed answer."""
+    """The upstream could not be reached, broke the connection, or sent a malformed answer.
+
+    ``kind`` names the failure as httpx names its errors (``ConnectError``, ``ReadTimeout``):
+    it is the first word of a record's ``ended_by`` and the trace's ``error.type``."""
+
+    kind = "UpstreamError"
+
+    def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kind = kind or cls.kind
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamConnectError(UpstreamError, kind="ConnectError"):
+    """No connection to the upstream: refused, unreachable, DNS, TLS verification."""
+
+
+class UpstreamReadError(UpstreamError, kind="ReadError"):
+    """The connection broke while an answer was due (reset, aborted)."""
+
+
+class UpstreamTimeout(UpstreamError, kind="TimeoutException"):
     """No connection, pool slot or byte from the upstream within its timeout."""
+
+
+class UpstreamConnectTimeout(UpstreamTimeout, kind="ConnectTimeout"):
+    """No connection within ``connect_timeout``."""
+
+
+class UpstreamPoolTimeout(UpstreamTimeout, kind="PoolTimeout"):
+    """No free pool slot within ``connect_timeout``."""
+
+
+class UpstreamReadTimeout(UpstreamTimeout, kind="ReadTimeout"):
+    """No byte from the upstream for ``read_timeout`` while an answer was due."""
 
 
 #: Buffered answer bytes beyond which the upstream is not read (the client is slower).
@@ -167,7 +201,7 @@ class Connection(asyncio.Protocol):
             if exc is None:
                 self._fail(self._closed_early())
             else:
-                self._fail(UpstreamError(f"{type(exc).__name__}: {exc}"))
+                self._fail(UpstreamReadError(f"{type(exc).__name__}: {exc}"))
         if self._write_ok is not None and not self._write_ok.done():
             self._write_ok.set_result(None)
         self._pool.forget(self)
@@ -271,7 +305,7 @@ class Connection(asyncio.Protocol):
             self._last = self._loop.time()
             silent = 0.0
         if silent >= timeout:
-            self._fail(UpstreamTimeout(f"ReadTimeout: no byte from the upstream for {timeout:g}s"))
+            self._fail(UpstreamReadTimeout(f"no byte from the upstream for {timeout:g}s"))
             return
         self._timer = self._loop.call_later(timeout - silent, self._check_silence)
 
@@ -453,10 +487,7 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 def failure_name(exc: BaseException) -> str:
-    """ "Kind: message" of an upstream failure; the lean client's errors name their kind
-    first (``ConnectError: ...``), as httpx's classes do."""
-    text = str(exc)
-    kind = text.split(":", 1)[0]
-    if isinstance(exc, UpstreamError) and kind.isidentifier():
-        return text
-    return f"{type(exc).__name__}: {exc}"
+    """ "Kind: message" of an upstream failure, by its type: the lean client's errors by their
+    ``kind`` (``ConnectError``, ``ReadTimeout``, as httpx names its own), others by class."""
+    kind = exc.kind if isinstance(exc, UpstreamError) else type(exc).__name__
+    return f"{kind}: {exc}"

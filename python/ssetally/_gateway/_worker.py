@@ -43,6 +43,8 @@ class WorkerSpec:
     sink_options: Mapping[str, Any] = field(default_factory=dict)
     #: Set up the OpenTelemetry SDK in the worker (``--otel``): each process exports its own.
     otel: bool = False
+    #: How the previous worker on this journal ended (``ended_by`` of its cut requests).
+    predecessor: str | None = None
 
 
 def _watch_parent(parent: int) -> None:
@@ -54,15 +56,23 @@ def _watch_parent(parent: int) -> None:
             return
 
 
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
     """Serve until SIGTERM/SIGINT (then shut down gracefully: records flushed)."""
     spec = pickle.load(sys.stdin.buffer)
     if not isinstance(spec, WorkerSpec):
         raise SystemExit("ssetally proxy worker: no worker spec on stdin")
+    # uvicorn raises the SIGTERM it handled again once it has shut down: an exception here,
+    # so that the ``finally`` below runs (telemetry flushed) before the process ends.
+    signal.signal(signal.SIGTERM, _exit)
     import uvicorn
 
     from ..sinks import open_sink
     from ._app import MeteringProxy
+    from ._durable import Leftovers, RecordLog, replay
     from ._journal import Journal
     from ._server import uvicorn_config
 
@@ -72,15 +82,27 @@ def main() -> None:
 
         handle = configure_sdk(service_name="ssetally-proxy")
     sock = socket.socket(fileno=spec.fd)
+    # What a killed predecessor left, read before this worker's journal replaces its own.
+    left = Leftovers.read(spec.journal, exclude_pid=os.getpid())
+    sink = open_sink(spec.sink, **spec.sink_options)
+    log = RecordLog(spec.journal, sink.position)
+    sink.write_ahead(log)
+    why = spec.predecessor or "cut: a previous proxy worker died"
+    cut = replay(left, sink, why, spec.config.instance_id)  # now in this worker's log
     journal = Journal(spec.journal, spec.config.max_client_connections)
-    app = MeteringProxy(spec.config, open_sink(spec.sink, **spec.sink_options), journal=journal)
+    app = MeteringProxy(spec.config, sink, journal=journal)
+    for record in cut:  # counted here: the dead worker never saw them end
+        app.metrics.records.labels("queued").inc()
+        app.metrics.observe(record)
+    left.remove()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, spec.log_level, spec.http))
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         journal.close()
+        log.close()
         if handle is not None:
             handle.shutdown()  # the worker's last spans and metrics are exported

@@ -12,7 +12,9 @@ from ._fallback import NOTHING, Plan, skipped
 from ._meter import StreamMeter
 from ._redact import redact, redact_report, request_secrets, secrets_of
 from ._request import (
+    Injection,
     encode_body,
+    inject_usage,
     is_llm_path,
     json_body,
     parse_json_object,
@@ -24,6 +26,7 @@ from ._run import arun_fallbacks, run_fallbacks
 
 __all__ = [
     "NOTHING",
+    "Injection",
     "JsonCapture",
     "Plan",
     "RetrievalPolicy",
@@ -32,6 +35,7 @@ __all__ = [
     "aretrieve",
     "arun_fallbacks",
     "encode_body",
+    "inject_usage",
     "is_llm_path",
     "json_body",
     "parse_json_object",

@@ -197,6 +197,8 @@ class StreamMeter:
                     if self.first_content is None:
                         self.first_content = now
                     self.last_content = now
+        elif self._pass_decoded and self._decoder is not None:
+            data = self._decode_only(chunk)
         if self._pass_decoded:
             chunk = data
         stripper = self._stripper
@@ -209,6 +211,18 @@ class StreamMeter:
             self.faults.append("strip")
             self.warnings.append(f"usage stripping stopped: {type(exc).__name__}: {exc}")
             return chunk
+
+    def _decode_only(self, chunk: bytes) -> bytes:
+        """The decoded bytes of a body no longer metered (a tap fault) but read decoded: raw
+        compressed bytes never follow decoded ones; nothing passes once it stops decoding."""
+        if self.undecodable is not None or self._decoder is None:
+            return b""
+        try:
+            return self._decoder.feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - a bomb, corrupt input, no memory
+            self.undecodable = f"the body stopped decoding: {type(exc).__name__}: {exc}"
+            self.warnings.append(self.undecodable)
+            return b""
 
     def held(self) -> bytes:
         """At the end of the body: the bytes the stripper still holds back, unchanged."""

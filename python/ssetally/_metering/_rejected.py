@@ -13,11 +13,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ._decode import MAX_ERROR_BODY, read_body
+
 #: The member injection adds; an error that names it is about the injection.
 _PARAM = "stream_options"
 
 #: At most this much of an error body is read to decide (an OpenAI error is a few hundred bytes).
-MAX_ERROR_BYTES = 64 * 1024
+MAX_ERROR_BYTES = MAX_ERROR_BODY
 
 #: The warning of a report whose request was sent again without the injection.
 RETRIED = (
@@ -99,10 +101,11 @@ def rebuilt(lib: Any, response: Any, raw: bytes) -> Any:
     )  # fmt: skip
 
 
-def rejection(lib: Any, response: Any, raw: bytes) -> str | None:
-    """The server's message when this raw 400 body rejects ``stream_options``."""
-    try:
-        content = lib.Response(400, headers=response.headers, content=raw).read()
-    except Exception:  # noqa: BLE001 - an undecodable error body is not a rejection
+def rejection(response: Any, raw: bytes) -> str | None:
+    """The server's message when this raw 400 body rejects ``stream_options`` (decoded with a
+    bound: a compressed bomb, or a body that does not decode, is not a rejection)."""
+    coding = response.headers.get("content-encoding", "")
+    body = read_body([raw], coding, MAX_ERROR_BYTES)
+    if body.truncated is not None:
         return None
-    return stream_options_rejection(response.status_code, content)
+    return stream_options_rejection(response.status_code, body.content)

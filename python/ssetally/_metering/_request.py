@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Endpoints whose streams only carry usage when `stream_options.include_usage` is set.
 _USAGE_OPT_IN_PATHS = ("/chat/completions", "/completions")
@@ -86,8 +86,39 @@ def usage_request(method: str, path: str, body: Mapping[str, Any] | None) -> dic
     return with_usage_requested(body)
 
 
-def encode_body(body: Mapping[str, Any]) -> bytes:
+def encode_body(body: Mapping[str, Any], *, strict: bool = False) -> bytes:
     """A JSON body as compact UTF-8 bytes (what the transport and the proxy send). Raises
     ``UnicodeEncodeError`` for a lone surrogate (a valid JSON escape with no UTF-8 form): the
-    callers then send the request as it was."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    callers then send the request as it was. ``strict`` encodes as httpx encodes ``json=``:
+    a NaN or an infinity (which ``json.loads`` accepts, JSON does not) raises ``ValueError``."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=not strict)
+    return text.encode("utf-8")
+
+
+#: The warning of a report whose request could not carry the injected ``stream_options``.
+NOT_INJECTED = (
+    "include_usage was not added: the request body cannot be sent again as UTF-8 JSON "
+    "({why}); the request went out as the caller wrote it"
+)
+
+
+class Injection(NamedTuple):
+    """What usage injection does to one request: the body to send and its bytes, or (both
+    None) nothing; ``skipped`` says why a body that needed it could not get it."""
+
+    body: dict[str, Any] | None = None
+    content: bytes | None = None
+    skipped: str | None = None
+
+
+def inject_usage(method: str, path: str, body: Mapping[str, Any] | None) -> Injection:
+    """Usage injection for one request, never raising: the new body and its encoding, or why
+    the request must go out unchanged (a body that cannot be re-encoded)."""
+    new = usage_request(method, path, body)
+    if new is None:
+        return Injection()
+    try:
+        return Injection(new, encode_body(new, strict=True))
+    except (ValueError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {exc}"[:200]
+        return Injection(skipped=NOT_INJECTED.format(why=why))

@@ -2,7 +2,8 @@
 
 A Responses stream that ended without its terminal event (cut, truncated, the client stopped
 reading) may still have its usage server-side when it was created with ``store=true``. The
-sync and async functions share one policy; only the waiting and the HTTP call differ.
+sync and async functions share one policy; only the waiting and the HTTP call differ. The
+answer is read raw and decoded with a bound (``MAX_JSON_BODY``), never whole.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 from .._report import StreamReport
 from .._tap import UsageTap
+from ._decode import MAX_JSON_BODY, Body, aread_response, read_response
 from ._redact import redact, secrets_of
 
 #: Request headers that carry credentials or routing and must go with the retrieval.
@@ -166,6 +168,47 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _answer_of(
+    attempts: _Attempts, status: int, body: Body, headers: Any
+) -> RetrievalResult | float:
+    if body.truncated is not None and status == 200:
+        return RetrievalResult(
+            None, f"retrieval body not read whole ({MAX_JSON_BODY} bytes at most): {body.truncated}"
+        )
+    return attempts.answer(status, body.content, headers)
+
+
+def _fetched(response: Any) -> Body:
+    """What a getter's ``get`` answered (it read the body with the bound itself)."""
+    return Body(response.content, getattr(response, "truncated", None))
+
+
+def _get(client: Any, url: str, headers: Mapping[str, str], timeout: float) -> Any:
+    """One GET; the body read raw and decoded with a bound when the client can stream (an
+    httpx/httpx2 client), else as the getter (transport, aiohttp) read it."""
+    if not hasattr(client, "stream"):
+        response = client.get(url, headers=dict(headers), timeout=timeout, follow_redirects=False)
+        return response.status_code, _fetched(response), response.headers
+    with client.stream(
+        "GET", url, headers=dict(headers), timeout=timeout, follow_redirects=False
+    ) as response:
+        return response.status_code, read_response(response, MAX_JSON_BODY), response.headers
+
+
+async def _aget(client: Any, url: str, headers: Mapping[str, str], timeout: float) -> Any:
+    """Async twin of ``_get``."""
+    if not hasattr(client, "stream"):
+        response = await client.get(
+            url, headers=dict(headers), timeout=timeout, follow_redirects=False
+        )
+        return response.status_code, _fetched(response), response.headers
+    async with client.stream(
+        "GET", url, headers=dict(headers), timeout=timeout, follow_redirects=False
+    ) as response:
+        body = await aread_response(response, MAX_JSON_BODY)
+        return response.status_code, body, response.headers
+
+
 def retrieve(
     client: Any, url: str, headers: Mapping[str, str], policy: RetrievalPolicy
 ) -> RetrievalResult:
@@ -173,10 +216,8 @@ def retrieve(
     attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
-            response = client.get(
-                url, headers=dict(headers), timeout=policy.max_delay * 2, follow_redirects=False
-            )
-            step = attempts.answer(response.status_code, response.content, response.headers)
+            status, body, got = _get(client, url, headers, policy.max_delay * 2)
+            step = _answer_of(attempts, status, body, got)
         except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
             step = attempts.failure(exc)
         if isinstance(step, RetrievalResult):
@@ -191,10 +232,8 @@ async def aretrieve(
     attempts = _Attempts(policy, secrets_of(headers, url))
     while True:
         try:
-            response = await client.get(
-                url, headers=dict(headers), timeout=policy.max_delay * 2, follow_redirects=False
-            )
-            step = attempts.answer(response.status_code, response.content, response.headers)
+            status, body, got = await _aget(client, url, headers, policy.max_delay * 2)
+            step = _answer_of(attempts, status, body, got)
         except Exception as exc:  # noqa: BLE001 - a fallback reports, it never raises
             step = attempts.failure(exc)
         if isinstance(step, RetrievalResult):

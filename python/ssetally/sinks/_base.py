@@ -17,8 +17,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ._sanitize import DEFAULT_LIMITS, Limits, sanitize_record
@@ -31,6 +31,7 @@ __all__ = [
     "FileSink",
     "Sink",
     "TransientError",
+    "WriteAhead",
     "redact_url",
 ]
 
@@ -63,6 +64,16 @@ class TransientError(Exception):
 class BatchRejected(Exception):
     """The destination refused the batch for a reason that writing its records one at a time
     cannot fix (bad credentials, no such endpoint): every record of it fails."""
+
+
+class WriteAhead(Protocol):
+    """Keeps each record queued in a sink until the sink settled it (``Sink.write_ahead``)."""
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """``record`` (with its ``record_id``) is about to be queued."""
+
+    def settled(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """``records`` are settled: written, failed, dropped or safely in the spool."""
 
 
 class _Throttled:
@@ -134,6 +145,8 @@ class Sink:
         self._fail_log = _Throttled()
         self._close_deadline = math.inf
         self._closed = False
+        self._ahead: WriteAhead | None = None
+        self._listeners: list[Callable[[], None]] = []
         self._open()
         self._thread = threading.Thread(
             target=self._run, name=f"ssetally-sink-{self.kind}", daemon=True
@@ -171,7 +184,26 @@ class Sink:
             text = text.replace(secret, "***")
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
+    def position(self) -> int | None:
+        """Where the destination ends now, for ``written_since`` (None: it deduplicates)."""
+        return None
+
+    def written_since(self, position: int, record_ids: set[str]) -> set[str]:
+        """Which of ``record_ids`` the destination holds past ``position`` (a ``position()``):
+        a record replayed after a crash is written only when absent. The remote sinks and
+        SQLite deduplicate on ``record_id`` themselves: none."""
+        return set()
+
     # -- public
+
+    def write_ahead(self, log: WriteAhead) -> None:
+        """Hand every record to ``log`` before queueing it, and tell it once the record is
+        settled (``ssetally proxy --workers``: what a killed worker had queued is replayed)."""
+        self._ahead = log
+
+    def on_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the writer thread) after each batch is settled."""
+        self._listeners.append(callback)
 
     def write(self, record: Mapping[str, Any]) -> bool:
         """Queue a record; False when it was dropped (queue full or sink closed).
@@ -188,19 +220,25 @@ class Sink:
             with self._cond:
                 self.failed += 1
             return False
+        ahead = self._ahead
+        if ahead is not None:
+            ahead.add(record)
         with self._cond:
             if self._closed:
                 self.dropped += 1
-                return False
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                self.dropped += 1
                 full = True
             else:
-                self._submitted += 1
-                full = False
-        if full:
+                try:
+                    self._queue.put_nowait(record)
+                except queue.Full:
+                    self.dropped += 1
+                    full = True
+                else:
+                    self._submitted += 1
+                    full = False
+        if full and ahead is not None:
+            ahead.settled([record])
+        if full and not self._closed:
             count = self._drop_log.due()
             if count:
                 logger.error(
@@ -300,9 +338,16 @@ class Sink:
             done = self._send(records)
             if done < len(records):
                 self._to_spool(records[done:])
+        if self._ahead is not None:
+            self._ahead.settled(batch)
         with self._cond:
             self._settled += len(batch)
             self._cond.notify_all()
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a listener must not stop the writer
+                logger.exception("ssetally sink: a listener of the %s sink failed", self.kind)
 
     def _send(self, records: list[dict[str, Any]]) -> int:
         """Write records; how many of them (a prefix) are settled. The rest met a transient

@@ -46,5 +46,23 @@ class JsonlSink(FileSink):
         while data:  # one call unless the disk fills up or a signal interrupts it
             data = data[os.write(self._fd, data) :]
 
+    def position(self) -> int | None:
+        return os.fstat(self._fd).st_size
+
+    def written_since(self, position: int, record_ids: set[str]) -> set[str]:
+        """The ``record_id`` of each line past ``position`` that is one of ``record_ids`` (a
+        file has no key to deduplicate on: a replay looks before it writes)."""
+        found: set[str] = set()
+        with open(self.path, "rb") as f:
+            f.seek(position)
+            for line in f:
+                try:
+                    record_id = json.loads(line).get("record_id")
+                except (ValueError, AttributeError):
+                    continue  # a line cut by a crash, or another writer's
+                if record_id in record_ids:
+                    found.add(record_id)
+        return found
+
     def _close_destination(self) -> None:
         os.close(self._fd)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,59 @@ class _Walk:
         return self.text(key, f"{path}.<key>" if path else "<key>", self.limits.key) or "\ufffd"
 
 
+def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
+    """Whether ``sanitize_record`` would change nothing in ``record``: plain JSON types only,
+    every bound kept with room to spare (the common record, checked without building the field
+    paths that a change would be noted under)."""
+    if type(record) is not dict:
+        return False
+    budget = limits.budget
+    nodes = limits.nodes
+    stack: list[tuple[Any, int, bool]] = [(record, 0, False)]
+    while stack:
+        container, depth, long = stack.pop()
+        if depth >= limits.depth or len(container) > limits.items:
+            return False
+        nodes -= len(container)
+        if nodes < 0:
+            return False
+        pairs: Iterable[tuple[Any, Any]]
+        if type(container) is dict:
+            pairs = container.items()
+        else:
+            pairs = ((None, v) for v in container)
+        for key, value in pairs:
+            if key is not None:
+                if type(key) is not str or not key or len(key) > limits.key:
+                    return False
+                if "\x00" in key or (not key.isascii() and _BAD_CHARS.search(key)):
+                    return False
+                budget -= len(key)
+                inner = long or key in limits.long_fields
+            else:
+                inner = long
+            kind = type(value)
+            if kind is str:
+                if len(value) > (limits.long_string if inner else limits.string):
+                    return False
+                if "\x00" in value or (not value.isascii() and _BAD_CHARS.search(value)):
+                    return False
+                budget -= len(value)
+            elif kind is int:
+                if not _INT64_MIN <= value <= _INT64_MAX:
+                    return False
+            elif kind is float:
+                if not math.isfinite(value):
+                    return False
+            elif kind is dict or kind is list:
+                stack.append((value, depth + 1, inner))
+            elif value is not None and kind is not bool:
+                return False
+        if budget <= 0:
+            return False
+    return True
+
+
 def sanitize_record(record: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """A copy of ``record`` that strict JSON, UTF-8 text and 64-bit integer columns accept.
 
@@ -168,6 +221,8 @@ def sanitize_record(record: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) 
     ``limits.depth``. What changed is appended to the record's ``sanitized`` list (field paths
     with what was done). Never raises.
     """
+    if _is_clean(record, limits):  # plain types only: nothing of the record's own code runs
+        return dict(record)
     walk = _Walk(limits)
     try:
         out: dict[str, Any] = walk.mapping(record, "", 1, False)
