@@ -10,7 +10,8 @@ with its send time, then usage) serves every path; a closed-loop client (``gatew
 runs C = 1, 16, 64, 200, 500 keep-alive connections through each path in turn, concurrency by
 concurrency. Paths: direct, nginx (``proxy_buffering off``), ``ssetally proxy`` (default,
 ``--inject-usage``, ``--workers 2`` when the CLI has it, metering off when it has a switch), and
-LiteLLM's proxy when importable. With two CPUs or more the path under test runs on the first CPU
+LiteLLM's proxy when installed (the ``litellm`` command beside this Python or on PATH; run up
+to C=64 only, it is heavy). With two CPUs or more the path under test runs on the first CPU
 and the mock and the client on the second. It prints the table and the targets with
 PASS/FAIL and writes ``gateway.json`` and ``gateway.md`` into ``--out``.
 """
@@ -193,14 +194,21 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
                     else:
                         notes[path.name] = path.note
                 for path in started:  # connections, pools and code paths (not measured)
+                    top = min(max(levels), path.max_concurrency or max(levels))
                     warm[path.name] = measure(
-                        path, min(WARM_CONNECTIONS, max(levels)), 1, args, WARM_EVENTS, load
+                        path, min(WARM_CONNECTIONS, top), 1, args, WARM_EVENTS, load
                     )
                 for c in levels:
                     for path in started:
                         if time.monotonic() > deadline:
                             notes["time"] = f"stopped at --max-seconds {args.max_seconds:g}"
                             break
+                        if path.max_concurrency is not None and c > path.max_concurrency:
+                            notes[f"{path.name} levels"] = (
+                                f"run up to C={path.max_concurrency} only (it is too heavy "
+                                "for more on one core): higher levels skipped"
+                            )
+                            continue
                         level = measure(path, c, plan[c], args, None, load)
                         by_level[path.name].append(level)
                         p99 = percentile_ms(level.delays_ns, 99)

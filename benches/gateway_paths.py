@@ -90,10 +90,12 @@ def pin(pid: int, cpus: set[int] | None) -> None:
         pass
 
 
-def _wait_port(proc: subprocess.Popen[Any], port: int, what: str) -> None:
+def _wait_port(
+    proc: subprocess.Popen[Any], port: int, what: str, timeout: float | None = None
+) -> None:
     import socket
 
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + (START_TIMEOUT if timeout is None else timeout)
     while True:
         try:
             socket.create_connection((HOST, port), timeout=1).close()
@@ -129,6 +131,8 @@ class GatewayPath:
 
     #: The path writes usage records (they are matched to the streams run through it).
     records = False
+    #: The highest concurrency the path is run at (None: every level); higher are skipped.
+    max_concurrency: int | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -269,19 +273,37 @@ class Ssetally(GatewayPath):
             return ""
 
 
+def litellm_command() -> list[str] | None:
+    """How to start LiteLLM's proxy here: the ``litellm`` command beside this Python (a
+    virtual environment's ``bin``) or on PATH, else this Python's ``litellm`` module; None
+    when it is not installed."""
+    here = FsPath(sys.executable).parent
+    found = shutil.which("litellm", path=os.pathsep.join([str(here), os.environ.get("PATH", "")]))
+    if found:
+        return [found]
+    from importlib.util import find_spec
+
+    if find_spec("litellm") is not None:
+        return [sys.executable, "-c", "from litellm import run_server; run_server()"]
+    return None
+
+
 class LiteLLM(GatewayPath):
     """LiteLLM's proxy (``litellm --config``), one worker, the mock as an OpenAI-compatible
     model. It re-encodes every chunk, so byte fidelity is not expected of it and it writes no
-    records here: only its delays, TTFT and CPU are compared."""
+    records here: only its delays, TTFT and CPU are compared. It is heavy: run up to C=64."""
+
+    max_concurrency = 64
+    #: Seconds LiteLLM may take to start (it imports a lot).
+    START_TIMEOUT = 180.0
 
     def __init__(self) -> None:
         super().__init__("litellm")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, upstream_port: int, cpus: set[int] | None, tmp: FsPath) -> bool:
-        from importlib.util import find_spec
-
-        if find_spec("litellm") is None:
+        command = litellm_command()
+        if command is None:
             self.note = "LiteLLM is not installed (pip install 'litellm[proxy]'): path skipped"
             return False
         root = FsPath(tempfile.mkdtemp(prefix="litellm-", dir=tmp))
@@ -293,17 +315,26 @@ class LiteLLM(GatewayPath):
             "      model: openai/bench-model\n"
             f"      api_base: http://{HOST}:{upstream_port}/v1\n"
             "      api_key: sk-bench\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+            # Loopback only, and the client's keys vary: no master key to check them against.
+            "general_settings:\n"
+            "  dangerously_permit_weak_or_unset_master_key: true\n"
         )
         self.port = free_port()
+        # Offline and quiet: the bundled model cost map, no telemetry, warnings only.
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+        env.pop("DATABASE_URL", None)
         log = open(root / "litellm.log", "wb")  # noqa: SIM115 - closed with the process
         command = [
-            sys.executable, "-c", "from litellm.proxy.proxy_cli import run_server; run_server()",
-            "--config", str(conf),
+            *command, "--config", str(conf),
             "--host", HOST, "--port", str(self.port), "--num_workers", "1",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(pinned(command, cpus), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            pinned(command, cpus), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         log.close()
-        _wait_port(self.proc, self.port, "LiteLLM")
+        _wait_port(self.proc, self.port, "LiteLLM", self.START_TIMEOUT)
         self.pid = self.proc.pid
         pin(self.pid, cpus)
         return True

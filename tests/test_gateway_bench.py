@@ -135,3 +135,26 @@ async def test_client_flags_altered_bytes(tamper: bool) -> None:
     assert level.streams == 1 and level.failed == 0
     assert level.chunks == 3 and level.ids == ["chatcmpl-bench-1-1"]
     assert level.altered == (1 if tamper else 0)
+
+
+def test_the_metering_switch_and_litellm_are_found(monkeypatch: Any, tmp_path: Path) -> None:
+    import gateway
+    import gateway_paths
+
+    notes: dict[str, str] = {}
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    (unmetered,) = gateway.make_paths(["no-metering"], notes)
+    assert notes == {}
+    assert isinstance(unmetered, gateway_paths.Ssetally)
+    assert unmetered.flags == ("--no-metering",) and unmetered.records is False
+    (litellm,) = gateway.make_paths(["litellm"], notes)
+    assert litellm.max_concurrency == 64
+    # A litellm command beside this Python (a virtual environment's bin) is the one run.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").touch()
+    script = fake / "litellm"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake / "python"))
+    assert gateway_paths.litellm_command() == [str(script)]

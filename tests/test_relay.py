@@ -274,3 +274,127 @@ def test_bytes_after_the_answer_are_never_relayed(tmp_path: Path) -> None:
         recs = settled(proxy, sink, 2)
     listener.close()
     assert [r["status"] for r in recs] == ["completed", "completed"]
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 message body (``data``: from the first size line)."""
+    out = bytearray()
+    while True:
+        size_line, data = data.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += data[:size]
+        assert data[size : size + 2] == b"\r\n"
+        data = data[size + 2 :]
+
+
+def test_chunked_streams_are_relayed_from_the_upstream_protocol(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from ssetally._gateway import _app
+
+    used: list[bool] = []
+    direct = _app.pump_direct
+
+    async def counted(*args: Any) -> None:
+        used.append(True)
+        await direct(*args)
+
+    monkeypatch.setattr(_app, "pump_direct", counted)
+    sink = tmp_path / "u.jsonl"
+    with Upstream() as up, proxied(up.origin, sink) as proxy, client(proxy) as c:
+        assert stream(c, **{"x-frame": "chunked", "x-chunks": "30"}) == (200, chat_stream(30))
+        assert len(used) == 1
+        # A Content-Length answer keeps its length: uvicorn's own send relays it.
+        assert stream(c, **{"x-frame": "length"}) == (200, chat_stream(4))
+        assert len(used) == 1
+        for _ in range(3):  # the client connection and the pooled one carry on
+            assert stream(c, **{"x-chunks": "3"}) == (200, chat_stream(3))
+        recs = settled(proxy, sink, 5)
+    assert len(used) == 4
+    assert [r["status"] for r in recs] == ["completed"] * 5
+    assert recs[0]["bytes"]["client"] == len(chat_stream(30))
+    assert up.connections == 1
+
+
+def test_a_slow_client_pauses_a_directly_relayed_stream(tmp_path: Path) -> None:
+    sink = tmp_path / "u.jsonl"
+    want = chat_stream(40_000)  # ~7 MB, sent as fast as the upstream can
+    with Upstream() as up, proxied(up.origin, sink) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            body = httpx.Request("POST", "http://x/", json=BODY).read()
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                b"content-type: application/json\r\nx-chunks: 40000\r\nx-frame: chunked\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            pool = proxy.app._pool
+            assert pool is not None
+            paused = diverted = False
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # the client reads nothing meanwhile
+                for conn in list(pool._open):
+                    paused = paused or conn.paused
+                    diverted = diverted or conn._relay is not None
+                time.sleep(0.01)
+            assert diverted, "the stream was not relayed from the upstream protocol"
+            assert paused, "the upstream was never paused"
+            received = b""
+            while True:
+                piece = s.recv(1 << 20)
+                if not piece:
+                    break
+                received += piece
+        (rec,) = settled(proxy, sink, 1)
+    head, chunked = received.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert dechunk(chunked) == want
+    assert rec["status"] == "completed" and rec["bytes"]["client"] == len(want)
+
+
+def test_no_metering_is_a_pass_through_without_records(tmp_path: Path) -> None:
+    sink = tmp_path / "u.jsonl"
+    with Upstream() as up, proxied(up.origin, sink, metering=False) as proxy, client(proxy) as c:
+        for frame in ("chunked", "length", "close"):
+            assert stream(c, **{"x-frame": frame, "x-chunks": "5"}) == (200, chat_stream(5))
+        assert c.get("/v1/%2e%2e/%2e%2e/x").status_code == 400  # the door's checks hold
+        assert proxy.flush(TIMEOUT)
+        assert proxy.app.records_emitted == 0
+    assert records(sink) == []
+    with pytest.raises(ValueError, match="--inject-usage needs metering"):
+        ProxyConfig(upstream="http://127.0.0.1:1", inject_usage=True, metering=False)
+    for field in ("header_timeout", "keep_alive_timeout", "idle_timeout", "stream_deadline"):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            ProxyConfig(upstream="http://127.0.0.1:1", **{field: 0})
+
+
+def test_the_command_line_sets_metering_and_the_timeouts() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ssetally", "proxy", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    assert "--no-metering pure pass-through" in text
+    for flag, default in (
+        ("--header-timeout", "10.0"),
+        ("--body-timeout", "60.0"),
+        ("--keep-alive-timeout", "5.0"),
+        ("--idle-timeout", "900.0"),
+        ("--stream-deadline", "3600.0"),
+    ):
+        assert flag in text
+        assert f"(default: {default})" in text.split(flag, 2)[-1].split("--", 1)[0], flag
+    bad = subprocess.run(
+        [sys.executable, "-m", "ssetally", "proxy", "--upstream", "http://127.0.0.1:1",
+         "--no-metering", "--inject-usage", "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--inject-usage needs metering" in bad.stderr

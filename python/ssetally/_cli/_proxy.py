@@ -99,6 +99,12 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             upstream_client=args.upstream_client,
             subject_header=args.subject_header,
             cost=not args.no_cost,
+            metering=not args.no_metering,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            idle_timeout=args.idle_timeout or None,
+            stream_deadline=args.stream_deadline or None,
             **({"instance_id": args.instance_id} if args.instance_id else {}),
         )
         config.upstream_url()
@@ -176,6 +182,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="ask Chat/Completions streams for usage and strip the added chunk",
     )
+    proxy.add_argument(
+        "--no-metering",
+        action="store_true",
+        help="pure pass-through: no metering and no records (to measure what metering "
+        "costs); the bounds, timeouts and request checks still hold",
+    )
     proxy.add_argument("--no-retrieve", action="store_true", help="never GET /responses/{id}")
     proxy.add_argument("--no-estimate", action="store_true", help="never estimate usage")
     proxy.add_argument(
@@ -203,6 +215,38 @@ def add_parser(sub: Any) -> None:
         help="longest silence of the upstream, in seconds",
     )
     proxy.add_argument("--max-connections", type=int, default=1000, help="upstream pool size")
+    proxy.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's header section, from its first byte "
+        "(the connection is closed past it)",
+    )
+    proxy.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send the whole request body (408 past it)",
+    )
+    proxy.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        help="seconds an idle client connection is kept open between requests",
+    )
+    proxy.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="seconds a stream may go without an output-bearing event (comments and pings do "
+        "not count) before the proxy cuts it; 0: no limit",
+    )
+    proxy.add_argument(
+        "--stream-deadline",
+        type=float,
+        default=3600.0,
+        help="seconds one answer may stream before the proxy cuts it; 0: no limit",
+    )
     proxy.add_argument(
         "--upstream-client",
         choices=("auto", "httptools", "httpx2", "httpx"),

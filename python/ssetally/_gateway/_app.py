@@ -16,6 +16,8 @@ Safety and failure rules:
   written (after the retrieval/estimate fallbacks, which run in the background).
 * An upstream that fails mid-stream makes the proxy drop the client connection the same way,
   so the client sees the cut; an upstream that cannot be reached gives 502 (504 on timeout).
+* ``metering=False`` (``--no-metering``): a pure pass-through, no meter and no records; the
+  checks at the door, bounds and timeouts stay.
 
 Scaling out: ``--workers N`` runs N processes on one port (``_supervisor``); across machines,
 run instances behind a load balancer, each with its own sink and ``--instance-id``.
@@ -50,7 +52,7 @@ from .._report import StreamReport
 from ..sinks import Sink
 from ._config import ProxyConfig, http_library, safe_url
 from ._exposition import run_lifespan, serve_metrics
-from ._guard import BodyBudget, Refused, framing_error, normalize_path
+from ._guard import BodyBudget, Refused, framing_error, normalize_path, read_body
 from ._headers import (
     HOP_BY_HOP,
     client_headers,
@@ -67,6 +69,8 @@ from ._record import Exchange, build_record, now_iso, subject_of
 from ._relay import (
     UpstreamAborted,
     Watchdog,
+    direct_cycle,
+    pump_direct,
     pump_lean,
     pump_stack,
     quiet_abort,
@@ -122,6 +126,8 @@ class MeteringProxy:
         self.sink = sink
         self._upstream = config.upstream_url()
         self._prefix = self._upstream.raw_path.rstrip(b"/")
+        # scheme://[userinfo@]host[:port], the request target appended per request.
+        self._origin = str(self._upstream.copy_with(raw_path=b"/"))[:-1]
         # Userinfo of the upstream URL never reaches a log line or a record.
         self._upstream_secrets = tuple(
             v for v in (self._upstream.username, self._upstream.password) if v and len(v) >= 4
@@ -262,12 +268,13 @@ class MeteringProxy:
         cfg = self.config
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         query: bytes = scope.get("query_string", b"")
-        x.key_fingerprint = fingerprint(headers, query, self.key_salt)
-        x.secrets = secrets_of(
-            {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
-            "?" + query.decode("latin-1"),
-        )
-        x.subject = subject_of(headers, cfg.subject_header, x.secrets)
+        if cfg.metering:
+            x.key_fingerprint = fingerprint(headers, query, self.key_salt)
+            x.secrets = secrets_of(
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+                "?" + query.decode("latin-1"),
+            )
+            x.subject = subject_of(headers, cfg.subject_header, x.secrets)
 
         try:
             path = normalize_path(raw_path)
@@ -287,8 +294,12 @@ class MeteringProxy:
             await self._reject(x, send, 413, "request body too large", close=True)
             return
         try:
-            body_parts = await asyncio.wait_for(
-                self._read_body(x, receive, declared), cfg.body_timeout
+            body_parts = await read_body(
+                receive,
+                declared,
+                cfg.max_body_bytes,
+                cfg.body_timeout,
+                lambda n: self._take_budget(x, n),
             )
         except Refused as refused:
             await self._reject(x, send, refused.status, refused.message, close=True)
@@ -308,7 +319,7 @@ class MeteringProxy:
         forward = forward_headers(headers)
         parsed: dict[str, Any] | None = None
         content_type = header(headers, b"content-type") or ""
-        if body and "json" in content_type.lower() and is_llm_path(x.path):
+        if cfg.metering and body and "json" in content_type.lower() and is_llm_path(x.path):
             if len(body) <= _PARSE_INLINE_LIMIT:
                 parsed = parse_json_object(body)
             else:
@@ -328,7 +339,7 @@ class MeteringProxy:
 
         target = self._prefix + path + (b"?" + query if query else b"")
         self._journal(x)
-        url = str(self._upstream.copy_with(raw_path=target))
+        url = self._origin + target.decode("latin-1")
         request: Any
         try:
             if self._lean:
@@ -347,29 +358,6 @@ class MeteringProxy:
             await self._relay(x, request, parsed, response, receive, send)
         finally:
             await response.aclose()
-
-    async def _read_body(self, x: Exchange, receive: Receive, declared: int) -> list[bytes] | None:
-        """The request body's parts (None when the client left first), held within the
-        shared body budget; refused past ``max_body_bytes`` (413) or the budget (503)."""
-        cfg = self.config
-        if declared and not self._take_budget(x, declared):
-            raise Refused(503, "the proxy is holding too many request bodies; retry later")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cfg.max_body_bytes:
-                raise Refused(413, "request body too large")
-            if size > x.budget and not self._take_budget(x, size - x.budget):
-                raise Refused(503, "the proxy is holding too many request bodies; retry later")
-            if chunk:
-                parts.append(chunk)
-            if not message.get("more_body", False):
-                return parts
 
     def _take_budget(self, x: Exchange, n: int) -> bool:
         if not self._bodies.take(n):
@@ -398,6 +386,8 @@ class MeteringProxy:
         self, x: Exchange, response: Any, body: dict[str, Any] | None
     ) -> StreamMeter | JsonCapture | None:
         """The meter of an event stream, the capture of a JSON answer, or None."""
+        if not self.config.metering:
+            return None
         content_type = response.headers.get("content-type", "")
         encoding = response.headers.get("content-encoding", "")
         x.upstream_content_encoding = encoding
@@ -463,6 +453,7 @@ class MeteringProxy:
         watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
+        finished = False
         feed: Callable[[bytes], bytes] | None = None
         if isinstance(meter, StreamMeter):
             feed = meter.feed
@@ -470,12 +461,20 @@ class MeteringProxy:
             feed = meter.passing
         try:
             if isinstance(response, UpstreamResponse):
-                await pump_lean(x, feed, response, send)
+                cycle = direct_cycle(send)
+                if cycle is not None:
+                    await pump_direct(x, feed, response, cycle)
+                else:
+                    await pump_lean(x, feed, response, send)
             else:
                 await pump_stack(x, feed, response, send)
             tail = meter.held() if isinstance(meter, StreamMeter) else b""
             x.client_bytes += len(tail)
             x.outcome = "relayed"
+            # The record first: a next request sent on seeing the end finds the proxy free.
+            timer.cancel()
+            finished = True
+            self._finish(x, meter, request)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if x.ended_by != "client disconnected" and x.timed_out is None:
@@ -493,7 +492,8 @@ class MeteringProxy:
             x.outcome = x.outcome or "relayed"
             watch.cancel()
             timer.cancel()
-        self._finish(x, meter, request)
+        if not finished:
+            self._finish(x, meter, request)
         if aborted is not None:
             raise UpstreamAborted(x.ended_by) from aborted
 
@@ -558,7 +558,7 @@ class MeteringProxy:
 
     def _journal(self, x: Exchange) -> None:
         """Note ``x`` as in flight (what its record would say if this process died now)."""
-        if self.journal is not None:
+        if self.journal is not None and self.config.metering:
             self.journal.begin(x.request_id, in_flight_entry(x))
 
     def _emit(
@@ -568,6 +568,8 @@ class MeteringProxy:
         if x.recorded:
             return
         x.recorded = True
+        if not self.config.metering:  # --no-metering: a pass-through writes no records
+            return
         if self.config.otel:
             trace_failed_request(x, report, self._upstream)
         try:

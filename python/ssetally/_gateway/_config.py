@@ -80,6 +80,9 @@ class ProxyConfig:
     :param subject_header: the request header whose value is each record's ``subject`` (whom
         a request is billed to; the CloudEvents ``subject``, else the key fingerprint);
         sanitised and cut to 256 characters. A credential header is refused.
+    :param metering: meter answers and write records; off (``--no-metering``), the proxy is a
+        pure pass-through: no meter, no records, no usage injection (its bounds, timeouts
+        and path and framing checks still hold).
     :param upstream_client: the client reading the upstream's answers: ``httptools`` (the
         lean asyncio client of ``_upstream``), ``httpx2``, ``httpx``, or ``auto`` (httptools
         when installed, else httpx2, else httpx). The retrieval always uses httpx2/httpx.
@@ -111,8 +114,20 @@ class ProxyConfig:
     stream_deadline: float | None = 3600.0
     subject_header: str | None = None
     cost: bool = True
+    metering: bool = True
 
     def __post_init__(self) -> None:
+        if self.inject_usage and not self.metering:
+            raise ValueError("--inject-usage needs metering: drop --no-metering or it")
+        for what, value in (
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--keep-alive-timeout", self.keep_alive_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--stream-deadline", self.stream_deadline),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
         name = self.subject_header
         if name is not None:
             if not _TOKEN.fullmatch(name):

@@ -1,12 +1,13 @@
 """The proxy's defences at the door: request paths that stay under the upstream prefix, message
 framing that cannot smuggle a second request, a shared budget for request bodies held in
-memory, and a deadline for a request's header section (against slowloris)."""
+memory and the bounded read of one, and a deadline for a request's header section (against
+slowloris)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable, MutableMapping
+from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
 
 #: Percent-encoded bytes that would change how a path splits or ends, refused outright: the
@@ -106,6 +107,55 @@ class BodyBudget:
     def give(self, n: int) -> None:
         """Release ``n`` bytes taken earlier."""
         self.held = max(0, self.held - n)
+
+
+async def read_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    declared: int,
+    limit: int,
+    timeout: float,
+    take: Callable[[int], bool],
+) -> list[bytes] | None:
+    """A request body's parts (None when the client left first) within ``timeout`` seconds
+    (``asyncio.TimeoutError`` past it). ``take(n)`` reserves ``n`` more bytes of the shared
+    body budget (``declared`` first): refused, 503; past ``limit`` bytes, 413."""
+    within = getattr(asyncio, "timeout", None)  # Python 3.11: no task of its own
+    if within is None:
+        return await asyncio.wait_for(_read_body(receive, declared, limit, take), timeout)
+    async with within(timeout):
+        return await _read_body(receive, declared, limit, take)
+
+
+_BUSY = "the proxy is holding too many request bodies; retry later"
+
+
+async def _read_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    declared: int,
+    limit: int,
+    take: Callable[[int], bool],
+) -> list[bytes] | None:
+    if declared and not take(declared):
+        raise Refused(503, _BUSY)
+    held = declared
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "request body too large")
+        if size > held:
+            if not take(size - held):
+                raise Refused(503, _BUSY)
+            held = size
+        if chunk:
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts
 
 
 def with_header_timeout(base: type[Any], seconds: float) -> type[Any]:

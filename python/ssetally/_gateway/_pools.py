@@ -170,7 +170,10 @@ class UpstreamPool:
         """Send one request (``target``: path and query) and wait for the answer's header
         section. Raises ``UpstreamTimeout`` or ``UpstreamError``."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.connect_timeout)
+            if self._slots.locked():  # a wait: bounded (wait_for costs a task)
+                await asyncio.wait_for(self._slots.acquire(), self.connect_timeout)
+            else:
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             raise UpstreamPoolTimeout(
                 f"no free upstream connection within {self.connect_timeout:g}s"

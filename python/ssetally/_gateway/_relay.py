@@ -1,5 +1,6 @@
-"""Relaying an answer's body to the client: coalesced sends, backpressure, disconnects,
-the idle timer and deadline of a stream."""
+"""Relaying an answer's body to the client: straight from the upstream protocol into
+uvicorn's transport, or by coalesced sends; backpressure, disconnects, the idle timer and
+deadline of a stream."""
 
 from __future__ import annotations
 
@@ -160,6 +161,86 @@ async def pump_lean(
         if out:
             x.client_bytes += len(out)
             await send({"type": "http.response.body", "body": out, "more_body": True})
+    x.ended_by = "eof"
+
+
+#: The module of the ASGI server whose connection ``pump_direct`` can write to itself.
+_HTTPTOOLS_CYCLE = "uvicorn.protocols.http.httptools_impl"
+
+
+def direct_cycle(send: Send) -> Any:
+    """uvicorn's httptools request cycle behind ``send`` when the answer can be written
+    straight to the client's transport: a chunked answer already started, not to HEAD; None
+    otherwise (another server, h11, a Content-Length answer), and ``send`` does it all."""
+    cycle = getattr(send, "__self__", None)
+    if cycle is None or type(cycle).__module__ != _HTTPTOOLS_CYCLE:
+        return None
+    if getattr(send, "__func__", None) is not getattr(type(cycle), "send", None):
+        return None
+    try:
+        if (
+            cycle.chunked_encoding is not True
+            or cycle.response_complete
+            or not cycle.response_started
+            or cycle.scope["method"] == "HEAD"
+            or cycle.transport is None
+            or cycle.flow is None
+        ):
+            return None
+    except (AttributeError, KeyError, TypeError):  # another uvicorn: let it send
+        return None
+    return cycle
+
+
+def _writer(
+    x: Exchange, feed: Callable[[bytes], bytes] | None, transport: Any, flow: Any
+) -> Callable[[bytes], bool]:
+    """The per-chunk relay run from the upstream parser's callback: meter, frame, write.
+    True when the client's transport is past its high-water mark (uvicorn's flow control
+    then waits for it to drain, as its own ``send`` would)."""
+    write = transport.write
+    is_closing = transport.is_closing
+
+    def relay(body: bytes) -> bool:
+        try:
+            x.upstream_bytes += len(body)
+            out = body if feed is None else feed(body)
+            if out and not is_closing():
+                x.client_bytes += len(out)
+                write(b"%x\r\n%b\r\n" % (len(out), out))
+            return bool(flow.write_paused)
+        except Exception:  # noqa: BLE001 - a closing client: its disconnect ends the relay
+            return False
+
+    return relay
+
+
+async def pump_direct(
+    x: Exchange, feed: Callable[[bytes], bytes] | None, response: UpstreamResponse, cycle: Any
+) -> None:
+    """Relay a lean-client answer from the upstream connection's ``data_received`` straight
+    into the client's transport (chunked framing written here, the final chunk and keep-alive
+    left to uvicorn): per chunk one parser callback, the meter's ``feed`` and one write, no
+    task wake-up and no ASGI message. The task only waits for the end, a failure, or a
+    congested client (the upstream is not read while uvicorn's flow control is paused)."""
+    conn = response.connection
+    relay = _writer(x, feed, cycle.transport, cycle.flow)
+    first = conn.divert(relay)
+    try:
+        if first:
+            relay(first)
+        while True:
+            await conn.settle()
+            if conn.paused:
+                if cycle.flow.write_paused and not cycle.disconnected:
+                    await cycle.flow.drain()
+                conn.resume()
+                continue
+            if conn.error is not None:
+                raise conn.error
+            break
+    finally:
+        conn.divert(None)
     x.ended_by = "eof"
 
 

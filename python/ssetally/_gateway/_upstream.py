@@ -152,6 +152,7 @@ class Connection(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._write_ok: asyncio.Future[None] | None = None
+        self._relay: Callable[[bytes], bool] | None = None
 
     # -------------------------------------------------------------- transport events
 
@@ -257,6 +258,14 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.complete:  # a body after HEAD's header section
             return
+        relay = self._relay
+        if relay is not None:
+            # Straight on from the parser's callback: no buffer, no wake-up per chunk.
+            if relay(body) and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+                self._wake()
+            return
         self._chunks.append(body)
         self._size += len(body)
         if self._size > HIGH_WATER and not self._paused and self.transport is not None:
@@ -354,8 +363,39 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         return data
 
+    def divert(self, relay: Callable[[bytes], bool] | None) -> bytes:
+        """Hand every body byte parsed from now on to ``relay``, from the protocol's own
+        callback, instead of buffering it for ``read()``; returns what was buffered before.
+        ``relay`` must not raise; it returns True when its client is congested: reading
+        then pauses until ``resume()``. None: back to buffering."""
+        self._relay = relay
+        chunks = self._chunks
+        self._chunks = []
+        self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @property
+    def paused(self) -> bool:
+        """Reading is paused until the relay's client takes what it was sent."""
+        return self._paused
+
+    def resume(self) -> None:
+        """Read from the upstream again (after ``paused``)."""
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    async def settle(self) -> None:
+        """Wait until the diverted answer ended, failed, or paused for its client."""
+        while not (self.complete or self.error is not None or self._paused):
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        self._waiter = None
+
     def finish(self) -> bool:
         """End the exchange; True when the connection can carry another request."""
+        self._relay = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -411,13 +451,15 @@ class NotSent(Exception):
 class UpstreamResponse:
     """An answer being received: ``status_code``, ``headers``, then ``read()`` until b""."""
 
-    __slots__ = ("_conn", "_pool", "headers", "read", "status_code")
+    __slots__ = ("_conn", "_pool", "connection", "headers", "read", "status_code")
 
     def __init__(self, pool: UpstreamPool, conn: Connection) -> None:
         self._pool = pool
         self._conn: Connection | None = conn
         self.status_code = conn.status
         self.headers = UpstreamHeaders(conn.raw_headers)
+        #: The connection the answer arrives on (its ``divert`` relays from the protocol).
+        self.connection = conn
         #: ``await read()``: the answer's body bytes received since the last call (as sent:
         #: transfer coding removed, content coding kept); b"" at its end. Raises
         #: ``UpstreamError`` when the answer broke off, after every byte received before
