@@ -97,6 +97,13 @@ impl UsageTap {
         self
     }
 
+    /// Every event read the slow way: the reference for the fast paths.
+    #[cfg(test)]
+    pub(crate) fn slow_only(mut self) -> Self {
+        self.tap.slow_only = true;
+        self
+    }
+
     /// Also keep the per-event timing log ([`Timeline`]): each
     /// output-bearing event's read, text and running usage. Off unless
     /// asked for; give each read's clock reading with [`UsageTap::stamp`].
@@ -317,6 +324,8 @@ fn on_dispatch(
                 Some(t) => {
                     let before = tap.mark();
                     tap.on_event(ev);
+                    // The log shows the running usage after each event.
+                    tap.flush_usage();
                     let (carried, set_usage) = before.changes(tap.mark());
                     t.on_event(ev.data, carried, set_usage.then(|| tap.output_tokens()));
                 }

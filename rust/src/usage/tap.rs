@@ -34,11 +34,21 @@ pub(crate) struct Tap {
     pending_usage: Vec<u8>,
     /// The zero mask of `pending_usage`; None when nothing is pending.
     pending_zeros: Option<u64>,
+    /// The numbers of the usage object the Gemini fast path read last
+    /// (pending, or given to the report), while that is the report's usage
+    /// (empty otherwise).
+    gemini_counts: Vec<u64>,
+    /// The zero mask of that usage object.
+    gemini_zeros: u64,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
     /// [`MAX_REPORTS`] was reached in this stream.
     capped: bool,
+    /// Every event takes the slow path: the reference the fast paths are
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) slow_only: bool,
 }
 
 const RELEARN_BUDGET: u8 = 8;
@@ -62,8 +72,12 @@ impl Tap {
             gemini_template: None,
             pending_usage: Vec::new(),
             pending_zeros: None,
+            gemini_counts: Vec::new(),
+            gemini_zeros: 0,
             relearn_budget: RELEARN_BUDGET,
             capped: false,
+            #[cfg(test)]
+            slow_only: false,
         }
     }
 
@@ -144,6 +158,7 @@ impl Tap {
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
             self.flush_usage();
+            self.gemini_counts.clear();
             match self.parse(ev.event, data) {
                 Ok(info) => {
                     if info.delta {
@@ -187,29 +202,35 @@ impl Tap {
     }
 
     /// The Gemini hot path: a text chunk shaped like an earlier one bumps the
-    /// counter and keeps its usage object aside. Of two such objects with
-    /// the same zero mask the later one is what the report would keep either
-    /// way, so only a change of mask (or any other event) hands the pending
-    /// one to the report first; reading the usage waits until then.
+    /// counter and keeps its usage object aside. A running total that only
+    /// grew since the last one read (input unchanged, the same counts zero)
+    /// is what the report would keep either way, without a warning, so it
+    /// only replaces the pending one; reading it waits until another event
+    /// comes. Any other usage is given to the report at once, as the slow
+    /// path would.
     fn fast_gemini(&mut self, data: &[u8]) -> Option<bool> {
-        if !self.cur.fast_ok() {
+        if !self.cur.gemini_fast_ok() {
             return None;
         }
-        let m = self.gemini_template.as_ref()?.matches(data)?;
-        if self.pending_zeros.is_some_and(|zeros| zeros != m.zeros) {
-            self.flush_usage();
-        }
-        self.pending_usage.clear();
+        let template = self.gemini_template.as_ref()?;
+        let m = template.matches(data, &mut self.gemini_counts)?;
         // Memory that cannot be had sends the chunk the slow way.
         self.pending_usage.try_reserve(m.usage.len()).ok()?;
-        self.pending_usage.extend_from_slice(m.usage);
-        self.pending_zeros = Some(m.zeros);
+        if m.grew && m.zeros == self.gemini_zeros {
+            self.pending_usage.clear();
+            self.pending_usage.extend_from_slice(m.usage);
+            self.pending_zeros = Some(m.zeros);
+        } else {
+            self.flush_usage();
+            self.cur.apply(self.api, &pending_info(m.usage));
+            self.gemini_zeros = m.zeros;
+        }
         Some(m.delta)
     }
 
     /// Gives the pending Gemini usage to the report, as the slow path would
     /// have on its chunk.
-    fn flush_usage(&mut self) {
+    pub(crate) fn flush_usage(&mut self) {
         if self.pending_zeros.take().is_some() {
             let info = pending_info(&self.pending_usage);
             self.cur.apply(self.api, &info);
@@ -220,6 +241,10 @@ impl Tap {
     /// the counter (such an event changes nothing else in a report; a
     /// Gemini chunk's usage is kept aside).
     fn fast(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
+        #[cfg(test)]
+        if self.slow_only {
+            return None;
+        }
         match self.api {
             Api::ChatCompletions | Api::Completions => self.fast_chat(data),
             Api::Responses => self.delta_template.as_ref()?.matches(name, data),
@@ -247,6 +272,7 @@ impl Tap {
             Api::Gemini => {
                 let learned = GeminiTemplate::learn(data, info);
                 adopt(&mut self.gemini_template, &mut self.relearn_budget, learned);
+                self.gemini_counts.clear();
             }
             _ => {}
         }
@@ -330,6 +356,7 @@ impl Tap {
         self.template = None;
         self.delta_template = None;
         self.gemini_template = None;
+        self.gemini_counts.clear();
         self.relearn_budget = RELEARN_BUDGET;
     }
 
@@ -359,6 +386,7 @@ impl Tap {
         self.template = None;
         self.delta_template = None;
         self.gemini_template = None;
+        self.gemini_counts.clear();
         self.pending_usage = Vec::new();
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;

@@ -40,16 +40,58 @@ pub(crate) struct ChunkTemplate {
 }
 
 /// The offset just past the closing quote of the JSON string whose content
-/// starts at `start`, or None if it does not close.
+/// starts at `start`, or None if it does not close or is not valid JSON (a
+/// control character or an unknown escape, which the slow path would count
+/// as invalid: such an event must take it).
 pub(crate) fn string_end(data: &[u8], start: usize) -> Option<usize> {
     let mut at = start;
     loop {
-        let found = at + memchr2(b'"', b'\\', data.get(at..)?)?;
-        if data[found] == b'"' {
-            return Some(found + 1);
+        let found = at + special(data.get(at..)?)?;
+        match data[found] {
+            b'"' => return Some(found + 1),
+            b'\\' => at = found + 1 + escape_len(&data[found + 1..])?,
+            _ => return None,
         }
-        at = found + 2;
     }
+}
+
+/// The length of the escape after a backslash, when it is a JSON escape.
+fn escape_len(rest: &[u8]) -> Option<usize> {
+    match rest.first()? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(1),
+        b'u' if rest.get(1..5)?.iter().all(u8::is_ascii_hexdigit) => Some(5),
+        _ => None,
+    }
+}
+
+/// Where the first `"`, `\` or control character of `s` is. Eight bytes
+/// at a time in a register: delta texts are mostly a few bytes long, where
+/// a SIMD search costs more in setting up than it saves, and it finds the
+/// control characters too.
+#[inline]
+fn special(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // The lowest flagged byte is the first byte below `n` (flags above it
+    // may be false).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let mut words = s.chunks_exact(8);
+    let mut i = 0;
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().ok()?);
+        let hits = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|at| i + at)
 }
 
 impl ChunkTemplate {
@@ -119,6 +161,40 @@ fn is_plain_string_then_brace(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_ends_at_every_length_and_escape() {
+        for len in 0..80 {
+            for at in 0..=len {
+                for b in [
+                    b'"', b'\\', 0, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']',
+                ] {
+                    let mut s = vec![b'a'; len];
+                    if at < len {
+                        s[at] = b;
+                    }
+                    let expected = s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                    assert_eq!(special(&s), expected, "{len} {at} {b}");
+                }
+            }
+        }
+        assert_eq!(string_end(br#"a\"b\\"c"#, 0), Some(7));
+        assert_eq!(string_end(br#"\u0022\"\\\"""#, 0), Some(13));
+        assert_eq!(string_end(br#"abc\"#, 0), None);
+        assert_eq!(string_end(br#"abc\\"#, 0), None);
+        for invalid in [
+            &br#"\x""#[..],
+            br#"\u00""#,
+            br#"\uZZZZ""#,
+            b"a\x01b\"",
+            b"\t\"",
+        ] {
+            assert_eq!(string_end(invalid, 0), None);
+        }
+        assert_eq!(string_end(br#"\/\b\f\n\r\t\uD83d""#, 0), Some(19));
+        let long = format!("{}\\\"{}\"x", "é".repeat(40), "u".repeat(70));
+        assert_eq!(string_end(long.as_bytes(), 0), Some(long.len() - 1));
+    }
 
     const A: &[u8] = br#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"Hi \"there\""},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"xYz"}"#;
 
