@@ -90,7 +90,7 @@ impl GeminiTemplate {
         }
         let usage = info.usage?;
         let start = data.strip_prefix(PREFIX).map(|_| PREFIX.len())?;
-        let end = start + string_end(&data[start..], 0)?;
+        let end = string_end(data, start)?;
         // Where the usage object lies inside `data`.
         let at = (usage.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
         let after = at.checked_add(usage.len())?;
@@ -121,21 +121,41 @@ impl GeminiTemplate {
 
     /// The text and usage of `data` when it has exactly this shape.
     /// `counts` holds the numbers of the previous match (empty for none)
-    /// and is given this one's; after a `None` it holds nothing useful.
+    /// and is given this one's when it matches.
+    #[cfg(test)]
     pub(crate) fn matches<'a>(
         &self,
         data: &'a [u8],
         counts: &mut Vec<u64>,
     ) -> Option<GeminiMatch<'a>> {
-        let body = data.strip_prefix(PREFIX)?;
-        let end = string_end(body, 0)?;
-        let usage = body[end..].strip_prefix(self.mid.as_slice())?;
+        let mut out = Vec::new();
+        let (m, end) = self.match_len(data, counts, &mut out)?;
+        (end == data.len()).then(|| {
+            *counts = out;
+            m
+        })
+    }
+
+    /// [`GeminiTemplate::matches`] on the start of `data` (what follows is
+    /// not looked at), and the length of the chunk: `prev` holds the
+    /// numbers of the previous match, `out` is given this one's.
+    pub(crate) fn match_len<'a>(
+        &self,
+        data: &'a [u8],
+        prev: &[u64],
+        out: &mut Vec<u64>,
+    ) -> Option<(GeminiMatch<'a>, usize)> {
+        if !data.starts_with(PREFIX) {
+            return None;
+        }
+        let end = string_end(data, PREFIX.len())?;
+        let usage = data[end..].strip_prefix(self.mid.as_slice())?;
         let mut rest = usage;
         let mut zeros = 0u64;
         let (last, numbered) = self.pieces.split_last()?;
-        let mut grew = !counts.is_empty() && counts.len() == numbered.len();
-        counts.resize(numbered.len(), 0);
-        for (i, (piece, count)) in numbered.iter().zip(counts.iter_mut()).enumerate() {
+        let mut grew = !prev.is_empty() && prev.len() == numbered.len();
+        out.clear();
+        for (i, piece) in numbered.iter().enumerate() {
             rest = rest.strip_prefix(piece.as_slice())?;
             let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
             // JSON numbers have no leading zeros.
@@ -148,21 +168,26 @@ impl GeminiTemplate {
             if value == 0 {
                 zeros |= 1 << i;
             }
+            let before = prev.get(i).copied().unwrap_or_default();
             grew &= if self.inputs & 1 << i != 0 {
-                value == *count
+                value == before
             } else {
-                value >= *count
+                value >= before
             };
-            *count = value;
+            out.push(value);
             rest = &rest[digits..];
         }
         let tail = rest.strip_prefix(last.as_slice())?;
-        (tail == self.suffix.as_slice()).then(|| GeminiMatch {
-            delta: end > 1,
+        if !tail.starts_with(&self.suffix) {
+            return None;
+        }
+        let m = GeminiMatch {
+            delta: end > PREFIX.len() + 1,
             usage: &usage[..usage.len() - tail.len()],
             zeros,
             grew,
-        })
+        };
+        Some((m, data.len() - tail.len() + self.suffix.len()))
     }
 }
 

@@ -5,7 +5,7 @@
 use super::builder::{Builder, Relation};
 use super::delta_template::DeltaTemplate;
 use super::event::EventInfo;
-use super::gemini_template::GeminiTemplate;
+use super::gemini_template::{GeminiMatch, GeminiTemplate};
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
 use super::template::{ChunkTemplate, CHAT_CONTENT};
@@ -40,6 +40,10 @@ pub(crate) struct Tap {
     gemini_counts: Vec<u64>,
     /// The zero mask of that usage object.
     gemini_zeros: u64,
+    /// Where the Gemini fast path reads a chunk's numbers.
+    gemini_scratch: Vec<u64>,
+    /// The SSE event name of the events `template` was learned from.
+    template_name: Vec<u8>,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
@@ -74,6 +78,8 @@ impl Tap {
             pending_zeros: None,
             gemini_counts: Vec::new(),
             gemini_zeros: 0,
+            gemini_scratch: Vec::new(),
+            template_name: Vec::new(),
             relearn_budget: RELEARN_BUDGET,
             capped: false,
             #[cfg(test)]
@@ -186,7 +192,7 @@ impl Tap {
 
     /// The chat hot path (chat and legacy completions only): a plain content
     /// chunk only bumps the counters.
-    fn fast_chat(&mut self, data: &[u8]) -> Option<bool> {
+    fn fast_chat(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
         if !self.cur.fast_ok() {
             return None;
         }
@@ -196,6 +202,9 @@ impl Tap {
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
             let learned = ChunkTemplate::learn(data, CHAT_CONTENT);
+            if learned.is_some() {
+                set_name(&mut self.template_name, name);
+            }
             adopt(&mut self.template, &mut self.relearn_budget, learned);
         }
         Some(delta)
@@ -213,9 +222,18 @@ impl Tap {
             return None;
         }
         let template = self.gemini_template.as_ref()?;
-        let m = template.matches(data, &mut self.gemini_counts)?;
+        let (m, end) = template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
+        if end != data.len() {
+            return None;
+        }
+        self.take_gemini(m)
+    }
+
+    /// What the Gemini fast path does with a chunk that matched.
+    fn take_gemini(&mut self, m: GeminiMatch<'_>) -> Option<bool> {
         // Memory that cannot be had sends the chunk the slow way.
         self.pending_usage.try_reserve(m.usage.len()).ok()?;
+        std::mem::swap(&mut self.gemini_counts, &mut self.gemini_scratch);
         if m.grew && m.zeros == self.gemini_zeros {
             self.pending_usage.clear();
             self.pending_usage.extend_from_slice(m.usage);
@@ -226,6 +244,69 @@ impl Tap {
             self.gemini_zeros = m.zeros;
         }
         Some(m.delta)
+    }
+
+    /// Whether [`Tap::read_raw`] may read events: a shape was learned.
+    pub(crate) fn reads_raw(&self) -> bool {
+        match self.api {
+            Api::ChatCompletions | Api::AnthropicMessages => self.template.is_some(),
+            Api::Gemini => self.gemini_template.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The hot paths on raw bytes: when `bytes` begin with a whole event
+    /// (`event: <name>` when the template's events had one, one `data: `
+    /// line and the blank line, LF only, within `max_event_size`) whose
+    /// data has the learned shape, the event is counted as
+    /// [`Tap::on_event`] would count it and its length returned. The SSE
+    /// decoder must be between events.
+    pub(crate) fn read_raw(&mut self, bytes: &[u8]) -> Option<usize> {
+        #[cfg(test)]
+        if self.slow_only {
+            return None;
+        }
+        let gemini = match self.api {
+            Api::ChatCompletions | Api::AnthropicMessages if self.template.is_some() => false,
+            Api::Gemini if self.gemini_template.is_some() => true,
+            _ => return None,
+        };
+        // Gemini reads no event names, and sends none.
+        let name: &[u8] = if gemini { b"" } else { &self.template_name };
+        let mut at = 0;
+        if !name.is_empty() {
+            let line = bytes.strip_prefix(b"event: ")?.strip_prefix(name)?;
+            if line.first() != Some(&b'\n') {
+                return None;
+            }
+            at = b"event: \n".len() + name.len();
+        }
+        let data = bytes.get(at..)?.strip_prefix(b"data: ")?;
+        at += b"data: ".len();
+        let (delta, len) = if gemini {
+            if !self.cur.gemini_fast_ok() {
+                return None;
+            }
+            let template = self.gemini_template.as_ref()?;
+            let (m, end) =
+                template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
+            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+                return None;
+            }
+            (self.take_gemini(m)?, end)
+        } else {
+            if self.api == Api::ChatCompletions && !self.cur.fast_ok() {
+                return None;
+            }
+            let (delta, end) = self.template.as_ref()?.match_len(data)?;
+            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+                return None;
+            }
+            (delta, end)
+        };
+        self.cur.report.delta_chunks += u64::from(delta);
+        self.cur.report.events += 1;
+        Some(at + len + 2)
     }
 
     /// Gives the pending Gemini usage to the report, as the slow path would
@@ -246,7 +327,7 @@ impl Tap {
             return None;
         }
         match self.api {
-            Api::ChatCompletions | Api::Completions => self.fast_chat(data),
+            Api::ChatCompletions | Api::Completions => self.fast_chat(name, data),
             Api::Responses => self.delta_template.as_ref()?.matches(name, data),
             Api::AnthropicMessages => self.template.as_ref()?.matches(data),
             Api::Gemini => self.fast_gemini(data),
@@ -267,6 +348,9 @@ impl Tap {
             }
             Api::AnthropicMessages => {
                 let learned = ChunkTemplate::learn_anthropic(data);
+                if learned.is_some() {
+                    set_name(&mut self.template_name, name);
+                }
                 adopt(&mut self.template, &mut self.relearn_budget, learned);
             }
             Api::Gemini => {
@@ -388,6 +472,7 @@ impl Tap {
         self.gemini_template = None;
         self.gemini_counts.clear();
         self.pending_usage = Vec::new();
+        self.template_name.clear();
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;
         reports
@@ -401,6 +486,17 @@ fn adopt<T>(slot: &mut Option<T>, budget: &mut u8, learned: Option<T>) {
     if let Some(shape) = learned {
         *slot = Some(shape);
         *budget -= 1;
+    }
+}
+
+/// Keeps the event name of a template's events. Only the raw hot path
+/// reads it, to know the bytes to expect (neither chat nor Anthropic reads
+/// the name of an event whose data has the template's shape), so memory
+/// that cannot be had only leaves it empty.
+fn set_name(slot: &mut Vec<u8>, name: &[u8]) {
+    slot.clear();
+    if slot.try_reserve(name.len()).is_ok() {
+        slot.extend_from_slice(name);
     }
 }
 
