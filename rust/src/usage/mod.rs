@@ -328,7 +328,7 @@ fn feed_raw(decoder: &mut Decoder, tap: &mut Tap, chunk: &[u8]) -> u32 {
                 rest = &rest[len..];
             }
         }
-        let head = match memchr::memmem::find(rest, b"\n\n") {
+        let head = match tap.needles().blank_line.find(rest) {
             Some(at) if at + 2 < rest.len() && tap.reads_raw() => &rest[..at + 2],
             _ => rest,
         };

@@ -246,6 +246,10 @@ impl Tap {
         Some(m.delta)
     }
 
+    pub(crate) fn needles(&self) -> &'static Needles {
+        self.needles
+    }
+
     /// Whether [`Tap::read_raw`] may read events: a shape was learned.
     pub(crate) fn reads_raw(&self) -> bool {
         match self.api {

@@ -317,3 +317,61 @@ fn gemini_timeline_sees_every_running_total() {
         Some(6)
     );
 }
+
+/// The raw path reads only simple events while the decoder is between
+/// events; CRLF, ids, retries, comments, a byte order mark, several data
+/// lines and events cut across reads must give the slow path's reports.
+#[test]
+fn raw_reads_leave_other_framing_to_the_decoder() {
+    let texts = ["a", r#"\"b\""#, "c"];
+    for stream in [chat(&texts, true), anthropic(&texts), gemini(&texts)] {
+        let text = String::from_utf8(stream).unwrap();
+        let events: Vec<&str> = text.split_inclusive("\n\n").collect();
+        let mut variants = vec![
+            text.replace('\n', "\r\n"),
+            text.replace('\n', "\r"),
+            format!("\u{feff}{text}"),
+        ];
+        for (at, extra) in [
+            (3, "id: 7\n"),
+            (4, "retry: 10\n"),
+            (3, ": comment\n\n"),
+            (4, "event: other\n"),
+            (5, "data:\n"),
+            (3, "\n\n"),
+        ] {
+            let mut v = events.clone();
+            v.insert(at.min(v.len()), extra);
+            variants.push(v.concat());
+        }
+        // An event whose data line has a second data line after it.
+        variants.push(text.replacen("\n\n", "\ndata: \n\n", 4));
+        for v in variants {
+            same_as_slow(v.as_bytes(), true);
+        }
+    }
+}
+
+/// An event past `max_event_size` is skipped by the decoder, never read
+/// raw.
+#[test]
+fn raw_reads_keep_the_event_size_limit() {
+    let stream = anthropic(&["a", "bb", &"c".repeat(200)]);
+    let config = DecoderConfig {
+        max_event_size: 150,
+        ..DecoderConfig::default()
+    };
+    let run = |slow: bool| {
+        let mut tap = UsageTap::new(ApiHint::Auto, config.clone());
+        if slow {
+            tap = tap.slow_only();
+        }
+        for piece in stream.chunks(64) {
+            tap.feed(piece);
+        }
+        tap.finish()
+    };
+    let r = run(false);
+    assert_eq!(r, run(true));
+    assert_eq!(r[0].oversized_events, 3);
+}
