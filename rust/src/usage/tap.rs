@@ -254,13 +254,15 @@ impl Tap {
     pub(crate) fn reads_raw(&self) -> bool {
         match self.api {
             Api::ChatCompletions | Api::AnthropicMessages => self.template.is_some(),
+            Api::Responses => self.delta_template.is_some(),
             Api::Gemini => self.gemini_template.is_some(),
             _ => false,
         }
     }
 
     /// The hot paths on raw bytes: when `bytes` begin with a whole event
-    /// (`event: <name>` when the template's events had one, one `data: `
+    /// (`event: <name>` when the template's events had one (Responses: the
+    /// template's name), one `data: `
     /// line and the blank line, LF only, within `max_event_size`) whose
     /// data has the learned shape, the event is counted as
     /// [`Tap::on_event`] would count it and its length returned. The SSE
@@ -269,6 +271,9 @@ impl Tap {
         #[cfg(test)]
         if self.slow_only {
             return None;
+        }
+        if self.api == Api::Responses {
+            return self.read_raw_delta(bytes);
         }
         let gemini = match self.api {
             Api::ChatCompletions | Api::AnthropicMessages if self.template.is_some() => false,
@@ -337,6 +342,24 @@ impl Tap {
             Api::Gemini => self.fast_gemini(data),
             _ => None,
         }
+    }
+
+    /// [`Tap::read_raw`] for Responses delta events: their data ends in
+    /// bytes that change (`sequence_number`), so the line end is searched.
+    fn read_raw_delta(&mut self, bytes: &[u8]) -> Option<usize> {
+        let template = self.delta_template.as_ref()?;
+        let name = template.name();
+        let line = bytes.strip_prefix(b"event: ")?.strip_prefix(name)?;
+        let data = line.strip_prefix(b"\n")?.strip_prefix(b"data: ")?;
+        let end = memchr::memchr2(b'\n', b'\r', data)?;
+        let at = b"event: \ndata: ".len() + name.len();
+        if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+            return None;
+        }
+        let delta = template.matches(name, &data[..end])?;
+        self.cur.report.delta_chunks += u64::from(delta);
+        self.cur.report.events += 1;
+        Some(at + end + 2)
     }
 
     /// Learns the shape of a delta event the slow path just read (chat

@@ -324,7 +324,12 @@ fn gemini_timeline_sees_every_running_total() {
 #[test]
 fn raw_reads_leave_other_framing_to_the_decoder() {
     let texts = ["a", r#"\"b\""#, "c"];
-    for stream in [chat(&texts, true), anthropic(&texts), gemini(&texts)] {
+    for stream in [
+        chat(&texts, true),
+        anthropic(&texts),
+        responses(&texts),
+        gemini(&texts),
+    ] {
         let text = String::from_utf8(stream).unwrap();
         let events: Vec<&str> = text.split_inclusive("\n\n").collect();
         let mut variants = vec![
