@@ -111,7 +111,7 @@ fn special(data: &[u8], from: usize) -> Option<usize> {
     // Bytes before `i` become a byte that is never flagged (so no borrow
     // from them reaches the bytes that count).
     let keep = u64::MAX << ((i - base) * 8);
-    let w = (word_at(data, base) & keep) | (ONES * 0x7f & !keep);
+    let w = (word_at(data, base) & keep) | ((ONES * 0x7f) & !keep);
     let hits = flags(w);
     (hits != 0).then(|| base + (hits.trailing_zeros() / 8) as usize)
 }
