@@ -555,6 +555,54 @@ fn once(names: &str) {
     }
 }
 
+/// The streams of a file of recorded reads (see [`recorded`]), each as its
+/// reads.
+fn parse_reads(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
+    fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> &'a [u8] {
+        *at += n;
+        &bytes[*at - n..*at]
+    }
+    let u32_at = |at: &mut usize| u32::from_le_bytes(take(bytes, at, 4).try_into().unwrap());
+    let mut at = 0;
+    let mut streams = Vec::new();
+    while at < bytes.len() {
+        let n = u32_at(&mut at);
+        let reads = (0..n)
+            .map(|_| {
+                let len = u32_at(&mut at) as usize;
+                take(bytes, &mut at, len)
+            })
+            .collect();
+        streams.push(reads);
+    }
+    streams
+}
+
+/// `SSETALLY_CORE_READS=<file>[,<file>...]` feeds recorded reads through the
+/// tap once, each stream with a fresh tap, and exits: the Python benchmark's
+/// workloads (`benches/corpus.py`, cut into its reads) measured in the core
+/// alone. A file holds streams one after another, each a little-endian
+/// `u32` count of reads, then each read as a `u32` length and its bytes.
+/// Count instructions with the same `--toggle-collect` as above.
+fn recorded(files: &str) {
+    for file in files.split(',') {
+        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let streams = parse_reads(&bytes);
+        let mut bad = 0;
+        for reads in &streams {
+            let reports = tap(reads);
+            let ok = reports.len() == 1
+                && reports[0].status == Status::Completed
+                && reports[0].usage.is_some()
+                && reports[0].warnings.is_empty();
+            bad += usize::from(!ok);
+        }
+        let total: usize = streams.iter().flatten().map(|r| r.len()).sum();
+        println!("{file}: {} streams, {total} bytes", streams.len());
+        assert_eq!(bad, 0, "{file}: streams not read right");
+    }
+}
+
 criterion_group! {
     name = benches;
     // Streams of ~4 MiB take about 1 ms each: 20 samples over 3 s keep the
@@ -566,6 +614,10 @@ criterion_group! {
     targets = sse_framing, usage_tap
 }
 fn main() {
+    if let Ok(files) = std::env::var("SSETALLY_CORE_READS") {
+        recorded(&files);
+        return;
+    }
     if let Ok(names) = std::env::var("SSETALLY_CORE_ONCE") {
         once(&names);
         return;

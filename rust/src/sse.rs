@@ -148,6 +148,22 @@ impl Decoder {
         &self.config
     }
 
+    /// Nothing of an event is buffered or pending (the byte order mark
+    /// included): the next byte fed starts a new line of a new event, so a
+    /// caller may read a simple event itself instead of feeding it.
+    #[must_use]
+    pub fn at_event_boundary(&self) -> bool {
+        matches!(self.bom, Bom::Done)
+            && !self.pending_cr
+            && !self.skip_line
+            && !self.skip_event
+            && !self.block_started
+            && self.line.is_empty()
+            && self.data.is_empty()
+            && self.event_type.is_empty()
+            && self.retry.is_none()
+    }
+
     /// The last event ID string (persists across events, as the spec says).
     #[must_use]
     pub fn last_event_id(&self) -> &[u8] {

@@ -69,6 +69,14 @@ impl Builder {
         !self.id.is_empty() && self.report.model.is_some() && !self.finished && self.usage.is_none()
     }
 
+    /// Whether Gemini text chunks may take their fast path: as for chat,
+    /// but a usage seen does not stop it (every Gemini chunk carries one;
+    /// a matching chunk repeats the response id of the chunk its template
+    /// came from, so it cannot start another response).
+    pub(crate) fn gemini_fast_ok(&self) -> bool {
+        !self.id.is_empty() && self.report.model.is_some() && !self.finished
+    }
+
     pub(crate) fn relation(&self, info: &EventInfo<'_>) -> Relation {
         let Some(id) = info.id else {
             return Relation::Same;

@@ -37,6 +37,11 @@ impl DeltaTemplate {
         })
     }
 
+    /// The SSE event name of the events this template matches.
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+
     /// `Some(non_empty_delta)` when the event has this name and prefix.
     pub(crate) fn matches(&self, name: &[u8], data: &[u8]) -> Option<bool> {
         if name != self.name.as_slice() || data.last() != Some(&b'}') {

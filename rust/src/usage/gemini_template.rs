@@ -47,6 +47,9 @@ pub(crate) struct GeminiTemplate {
     pieces: Vec<Vec<u8>>,
     /// Everything after the usage object.
     suffix: Vec<u8>,
+    /// Bit `i` is set when the `i`-th number of the usage object is an
+    /// input count (`promptTokenCount`, `toolUsePromptTokenCount`).
+    inputs: u64,
 }
 
 /// What a matching chunk says.
@@ -58,7 +61,15 @@ pub(crate) struct GeminiMatch<'a> {
     pub usage: &'a [u8],
     /// Bit `i` is set when the `i`-th number of the usage object is zero.
     pub zeros: u64,
+    /// Every number is at least the one at its place in the counts given
+    /// to [`GeminiTemplate::matches`], and every input count the same:
+    /// running totals that grew, which the slow path would take without a
+    /// warning.
+    pub grew: bool,
 }
+
+/// Keys whose counts make up the input tokens.
+const INPUT_KEYS: [&[u8]; 2] = [b"\"promptTokenCount\":", b"\"toolUsePromptTokenCount\":"];
 
 impl GeminiTemplate {
     /// Learns from a chunk the slow path read as a plain text chunk: output,
@@ -79,7 +90,7 @@ impl GeminiTemplate {
         }
         let usage = info.usage?;
         let start = data.strip_prefix(PREFIX).map(|_| PREFIX.len())?;
-        let end = start + string_end(&data[start..], 0)?;
+        let end = string_end(data, start)?;
         // Where the usage object lies inside `data`.
         let at = (usage.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
         let after = at.checked_add(usage.len())?;
@@ -93,21 +104,57 @@ impl GeminiTemplate {
         {
             return None;
         }
+        let pieces = split_numbers(usage)?;
+        let inputs = pieces
+            .iter()
+            .enumerate()
+            .take(pieces.len() - 1)
+            .filter(|(_, piece)| INPUT_KEYS.iter().any(|key| piece.ends_with(key)))
+            .fold(0u64, |mask, (i, _)| mask | 1 << i);
         Some(Self {
             mid: mid.to_vec(),
-            pieces: split_numbers(usage)?,
+            pieces,
             suffix: suffix.to_vec(),
+            inputs,
         })
     }
 
     /// The text and usage of `data` when it has exactly this shape.
-    pub(crate) fn matches<'a>(&self, data: &'a [u8]) -> Option<GeminiMatch<'a>> {
-        let body = data.strip_prefix(PREFIX)?;
-        let end = string_end(body, 0)?;
-        let usage = body[end..].strip_prefix(self.mid.as_slice())?;
+    /// `counts` holds the numbers of the previous match (empty for none)
+    /// and is given this one's when it matches.
+    #[cfg(test)]
+    pub(crate) fn matches<'a>(
+        &self,
+        data: &'a [u8],
+        counts: &mut Vec<u64>,
+    ) -> Option<GeminiMatch<'a>> {
+        let mut out = Vec::new();
+        let (m, end) = self.match_len(data, counts, &mut out)?;
+        (end == data.len()).then(|| {
+            *counts = out;
+            m
+        })
+    }
+
+    /// [`GeminiTemplate::matches`] on the start of `data` (what follows is
+    /// not looked at), and the length of the chunk: `prev` holds the
+    /// numbers of the previous match, `out` is given this one's.
+    pub(crate) fn match_len<'a>(
+        &self,
+        data: &'a [u8],
+        prev: &[u64],
+        out: &mut Vec<u64>,
+    ) -> Option<(GeminiMatch<'a>, usize)> {
+        if !data.starts_with(PREFIX) {
+            return None;
+        }
+        let end = string_end(data, PREFIX.len())?;
+        let usage = data[end..].strip_prefix(self.mid.as_slice())?;
         let mut rest = usage;
         let mut zeros = 0u64;
         let (last, numbered) = self.pieces.split_last()?;
+        let mut grew = !prev.is_empty() && prev.len() == numbered.len();
+        out.clear();
         for (i, piece) in numbered.iter().enumerate() {
             rest = rest.strip_prefix(piece.as_slice())?;
             let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -115,17 +162,32 @@ impl GeminiTemplate {
             if digits == 0 || digits > MAX_DIGITS || (digits > 1 && rest[0] == b'0') {
                 return None;
             }
-            if rest[0] == b'0' {
+            let value = rest[..digits]
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if value == 0 {
                 zeros |= 1 << i;
             }
+            let before = prev.get(i).copied().unwrap_or_default();
+            grew &= if self.inputs & 1 << i != 0 {
+                value == before
+            } else {
+                value >= before
+            };
+            out.push(value);
             rest = &rest[digits..];
         }
         let tail = rest.strip_prefix(last.as_slice())?;
-        (tail == self.suffix.as_slice()).then(|| GeminiMatch {
-            delta: end > 1,
+        if !tail.starts_with(&self.suffix) {
+            return None;
+        }
+        let m = GeminiMatch {
+            delta: end > PREFIX.len() + 1,
             usage: &usage[..usage.len() - tail.len()],
             zeros,
-        })
+            grew,
+        };
+        Some((m, data.len() - tail.len() + self.suffix.len()))
     }
 }
 
@@ -180,14 +242,25 @@ mod tests {
     #[test]
     fn learns_and_matches_text_and_usage() {
         let t = GeminiTemplate::learn(A, &info(A)).unwrap();
-        let m = t.matches(A).unwrap();
-        assert!(m.delta);
+        let mut counts = Vec::new();
+        let m = t.matches(A, &mut counts).unwrap();
+        assert!(m.delta && !m.grew);
+        assert_eq!(counts, [9, 13, 22, 9, 0]);
+        assert_eq!(t.inputs, 1);
         assert_eq!(m.usage, info(A).usage.unwrap());
         assert_eq!(m.zeros, 1 << 4);
         let other = br#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":130,"totalTokenCount":139,"promptTokensDetails":[{"modality":"TEXT","tokenCount":9}],"cachedContentTokenCount":7},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
-        let m = t.matches(other).unwrap();
-        assert!(!m.delta);
+        let m = t.matches(other, &mut counts).unwrap();
+        assert!(!m.delta && m.grew);
         assert_eq!(m.zeros, 0);
+        assert!(t.matches(A, &mut counts).is_some_and(|m| !m.grew));
+        let input = std::str::from_utf8(other)
+            .unwrap()
+            .replace(r#""promptTokenCount":9,"#, r#""promptTokenCount":10,"#);
+        assert!(t.matches(A, &mut counts).is_some_and(|m| m.grew));
+        assert!(t
+            .matches(input.as_bytes(), &mut counts)
+            .is_some_and(|m| !m.grew));
         assert!(m.usage.ends_with(b"\"cachedContentTokenCount\":7}"));
     }
 
@@ -212,7 +285,11 @@ mod tests {
             text[..60].to_owned(),
             format!("{text} "),
         ] {
-            assert_eq!(t.matches(different.as_bytes()), None, "{different}");
+            assert_eq!(
+                t.matches(different.as_bytes(), &mut Vec::new()),
+                None,
+                "{different}"
+            );
         }
     }
 

@@ -97,6 +97,13 @@ impl UsageTap {
         self
     }
 
+    /// Every event read the slow way: the reference for the fast paths.
+    #[cfg(test)]
+    pub(crate) fn slow_only(mut self) -> Self {
+        self.tap.slow_only = true;
+        self
+    }
+
     /// Also keep the per-event timing log ([`Timeline`]): each
     /// output-bearing event's read, text and running usage. Off unless
     /// asked for; give each read's clock reading with [`UsageTap::stamp`].
@@ -169,11 +176,16 @@ impl UsageTap {
         // Bytes go to the report that is current when the chunk begins; an
         // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        let status = decoder.feed_each(chunk, |d| on_dispatch(tap, output, timeline, d));
-        if status.out_of_memory > 0 {
+        let out_of_memory = if output.is_none() && timeline.is_none() && tap.reads_raw() {
+            feed_raw(decoder, tap, chunk)
+        } else {
+            decoder
+                .feed_each(chunk, |d| on_dispatch(tap, output, timeline, d))
+                .out_of_memory
+        };
+        if out_of_memory > 0 {
             tap.warn(format!(
-                "{} event(s) were discarded because memory to buffer them could not be allocated",
-                status.out_of_memory
+                "{out_of_memory} event(s) were discarded because memory to buffer them could not be allocated"
             ));
         }
     }
@@ -303,6 +315,32 @@ impl Collect {
     }
 }
 
+/// Feeds `chunk` to the decoder, except the events the tap reads from the
+/// raw bytes ([`Tap::read_raw`]) while the decoder is between events: the
+/// decoder gets the bytes up to each blank line that the tap did not read.
+/// Returns the count of events discarded for want of memory.
+fn feed_raw(decoder: &mut Decoder, tap: &mut Tap, chunk: &[u8]) -> u32 {
+    let mut rest = chunk;
+    let mut out_of_memory = 0u32;
+    loop {
+        if decoder.at_event_boundary() {
+            while let Some(len) = tap.read_raw(rest) {
+                rest = &rest[len..];
+            }
+        }
+        let head = match tap.needles().blank_line.find(rest) {
+            Some(at) if at + 2 < rest.len() && tap.reads_raw() => &rest[..at + 2],
+            _ => rest,
+        };
+        let status = decoder.feed_each(head, |d| on_dispatch(tap, &mut None, &mut None, d));
+        out_of_memory = out_of_memory.saturating_add(status.out_of_memory);
+        rest = &rest[head.len()..];
+        if rest.is_empty() {
+            return out_of_memory;
+        }
+    }
+}
+
 fn on_dispatch(
     tap: &mut Tap,
     output: &mut Option<Collect>,
@@ -317,6 +355,8 @@ fn on_dispatch(
                 Some(t) => {
                     let before = tap.mark();
                     tap.on_event(ev);
+                    // The log shows the running usage after each event.
+                    tap.flush_usage();
                     let (carried, set_usage) = before.changes(tap.mark());
                     t.on_event(ev.data, carried, set_usage.then(|| tap.output_tokens()));
                 }

@@ -16,6 +16,8 @@ pub(crate) struct Needles {
     pub finish_reason: Finder<'static>,
     pub delta: Finder<'static>,
     pub text: Finder<'static>,
+    /// The blank line that ends an event (LF framing).
+    pub blank_line: Finder<'static>,
 }
 
 impl Needles {
@@ -32,6 +34,7 @@ impl Needles {
             finish_reason: Finder::new(b"\"finish_reason\""),
             delta: Finder::new(b"\"delta\""),
             text: Finder::new(b"\"text\""),
+            blank_line: Finder::new(b"\n\n"),
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::builder::{Builder, Relation};
 use super::delta_template::DeltaTemplate;
 use super::event::EventInfo;
-use super::gemini_template::GeminiTemplate;
+use super::gemini_template::{GeminiMatch, GeminiTemplate};
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
 use super::template::{ChunkTemplate, CHAT_CONTENT};
@@ -34,11 +34,25 @@ pub(crate) struct Tap {
     pending_usage: Vec<u8>,
     /// The zero mask of `pending_usage`; None when nothing is pending.
     pending_zeros: Option<u64>,
+    /// The numbers of the usage object the Gemini fast path read last
+    /// (pending, or given to the report), while that is the report's usage
+    /// (empty otherwise).
+    gemini_counts: Vec<u64>,
+    /// The zero mask of that usage object.
+    gemini_zeros: u64,
+    /// Where the Gemini fast path reads a chunk's numbers.
+    gemini_scratch: Vec<u64>,
+    /// The SSE event name of the events `template` was learned from.
+    template_name: Vec<u8>,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
     /// [`MAX_REPORTS`] was reached in this stream.
     capped: bool,
+    /// Every event takes the slow path: the reference the fast paths are
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) slow_only: bool,
 }
 
 const RELEARN_BUDGET: u8 = 8;
@@ -62,8 +76,14 @@ impl Tap {
             gemini_template: None,
             pending_usage: Vec::new(),
             pending_zeros: None,
+            gemini_counts: Vec::new(),
+            gemini_zeros: 0,
+            gemini_scratch: Vec::new(),
+            template_name: Vec::new(),
             relearn_budget: RELEARN_BUDGET,
             capped: false,
+            #[cfg(test)]
+            slow_only: false,
         }
     }
 
@@ -144,6 +164,7 @@ impl Tap {
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
             self.flush_usage();
+            self.gemini_counts.clear();
             match self.parse(ev.event, data) {
                 Ok(info) => {
                     if info.delta {
@@ -171,7 +192,7 @@ impl Tap {
 
     /// The chat hot path (chat and legacy completions only): a plain content
     /// chunk only bumps the counters.
-    fn fast_chat(&mut self, data: &[u8]) -> Option<bool> {
+    fn fast_chat(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
         if !self.cur.fast_ok() {
             return None;
         }
@@ -181,35 +202,125 @@ impl Tap {
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
             let learned = ChunkTemplate::learn(data, CHAT_CONTENT);
+            if learned.is_some() {
+                set_name(&mut self.template_name, name);
+            }
             adopt(&mut self.template, &mut self.relearn_budget, learned);
         }
         Some(delta)
     }
 
     /// The Gemini hot path: a text chunk shaped like an earlier one bumps the
-    /// counter and keeps its usage object aside. Of two such objects with
-    /// the same zero mask the later one is what the report would keep either
-    /// way, so only a change of mask (or any other event) hands the pending
-    /// one to the report first; reading the usage waits until then.
+    /// counter and keeps its usage object aside. A running total that only
+    /// grew since the last one read (input unchanged, the same counts zero)
+    /// is what the report would keep either way, without a warning, so it
+    /// only replaces the pending one; reading it waits until another event
+    /// comes. Any other usage is given to the report at once, as the slow
+    /// path would.
     fn fast_gemini(&mut self, data: &[u8]) -> Option<bool> {
-        if !self.cur.fast_ok() {
+        if !self.cur.gemini_fast_ok() {
             return None;
         }
-        let m = self.gemini_template.as_ref()?.matches(data)?;
-        if self.pending_zeros.is_some_and(|zeros| zeros != m.zeros) {
-            self.flush_usage();
+        let template = self.gemini_template.as_ref()?;
+        let (m, end) = template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
+        if end != data.len() {
+            return None;
         }
-        self.pending_usage.clear();
+        self.take_gemini(m)
+    }
+
+    /// What the Gemini fast path does with a chunk that matched.
+    fn take_gemini(&mut self, m: GeminiMatch<'_>) -> Option<bool> {
         // Memory that cannot be had sends the chunk the slow way.
         self.pending_usage.try_reserve(m.usage.len()).ok()?;
-        self.pending_usage.extend_from_slice(m.usage);
-        self.pending_zeros = Some(m.zeros);
+        std::mem::swap(&mut self.gemini_counts, &mut self.gemini_scratch);
+        if m.grew && m.zeros == self.gemini_zeros {
+            self.pending_usage.clear();
+            self.pending_usage.extend_from_slice(m.usage);
+            self.pending_zeros = Some(m.zeros);
+        } else {
+            self.flush_usage();
+            self.cur.apply(self.api, &pending_info(m.usage));
+            self.gemini_zeros = m.zeros;
+        }
         Some(m.delta)
+    }
+
+    pub(crate) fn needles(&self) -> &'static Needles {
+        self.needles
+    }
+
+    /// Whether [`Tap::read_raw`] may read events: a shape was learned.
+    pub(crate) fn reads_raw(&self) -> bool {
+        match self.api {
+            Api::ChatCompletions | Api::AnthropicMessages => self.template.is_some(),
+            Api::Responses => self.delta_template.is_some(),
+            Api::Gemini => self.gemini_template.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The hot paths on raw bytes: when `bytes` begin with a whole event
+    /// (`event: <name>` when the template's events had one (Responses: the
+    /// template's name), one `data: `
+    /// line and the blank line, LF only, within `max_event_size`) whose
+    /// data has the learned shape, the event is counted as
+    /// [`Tap::on_event`] would count it and its length returned. The SSE
+    /// decoder must be between events.
+    pub(crate) fn read_raw(&mut self, bytes: &[u8]) -> Option<usize> {
+        #[cfg(test)]
+        if self.slow_only {
+            return None;
+        }
+        if self.api == Api::Responses {
+            return self.read_raw_delta(bytes);
+        }
+        let gemini = match self.api {
+            Api::ChatCompletions | Api::AnthropicMessages if self.template.is_some() => false,
+            Api::Gemini if self.gemini_template.is_some() => true,
+            _ => return None,
+        };
+        // Gemini reads no event names, and sends none.
+        let name: &[u8] = if gemini { b"" } else { &self.template_name };
+        let mut at = 0;
+        if !name.is_empty() {
+            let line = bytes.strip_prefix(b"event: ")?.strip_prefix(name)?;
+            if line.first() != Some(&b'\n') {
+                return None;
+            }
+            at = b"event: \n".len() + name.len();
+        }
+        let data = bytes.get(at..)?.strip_prefix(b"data: ")?;
+        at += b"data: ".len();
+        let (delta, len) = if gemini {
+            if !self.cur.gemini_fast_ok() {
+                return None;
+            }
+            let template = self.gemini_template.as_ref()?;
+            let (m, end) =
+                template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
+            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+                return None;
+            }
+            (self.take_gemini(m)?, end)
+        } else {
+            if self.api == Api::ChatCompletions && !self.cur.fast_ok() {
+                return None;
+            }
+            let (delta, end) = self.template.as_ref()?.match_len(data)?;
+            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+                return None;
+            }
+            (delta, end)
+        };
+        self.cur.report.delta_chunks += u64::from(delta);
+        self.cur.report.events += 1;
+        Some(at + len + 2)
     }
 
     /// Gives the pending Gemini usage to the report, as the slow path would
     /// have on its chunk.
-    fn flush_usage(&mut self) {
+    pub(crate) fn flush_usage(&mut self) {
         if self.pending_zeros.take().is_some() {
             let info = pending_info(&self.pending_usage);
             self.cur.apply(self.api, &info);
@@ -220,13 +331,35 @@ impl Tap {
     /// the counter (such an event changes nothing else in a report; a
     /// Gemini chunk's usage is kept aside).
     fn fast(&mut self, name: &[u8], data: &[u8]) -> Option<bool> {
+        #[cfg(test)]
+        if self.slow_only {
+            return None;
+        }
         match self.api {
-            Api::ChatCompletions | Api::Completions => self.fast_chat(data),
+            Api::ChatCompletions | Api::Completions => self.fast_chat(name, data),
             Api::Responses => self.delta_template.as_ref()?.matches(name, data),
             Api::AnthropicMessages => self.template.as_ref()?.matches(data),
             Api::Gemini => self.fast_gemini(data),
             _ => None,
         }
+    }
+
+    /// [`Tap::read_raw`] for Responses delta events: their data ends in
+    /// bytes that change (`sequence_number`), so the line end is searched.
+    fn read_raw_delta(&mut self, bytes: &[u8]) -> Option<usize> {
+        let template = self.delta_template.as_ref()?;
+        let name = template.name();
+        let line = bytes.strip_prefix(b"event: ")?.strip_prefix(name)?;
+        let data = line.strip_prefix(b"\n")?.strip_prefix(b"data: ")?;
+        let end = memchr::memchr2(b'\n', b'\r', data)?;
+        let at = b"event: \ndata: ".len() + name.len();
+        if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+            return None;
+        }
+        let delta = template.matches(name, &data[..end])?;
+        self.cur.report.delta_chunks += u64::from(delta);
+        self.cur.report.events += 1;
+        Some(at + end + 2)
     }
 
     /// Learns the shape of a delta event the slow path just read (chat
@@ -242,11 +375,15 @@ impl Tap {
             }
             Api::AnthropicMessages => {
                 let learned = ChunkTemplate::learn_anthropic(data);
+                if learned.is_some() {
+                    set_name(&mut self.template_name, name);
+                }
                 adopt(&mut self.template, &mut self.relearn_budget, learned);
             }
             Api::Gemini => {
                 let learned = GeminiTemplate::learn(data, info);
                 adopt(&mut self.gemini_template, &mut self.relearn_budget, learned);
+                self.gemini_counts.clear();
             }
             _ => {}
         }
@@ -330,6 +467,7 @@ impl Tap {
         self.template = None;
         self.delta_template = None;
         self.gemini_template = None;
+        self.gemini_counts.clear();
         self.relearn_budget = RELEARN_BUDGET;
     }
 
@@ -359,7 +497,9 @@ impl Tap {
         self.template = None;
         self.delta_template = None;
         self.gemini_template = None;
+        self.gemini_counts.clear();
         self.pending_usage = Vec::new();
+        self.template_name.clear();
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;
         reports
@@ -373,6 +513,17 @@ fn adopt<T>(slot: &mut Option<T>, budget: &mut u8, learned: Option<T>) {
     if let Some(shape) = learned {
         *slot = Some(shape);
         *budget -= 1;
+    }
+}
+
+/// Keeps the event name of a template's events. Only the raw hot path
+/// reads it, to know the bytes to expect (neither chat nor Anthropic reads
+/// the name of an event whose data has the template's shape), so memory
+/// that cannot be had only leaves it empty.
+fn set_name(slot: &mut Vec<u8>, name: &[u8]) {
+    slot.clear();
+    if slot.try_reserve(name.len()).is_ok() {
+        slot.extend_from_slice(name);
     }
 }
 
@@ -399,79 +550,4 @@ fn unknown(data: &[u8]) -> Result<EventInfo<'_>, Invalid> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feed(tap: &mut Tap, name: &str, data: &str) {
-        tap.on_event(EventRef {
-            event: name.as_bytes(),
-            data: data.as_bytes(),
-            id: b"",
-            retry: None,
-        });
-    }
-
-    #[test]
-    fn a_delta_of_another_shape_keeps_the_learned_template() {
-        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
-        let start = r#"{"type":"message_start","message":{"id":"m1","model":"c","usage":{"input_tokens":1}}}"#;
-        feed(&mut tap, "message_start", start);
-        let text =
-            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"}}"#;
-        // Not compact: no template is learned from it.
-        let spaced = r#"{"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "t"}}"#;
-        for _ in 0..2 * RELEARN_BUDGET {
-            feed(&mut tap, "content_block_delta", spaced);
-        }
-        assert!(tap.template.is_none());
-        assert_eq!(tap.relearn_budget, RELEARN_BUDGET);
-        feed(&mut tap, "content_block_delta", text);
-        let json = r#"{"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{"}}"#;
-        feed(&mut tap, "content_block_delta", json);
-        assert!(tap
-            .template
-            .as_ref()
-            .is_some_and(|t| t.matches(text.as_bytes()).is_some()));
-        assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 1);
-        assert_eq!(tap.delta_chunks(), 2 * u64::from(RELEARN_BUDGET) + 2);
-    }
-
-    #[test]
-    fn anthropic_thinking_and_tool_input_deltas_are_learned() {
-        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
-        let start = r#"{"type":"message_start","message":{"id":"m1","model":"c","usage":{"input_tokens":1}}}"#;
-        feed(&mut tap, "message_start", start);
-        let blocks = [
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"#,
-            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"#,
-            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"#,
-        ];
-        for (at, head) in blocks.iter().enumerate() {
-            feed(
-                &mut tap,
-                "content_block_delta",
-                &format!(r#"{head}"a"}}}}"#),
-            );
-            assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 1 - at as u8);
-            for (text, delta) in [(r#""b\"c""#, Some(true)), (r#""""#, Some(false))] {
-                let data = format!("{head}{text}}}}}");
-                let t = tap.template.as_ref().unwrap();
-                assert_eq!(t.matches(data.as_bytes()), delta, "{data}");
-                feed(&mut tap, "content_block_delta", &data);
-            }
-        }
-        assert_eq!(tap.relearn_budget, RELEARN_BUDGET - 3);
-        assert_eq!(tap.delta_chunks(), 6);
-    }
-
-    #[test]
-    fn the_open_response_id_is_decoded() {
-        let mut tap = Tap::new(ApiHint::Auto, 1 << 20);
-        feed(
-            &mut tap,
-            "",
-            r#"{"id":"a\/b","object":"chat.completion.chunk","model":"m","choices":[]}"#,
-        );
-        assert_eq!(tap.response_id().as_deref(), Some("a/b"));
-    }
-}
+mod tests;

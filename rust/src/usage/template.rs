@@ -40,16 +40,80 @@ pub(crate) struct ChunkTemplate {
 }
 
 /// The offset just past the closing quote of the JSON string whose content
-/// starts at `start`, or None if it does not close.
+/// starts at `start`, or None if it does not close or is not valid JSON (a
+/// control character or an unknown escape, which the slow path would count
+/// as invalid: such an event must take it).
 pub(crate) fn string_end(data: &[u8], start: usize) -> Option<usize> {
     let mut at = start;
     loop {
-        let found = at + memchr2(b'"', b'\\', data.get(at..)?)?;
-        if data[found] == b'"' {
-            return Some(found + 1);
+        let found = special(data, at)?;
+        match data[found] {
+            b'"' => return Some(found + 1),
+            b'\\' => at = found + 1 + escape_len(data.get(found + 1..)?)?,
+            _ => return None,
         }
-        at = found + 2;
     }
+}
+
+/// The length of the escape after a backslash, when it is a JSON escape.
+fn escape_len(rest: &[u8]) -> Option<usize> {
+    match rest.first()? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(1),
+        b'u' if rest.get(1..5)?.iter().all(u8::is_ascii_hexdigit) => Some(5),
+        _ => None,
+    }
+}
+
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+
+/// The flags of the `"`, `\` and control bytes of the word `w`: the lowest
+/// flag is the first such byte (flags above it may be false).
+#[inline]
+fn flags(w: u64) -> u64 {
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    below(w ^ (ONES * u64::from(b'"')), 1)
+        | below(w ^ (ONES * u64::from(b'\\')), 1)
+        | below(w, 0x20)
+}
+
+fn word_at(data: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&data[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Where the first `"`, `\` or control character of `data` at or after
+/// `from` is. Eight bytes at a time in a register: delta texts are mostly a
+/// few bytes long, where a SIMD search costs more in setting up than it
+/// saves, and this finds the control characters too. The last bytes are
+/// read as the last eight of `data`, those before `from` masked out.
+#[inline]
+fn special(data: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i + 8 <= data.len() {
+        let hits = flags(word_at(data, i));
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    if i >= data.len() {
+        return None;
+    }
+    if data.len() < 8 {
+        return data[i..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map(|at| i + at);
+    }
+    let base = data.len() - 8;
+    // Bytes before `i` become a byte that is never flagged (so no borrow
+    // from them reaches the bytes that count).
+    let keep = u64::MAX << ((i - base) * 8);
+    let w = (word_at(data, base) & keep) | ((ONES * 0x7f) & !keep);
+    let hits = flags(w);
+    (hits != 0).then(|| base + (hits.trailing_zeros() / 8) as usize)
 }
 
 impl ChunkTemplate {
@@ -94,16 +158,33 @@ impl ChunkTemplate {
 
     /// `Some(non_empty_content)` when `data` has exactly this shape.
     pub(crate) fn matches(&self, data: &[u8]) -> Option<bool> {
-        let body = data.strip_prefix(self.prefix.as_slice())?;
-        let end = string_end(body, 0)?;
-        let rest = body[end..].strip_prefix(self.tail.as_slice())?;
-        let shaped = if self.obfuscated {
-            rest.strip_prefix(OBFUSCATION_KEY)
-                .is_some_and(is_plain_string_then_brace)
-        } else {
-            rest.is_empty()
-        };
-        shaped.then_some(end > 1)
+        self.match_len(data)
+            .and_then(|(delta, end)| (end == data.len()).then_some(delta))
+    }
+
+    /// Whether `bytes` begin with this shape: its delta flag and length.
+    /// What follows is not looked at (an SSE event's data may go on).
+    pub(crate) fn match_len(&self, bytes: &[u8]) -> Option<(bool, usize)> {
+        if !bytes.starts_with(&self.prefix) {
+            return None;
+        }
+        let start = self.prefix.len();
+        let end = string_end(bytes, start)?;
+        let after = end + self.tail.len();
+        if !bytes[end..].starts_with(&self.tail) {
+            return None;
+        }
+        let delta = end > start + 1;
+        if !self.obfuscated {
+            return Some((delta, after));
+        }
+        // `,"obfuscation":"abc"}`: a plain string, then the closing brace.
+        let padding = after + OBFUSCATION_KEY.len();
+        if !bytes[after..].starts_with(OBFUSCATION_KEY) {
+            return None;
+        }
+        let quote = special(bytes, padding)?;
+        (bytes[quote..].starts_with(b"\"}")).then_some((delta, quote + 2))
     }
 }
 
@@ -119,6 +200,50 @@ fn is_plain_string_then_brace(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_ends_at_every_length_and_escape() {
+        for len in 0..80 {
+            for at in 0..=len {
+                for b in [
+                    b'"', b'\\', 0, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']',
+                ] {
+                    let mut s = vec![b'a'; len];
+                    if at < len {
+                        s[at] = b;
+                    }
+                    let expected = s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                    assert_eq!(special(&s, 0), expected, "{len} {at} {b}");
+                    // From further in, with matches before the start.
+                    for from in 0..=len.min(12) {
+                        let mut t = s.clone();
+                        t[..from].fill(b'"');
+                        let expected = t[from..]
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                            .map(|p| p + from);
+                        assert_eq!(special(&t, from), expected, "{len} {at} {b} {from}");
+                    }
+                }
+            }
+        }
+        assert_eq!(string_end(br#"a\"b\\"c"#, 0), Some(7));
+        assert_eq!(string_end(br#"\u0022\"\\\"""#, 0), Some(13));
+        assert_eq!(string_end(br#"abc\"#, 0), None);
+        assert_eq!(string_end(br#"abc\\"#, 0), None);
+        for invalid in [
+            &br#"\x""#[..],
+            br#"\u00""#,
+            br#"\uZZZZ""#,
+            b"a\x01b\"",
+            b"\t\"",
+        ] {
+            assert_eq!(string_end(invalid, 0), None);
+        }
+        assert_eq!(string_end(br#"\/\b\f\n\r\t\uD83d""#, 0), Some(19));
+        let long = format!("{}\\\"{}\"x", "é".repeat(40), "u".repeat(70));
+        assert_eq!(string_end(long.as_bytes(), 0), Some(long.len() - 1));
+    }
 
     const A: &[u8] = br#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"Hi \"there\""},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"xYz"}"#;
 
