@@ -338,3 +338,23 @@ def test_price_report_without_model_or_usage() -> None:
     assert priced.cost is None and reason == "no usage to price" and priced.choices == ()
     priced, reason = price_report(report.replace(model="nope-1"), requested_model="gpt-4o-mini")
     assert reason is None and priced.cost is not None and "gpt-4o-mini" in priced.cost.source
+
+
+def test_unknown_models_are_remembered_within_a_bound() -> None:
+    """A miss is looked up once (genai-prices walks every model's rules on a miss), gives the
+    same reason the second time, and the memory of misses stays bounded whatever names come."""
+    from ssetally import _cost
+
+    usage = Usage(input_tokens=3, output_tokens=5)
+    first = cost_of(usage, model="no-such-model-xyz", api="chat.completions")
+    second = cost_of(usage, model="No-Such-Model-XYZ", api="chat.completions")
+    assert first[0] is None and second[0] is None
+    assert first[1] is not None and first[1] == second[1].replace(
+        "No-Such-Model-XYZ", "no-such-model-xyz"
+    )
+    for i in range(_cost._MISSES_LIMIT + 50):
+        cost_of(usage, model=f"hostile-{i}", api="chat.completions")
+    assert len(_cost._MISSES) <= _cost._MISSES_LIMIT
+    # A known model is still priced after the misses.
+    known, reason = cost_of(usage, model="gpt-4o-mini", api="chat.completions")
+    assert known is not None and reason is None and known.total > 0
