@@ -245,6 +245,51 @@ def test_peak_memory_of_an_endless_line_in_any_buffer(
     assert grown <= allowed, f"{kind} fed {container}: peak grew {grown / MiB:.1f} MiB"
 
 
+def _chat(n: int) -> bytes:
+    """A Chat stream with ``include_usage`` (CRLF lines, so windows cut CR from LF too)."""
+    body = "".join(
+        f'data: {{"id":"c","choices":[{{"index":0,"delta":{{"content":"w{i} \u00e9"}}}}],'
+        f'"usage":null}}\r\n\r\n'
+        for i in range(n)
+    )
+    usage = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}'
+    return (body + usage + "\r\n\r\ndata: [DONE]\r\n\r\n").encode()
+
+
+def _everything(data: Any) -> tuple[Any, ...]:
+    """What each native class makes of ``data`` fed at once."""
+    events = SSEDecoder().feed(data)
+    lines = LineDecoder().feed(data)
+    tap = UsageTap()
+    tap.feed(data)
+    (report,) = tap.finish_raw()
+    stripper = UsageChunkStripper()
+    out = stripper.feed(data)
+    counters = (stripper.stripped, stripper.nulls_removed, stripper.oversized)
+    return events, lines, report[:2], report[8:13], out, counters
+
+
+def test_a_large_buffer_read_in_windows_decodes_like_bytes() -> None:
+    """A ``bytearray`` or ``memoryview`` over 1 MiB is read a window at a time, and the
+    windows cut events, lines and CRLFs: every class gives exactly what it gives for the
+    same ``bytes``; so does a strided view (copied whole) and a view of part of ``bytes``.
+    The stripper's output of a large chunk (counted, then written in place) is what it
+    gives fed in small chunks."""
+    data = _chat(40_000)
+    assert len(data) > 3 * MiB
+    want = _everything(data)
+    assert want[5] == (1, 40_000, 0) and len(want[0]) == 40_002
+    strided = memoryview(bytes(b for b in data for _ in (0, 1)))[::2]
+    assert not strided.c_contiguous
+    for buffer in (bytearray(data), memoryview(bytearray(data)), memoryview(data), strided):
+        assert _everything(buffer) == want, type(buffer)
+    part = memoryview(b"?" + data)[1:]
+    assert _everything(part) == want
+    stripper = UsageChunkStripper()
+    small = b"".join(stripper.feed(data[i : i + 1000]) for i in range(0, len(data), 1000))
+    assert small + stripper.finish() == want[4]
+
+
 # ------------------------------------------------------------------------ out of memory
 
 _OOM = """

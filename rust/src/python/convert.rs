@@ -73,27 +73,36 @@ pub(super) fn to_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py
 
 /// The bytes a `feed` was given.
 pub(super) enum Input<'py> {
-    /// A `bytes` object (or the one a `memoryview` shows whole), read in
-    /// place: it cannot change.
+    /// A `bytes` object (the one given, the one a `memoryview` shows whole,
+    /// or a copy of a short buffer), read in place: it cannot change.
     InPlace(Bound<'py, PyBytes>),
-    /// Any other contiguous buffer (a `bytearray`, a view of part of
-    /// `bytes` or of a `bytearray`), as a flat view of its `len` bytes that
-    /// is copied a [`WINDOW`] at a time.
+    /// Any other contiguous buffer longer than a [`WINDOW`] (a `bytearray`,
+    /// a view of part of `bytes` or of a `bytearray`), as a flat view of
+    /// its `len` bytes that is copied a window at a time.
     Windows { view: Bound<'py, PyAny>, len: usize },
 }
 
 impl<'py> Input<'py> {
-    /// Accepts `bytes`, `bytearray` and `memoryview`. Only a view that is
-    /// not C-contiguous is copied whole (by Python, `bytes(data)`, so that
-    /// a copy too large raises `MemoryError`); nothing else is.
+    /// Accepts `bytes`, `bytearray` and `memoryview`. A buffer that is
+    /// not `bytes` is copied (by Python, `bytes(data)`, so that a copy too
+    /// large raises `MemoryError`) only when it is at most a [`WINDOW`]
+    /// long, or not C-contiguous (a strided view, copied whole); a longer
+    /// one is read a window at a time.
     pub(super) fn new(data: &Bound<'py, PyAny>) -> PyResult<Self> {
         let py = data.py();
+        let copy = |data: &Bound<'py, PyAny>| -> PyResult<Self> {
+            let copy = py.get_type::<PyBytes>().call1((data,))?;
+            Ok(Self::InPlace(copy.cast_into::<PyBytes>()?))
+        };
         if let Ok(bytes) = data.cast::<PyBytes>() {
             return Ok(Self::InPlace(bytes.clone()));
         }
         let view = if let Ok(view) = data.cast::<PyMemoryView>() {
             view.clone().into_any()
-        } else if data.cast::<PyByteArray>().is_ok() {
+        } else if let Ok(array) = data.cast::<PyByteArray>() {
+            if array.len() <= WINDOW {
+                return copy(data);
+            }
             PyMemoryView::from(data)?.into_any()
         } else {
             return Err(PyTypeError::new_err(format!(
@@ -101,16 +110,19 @@ impl<'py> Input<'py> {
                 data.get_type().name()?
             )));
         };
-        if !view.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
-            let copy = py.get_type::<PyBytes>().call1((data,))?;
-            return Self::new(&copy);
-        }
         let len: usize = view.getattr(intern!(py, "nbytes"))?.extract()?;
-        // A contiguous view as long as the `bytes` it shows is all of it.
-        if let Ok(owner) = view.getattr(intern!(py, "obj"))?.cast_into::<PyBytes>() {
-            if owner.as_bytes().len() == len {
-                return Ok(Self::InPlace(owner));
+        let contiguous = view.getattr(intern!(py, "c_contiguous"))?.is_truthy()?;
+        if contiguous {
+            // A contiguous view as long as the `bytes` it shows is all of it.
+            let owner = view.getattr(intern!(py, "obj"))?;
+            if let Ok(owner) = owner.cast_into::<PyBytes>() {
+                if owner.as_bytes().len() == len {
+                    return Ok(Self::InPlace(owner));
+                }
             }
+        }
+        if len <= WINDOW || !contiguous {
+            return copy(&view);
         }
         // One byte per item and one dimension, so slices count bytes.
         let view = view.call_method1(intern!(py, "cast"), (intern!(py, "B"),))?;
