@@ -113,9 +113,10 @@ impl<'py> Input<'py> {
         let len: usize = view.getattr(intern!(py, "nbytes"))?.extract()?;
         let contiguous = view.getattr(intern!(py, "c_contiguous"))?.is_truthy()?;
         if contiguous {
-            // A contiguous view as long as the `bytes` it shows is all of it.
+            // A contiguous view as long as the `bytes` it shows is all of it
+            // (exactly `bytes`: a subclass may export other bytes).
             let owner = view.getattr(intern!(py, "obj"))?;
-            if let Ok(owner) = owner.cast_into::<PyBytes>() {
+            if let Ok(owner) = owner.cast_into_exact::<PyBytes>() {
                 if owner.as_bytes().len() == len {
                     return Ok(Self::InPlace(owner));
                 }
