@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -151,6 +152,127 @@ def test_an_endless_line_is_not_kept(kind: str, chunk: int | None, endless_line:
     assert after(TAIL) == after_tail
 
 
+def _feeder(kind: str, limit: int) -> Callable[[Any], object]:
+    if kind == "decoder":
+        decoder = SSEDecoder(max_event_size=limit)
+
+        def feed(chunk: Any) -> object:
+            try:
+                return decoder.feed(chunk)
+            except EventTooLargeError as exc:
+                return exc.events
+
+        return feed
+    if kind == "lines":
+        lines = LineDecoder(max_line_size=limit)
+
+        def feed_lines(chunk: Any) -> object:
+            try:
+                return lines.feed(chunk)
+            except EventTooLargeError as exc:
+                return exc.lines
+
+        return feed_lines
+    if kind == "tap":
+        return UsageTap(max_event_size=limit).feed
+    return UsageChunkStripper(max_event_size=limit).feed
+
+
+# ------------------------------------------------------------------------ peak memory, any buffer
+
+PEAK_LINE = 64 * MiB
+#: The buffer types a feed takes, each made from the line before the measure starts.
+CONTAINERS: dict[str, Callable[[bytes], Any]] = {
+    "bytes": lambda data: data,
+    "bytearray": bytearray,
+    "memoryview": memoryview,
+    "memoryview-bytearray": lambda data: memoryview(bytearray(data)),
+}
+
+
+@pytest.fixture(scope="module")
+def peak_line() -> bytes:
+    return b"data: " + b"x" * PEAK_LINE
+
+
+@linux_only
+@pytest.mark.skipif(not peak_reset(), reason="the kernel does not let VmHWM be reset")
+@pytest.mark.parametrize("chunk", [None, MiB], ids=["one-chunk", "1MiB-chunks"])
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+@pytest.mark.parametrize("kind", sorted(FEEDERS))
+def test_peak_memory_of_an_endless_line_in_any_buffer(
+    kind: str, container: str, chunk: int | None, peak_line: bytes
+) -> None:
+    """The peak resident set while a 64 MiB line that never ends is fed, in one chunk or in
+    1 MiB chunks of ``bytes``, ``bytearray`` or ``memoryview``, grows by at most twice the
+    1 MiB limit plus slack: no feed copies a buffer whole (one that is not ``bytes`` is read
+    a 1 MiB window at a time), and the stripper hands back the very ``bytes`` it was given
+    when it forwards all of it. Only a stripper given all of a ``bytearray`` at once may
+    grow by its size more: it returns ``bytes``, so it must copy what it forwards, once."""
+    whole = CONTAINERS[container](peak_line)
+    feed = _feeder(kind, LIMIT)
+    step = chunk or len(whole)
+    copies = kind == "stripper" and chunk is None and "bytearray" in container
+    allowed = 2 * LIMIT + 8 * MiB + 2 * (chunk or 0) + (len(whole) if copies else 0)
+    peak_reset()
+    before = peak_rss()
+    if chunk is None:
+        out = feed(whole)
+        if kind == "stripper" and container in ("bytes", "memoryview"):
+            assert out is peak_line
+        del out
+    else:
+        for at in range(0, len(whole), step):
+            feed(whole[at : at + step])
+    grown = peak_rss() - before
+    assert grown <= allowed, f"{kind} fed {container}: peak grew {grown / MiB:.1f} MiB"
+
+
+def _chat(n: int) -> bytes:
+    """A Chat stream with ``include_usage`` (CRLF lines, so windows cut CR from LF too)."""
+    body = "".join(
+        f'data: {{"id":"c","choices":[{{"index":0,"delta":{{"content":"w{i} \u00e9"}}}}],'
+        f'"usage":null}}\r\n\r\n'
+        for i in range(n)
+    )
+    usage = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}'
+    return (body + usage + "\r\n\r\ndata: [DONE]\r\n\r\n").encode()
+
+
+def _everything(data: Any) -> tuple[Any, ...]:
+    """What each native class makes of ``data`` fed at once."""
+    events = SSEDecoder().feed(data)
+    lines = LineDecoder().feed(data)
+    tap = UsageTap()
+    tap.feed(data)
+    (report,) = tap.finish_raw()
+    stripper = UsageChunkStripper()
+    out = stripper.feed(data)
+    counters = (stripper.stripped, stripper.nulls_removed, stripper.oversized)
+    return events, lines, report[:2], report[8:13], out, counters
+
+
+def test_a_large_buffer_read_in_windows_decodes_like_bytes() -> None:
+    """A ``bytearray`` or ``memoryview`` over 1 MiB is read a window at a time, and the
+    windows cut events, lines and CRLFs: every class gives exactly what it gives for the
+    same ``bytes``; so does a strided view (copied whole) and a view of part of ``bytes``.
+    The stripper's output of a large chunk (counted, then written in place) is what it
+    gives fed in small chunks."""
+    data = _chat(40_000)
+    assert len(data) > 3 * MiB
+    want = _everything(data)
+    assert want[5] == (1, 40_000, 0) and len(want[0]) == 40_002
+    strided = memoryview(bytes(b for b in data for _ in (0, 1)))[::2]
+    assert not strided.c_contiguous
+    for buffer in (bytearray(data), memoryview(bytearray(data)), memoryview(data), strided):
+        assert _everything(buffer) == want, type(buffer)
+    part = memoryview(b"?" + data)[1:]
+    assert _everything(part) == want
+    stripper = UsageChunkStripper()
+    small = b"".join(stripper.feed(data[i : i + 1000]) for i in range(0, len(data), 1000))
+    assert small + stripper.finish() == want[4]
+
+
 # ------------------------------------------------------------------------ out of memory
 
 _OOM = """
@@ -158,26 +280,34 @@ import resource, sys
 from ssetally._core import LineDecoder, SSEDecoder, UsageChunkStripper, UsageTap
 GiB = 1 << 30
 data = b"data: " + b"x" * (300 << 20)
+kind = sys.argv[1]
+if kind == "stripper-bytearray":
+    data = bytearray(data)
 with open("/proc/self/statm") as f:
     size = int(f.read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (size + (96 << 20), resource.RLIM_INFINITY))
-kind = sys.argv[1]
 if kind == "tap":
     tap = UsageTap(max_event_size=GiB)
     tap.feed(data)
     tap.feed(b"\\n\\n")
     (report,) = tap.finish_raw()
     print("flagged" if report[12] == 1 and any("memory" in w for w in report[14]) else report)
+elif kind == "stripper":
+    # Too large to hold, so forwarded as it comes: nothing to copy, the very object back.
+    stripper = UsageChunkStripper(max_event_size=GiB)
+    out = stripper.feed(data)
+    print("forwarded" if out is data and stripper.oversized == 1 else (len(out), stripper.oversized))
 else:
     obj = {
         "decoder": lambda: SSEDecoder(max_event_size=GiB),
         "lines": lambda: LineDecoder(max_line_size=GiB),
-        "stripper": lambda: UsageChunkStripper(max_event_size=GiB),
+        # A bytearray passes whole too, but its bytes must be copied: no room for that.
+        "stripper-bytearray": lambda: UsageChunkStripper(max_event_size=GiB),
     }[kind]()
     try:
         obj.feed(data)
     except MemoryError:
-        print("MemoryError")
+        print("MemoryError" if getattr(obj, "oversized", 0) == 0 else "consumed")
     else:
         print("no error")
 """
@@ -189,13 +319,17 @@ else:
     [
         ("decoder", "MemoryError"),
         ("lines", "MemoryError"),
-        ("stripper", "MemoryError"),
+        ("stripper", "forwarded"),
+        ("stripper-bytearray", "MemoryError"),
         ("tap", "flagged"),
     ],
 )
 def test_running_out_of_memory_does_not_abort(kind: str, outcome: str) -> None:
     """Under an address-space limit too small for the 300 MiB line, with a limit that
-    would allow it, the feed fails cleanly instead of aborting the interpreter."""
+    would allow it, the feed fails cleanly instead of aborting the interpreter. The stripper
+    needs no memory for a ``bytes`` line it cannot hold (it forwards the object itself,
+    flagged oversized); a ``bytearray`` must be copied, and when it cannot be, nothing of it
+    is consumed."""
     done = subprocess.run(
         [sys.executable, "-c", _OOM, kind], check=False, capture_output=True, text=True, timeout=60
     )
@@ -345,32 +479,6 @@ PROPERTY_LIMIT = 64 * KiB
 PROPERTY_LINE = 24 * MiB
 
 
-def _feeder(kind: str) -> Callable[[bytes], object]:
-    if kind == "decoder":
-        decoder = SSEDecoder(max_event_size=PROPERTY_LIMIT)
-
-        def feed(chunk: bytes) -> object:
-            try:
-                return decoder.feed(chunk)
-            except EventTooLargeError as exc:
-                return exc.events
-
-        return feed
-    if kind == "lines":
-        lines = LineDecoder(max_line_size=PROPERTY_LIMIT)
-
-        def feed_lines(chunk: bytes) -> object:
-            try:
-                return lines.feed(chunk)
-            except EventTooLargeError as exc:
-                return exc.lines
-
-        return feed_lines
-    if kind == "tap":
-        return UsageTap(max_event_size=PROPERTY_LIMIT).feed
-    return UsageChunkStripper(max_event_size=PROPERTY_LIMIT).feed
-
-
 #: The hostile line once per run (24 MiB); each example cuts it differently.
 _LINE = b"x" * PROPERTY_LINE
 
@@ -391,7 +499,7 @@ def test_peak_memory_stays_within_the_limit_for_any_chunking(
     grows by no more than twice the 64 KiB limit, plus the largest chunk (each is a fresh
     ``bytes``) and allocator slack. The first 256 KiB (where the limit is crossed) go in
     ``small``-byte pieces, the rest in chunks cycling through ``sizes``."""
-    feed = _feeder(kind)
+    feed = _feeder(kind, PROPERTY_LIMIT)
     data = head + _LINE
     tiny_span = 4 * PROPERTY_LIMIT
     peak_reset()

@@ -32,6 +32,30 @@ enum Lf {
     Drop,
 }
 
+/// Where the stripper puts the bytes it forwards, in order. `put` cannot
+/// fail: a sink that allocates makes its room before the feed.
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// Appends; `feed` reserves the room first, so nothing reallocates.
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts the forwarded bytes, keeping none: the length of an output, so
+/// that it can be written straight into a buffer of that size.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl Sink for Count {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
 /// Streaming filter: feed bytes, get the bytes to forward.
 #[derive(Debug)]
 pub struct UsageChunkStripper {
@@ -96,23 +120,50 @@ impl UsageChunkStripper {
         self.block.len()
     }
 
+    /// A copy with the same state and counters, or an error when memory
+    /// for the held bytes cannot be had.
+    pub fn try_clone(&self) -> Result<Self, TryReserveError> {
+        let mut block = Vec::new();
+        block.try_reserve_exact(self.block.len())?;
+        block.extend_from_slice(&self.block);
+        Ok(Self {
+            max_event_size: self.max_event_size,
+            block,
+            at_line_start: self.at_line_start,
+            after_cr: self.after_cr,
+            passing: self.passing,
+            stripped: self.stripped,
+            nulls_removed: self.nulls_removed,
+            oversized: self.oversized,
+        })
+    }
+
     /// Appends to `out` the bytes of `chunk` (and of earlier held-back
     /// bytes) that can be forwarded now. Fails, changing nothing, only when
     /// memory for the output cannot be had.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TryReserveError> {
-        if chunk.is_empty() {
-            // Nothing to forward, and a pending CR must wait for real bytes.
-            return Ok(());
-        }
         // Each held and each new byte is forwarded at most once: with this
         // room, nothing below allocates for the output.
         out.try_reserve(self.block.len() + chunk.len())?;
+        self.feed_into(chunk, out);
+        Ok(())
+    }
+
+    /// [`feed`](Self::feed) into any sink. What is forwarded is always the
+    /// held bytes and `chunk`, in order, less what was stripped or is held
+    /// back: when nothing was held before, an output as long as `chunk` is
+    /// `chunk` itself.
+    pub fn feed_into<S: Sink + ?Sized>(&mut self, chunk: &[u8], out: &mut S) {
+        if chunk.is_empty() {
+            // Nothing to forward, and a pending CR must wait for real bytes.
+            return;
+        }
         let mut input = chunk;
         if let Some(lf) = self.after_cr.take() {
             if input[0] == b'\n' {
                 match lf {
                     Lf::Hold => self.take(b"\n", out),
-                    Lf::Forward => out.push(b'\n'),
+                    Lf::Forward => out.put(b"\n"),
                     Lf::Drop => {}
                 }
                 input = &input[1..];
@@ -144,7 +195,6 @@ impl UsageChunkStripper {
             self.at_line_start = false;
             self.take(input, out);
         }
-        Ok(())
     }
 
     /// End of stream: the held-back bytes of an unfinished block, unchanged.
@@ -160,21 +210,21 @@ impl UsageChunkStripper {
 
     /// Bytes of the block being read: held, or forwarded once the block is
     /// too long to hold (or memory to hold it cannot be had).
-    fn take(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+    fn take<S: Sink + ?Sized>(&mut self, bytes: &[u8], out: &mut S) {
         if self.passing {
-            out.extend_from_slice(bytes);
+            out.put(bytes);
         } else if self.block.len() + bytes.len() > self.max_event_size
             || buf::extend(&mut self.block, bytes, self.max_event_size).is_err()
         {
             self.pass(out);
-            out.extend_from_slice(bytes);
+            out.put(bytes);
         }
     }
 
     /// The block goes over the limit: what is held is forwarded, and so is
     /// the rest of the block as it comes.
-    fn pass(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.block);
+    fn pass<S: Sink + ?Sized>(&mut self, out: &mut S) {
+        out.put(&self.block);
         buf::release(&mut self.block);
         self.passing = true;
         self.oversized += 1;
@@ -183,19 +233,19 @@ impl UsageChunkStripper {
     /// A blank line (`line`, its terminator) ended the block: forward the
     /// block, cut or not, or drop it. Returns the fate of an LF that may
     /// still follow a CR.
-    fn end_block(&mut self, line: &[u8], out: &mut Vec<u8>) -> Lf {
+    fn end_block<S: Sink + ?Sized>(&mut self, line: &[u8], out: &mut S) -> Lf {
         // The first terminator byte counts; a CRLF's LF may come in the next
         // chunk, so it must not decide anything.
         if !self.passing && self.block.len() + 1 > self.max_event_size {
             self.pass(out);
         }
         if std::mem::take(&mut self.passing) {
-            out.extend_from_slice(line);
+            out.put(line);
             return Lf::Forward;
         }
         let lf = match judge(&self.block) {
             Verdict::Keep => {
-                out.extend_from_slice(&self.block);
+                out.put(&self.block);
                 Lf::Forward
             }
             Verdict::Drop => {
@@ -204,13 +254,13 @@ impl UsageChunkStripper {
             }
             Verdict::Cut(range) => {
                 self.nulls_removed += 1;
-                out.extend_from_slice(&self.block[..range.start]);
-                out.extend_from_slice(&self.block[range.end..]);
+                out.put(&self.block[..range.start]);
+                out.put(&self.block[range.end..]);
                 Lf::Forward
             }
         };
         if lf == Lf::Forward {
-            out.extend_from_slice(line);
+            out.put(line);
         }
         self.block.clear();
         lf

@@ -163,3 +163,42 @@ fn deeply_nested_chunks_are_judged_like_shallow_ones() {
         assert_eq!(run(&[broken.as_bytes()]), (broken.clone().into_bytes(), 0));
     }
 }
+
+/// Counting on a copy of the state gives the length of what the real feed
+/// then forwards, under every split, and the copy ends in the same state;
+/// an output as long as its chunk, with nothing held before, is the chunk.
+#[test]
+fn a_count_on_a_copy_matches_the_feed() {
+    let long: &[u8] = b"data: {\"choices\":[],\"usage\":{\"total_tokens\":12345678}}\r\n\r\n";
+    let stream = [STREAM, long, b"data: x\n\n", STREAM].concat();
+    for limit in [40, 1 << 20] {
+        for i in 0..=stream.len() {
+            let mut s = UsageChunkStripper::new(limit);
+            let mut all = Vec::new();
+            for chunk in [&stream[..i], &stream[i..]] {
+                let held = s.held();
+                let mut probe = s.try_clone().unwrap();
+                let mut count = Count(0);
+                probe.feed_into(chunk, &mut count);
+                let mut out = Vec::new();
+                s.feed(chunk, &mut out).unwrap();
+                assert_eq!(count.0, out.len(), "limit {limit} split {i}");
+                assert_eq!(
+                    (
+                        probe.held(),
+                        probe.stripped,
+                        probe.nulls_removed,
+                        probe.oversized
+                    ),
+                    (s.held(), s.stripped, s.nulls_removed, s.oversized)
+                );
+                if held == 0 && out.len() == chunk.len() {
+                    assert_eq!(out, chunk);
+                }
+                all.extend(out);
+            }
+            s.finish(&mut all).unwrap();
+            assert_eq!(all.len(), run_with(limit, &[&stream]).0.len());
+        }
+    }
+}

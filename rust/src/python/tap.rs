@@ -1,0 +1,186 @@
+//! The usage extractor of `ssetally._core`: `UsageTap`, the native base of
+//! `ssetally.UsageTap`.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use super::convert::{Input, DETACH_THRESHOLD};
+use super::report::{output_dict, report_tuple};
+use crate::sse::{DecoderConfig, DEFAULT_MAX_EVENT_SIZE};
+use crate::usage::{ApiHint, UsageTap as CoreTap};
+
+/// The usage extractor: frames the stream and reads usage natively,
+/// creating no Python object per event. `ssetally.UsageTap` subclasses
+/// it, so `feed` is called with no Python frame in between.
+#[pyclass(subclass, module = "ssetally._core")]
+pub struct UsageTap {
+    inner: CoreTap,
+    bytes_fed: u64,
+    /// The `store` flag the last finished stream's responses echoed,
+    /// readable after `finish_raw` reset the tap.
+    finished_store: Option<bool>,
+}
+
+#[pymethods]
+impl UsageTap {
+    #[new]
+    #[pyo3(
+        signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false),
+        text_signature = "(api='auto', *, max_event_size=16777216, collect_output=False, timeline=False)"
+    )]
+    fn new(
+        api: &str,
+        max_event_size: usize,
+        collect_output: bool,
+        timeline: bool,
+    ) -> PyResult<Self> {
+        let hint: ApiHint = api
+            .parse()
+            .map_err(|e: crate::usage::UnknownApiHint| PyValueError::new_err(e.to_string()))?;
+        if max_event_size == 0 {
+            return Err(PyValueError::new_err("max_event_size must be positive"));
+        }
+        let config = DecoderConfig {
+            max_event_size,
+            retry_only_events: false,
+        };
+        let mut inner = CoreTap::new(hint, config);
+        if collect_output {
+            inner = inner.collecting_output();
+        }
+        if timeline {
+            inner = inner.with_timeline();
+        }
+        Ok(Self {
+            inner,
+            bytes_fed: 0,
+            finished_store: None,
+        })
+    }
+
+    /// Tap one chunk of the stream. Never raises on any bytes.
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let input = Input::new(data)?;
+        if self.bytes_fed == 0 {
+            // A new stream: the last one's flag no longer applies.
+            self.finished_store = None;
+        }
+        self.bytes_fed += input.len() as u64;
+        let inner = &mut self.inner;
+        input.for_each(|piece| {
+            if piece.len() >= DETACH_THRESHOLD {
+                py.detach(|| inner.feed(piece));
+            } else {
+                inner.feed(piece);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// End of stream: a report tuple per response in it (at least one).
+    /// The tap is reset for a new stream; the output stays readable.
+    fn finish_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.bytes_fed = 0;
+        let finished = self.inner.finish();
+        self.finished_store = finished.iter().rev().find_map(|r| r.store);
+        let reports = finished
+            .iter()
+            .map(|r| report_tuple(py, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, reports)
+    }
+
+    /// The reports so far, without ending the stream.
+    fn snapshot_raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let reports = self
+            .inner
+            .snapshot()
+            .iter()
+            .map(|r| report_tuple(py, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, reports)
+    }
+
+    /// The reassembled output (`{"choices": [...]}`), or None when the tap
+    /// was not asked to collect it.
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.inner.output().map(|o| output_dict(py, o)).transpose()
+    }
+
+    /// The reassembled output of every response of the stream, in order
+    /// (one per report), each `{"response_id": ..., "choices": [...]}`;
+    /// empty when the tap was not asked to collect it.
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .inner
+            .outputs()
+            .into_iter()
+            .map(|o| output_dict(py, o))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// Gives the output events of the reads fed since the last call the
+    /// clock reading `at` (no-op unless the tap keeps a timeline).
+    fn stamp(&mut self, at: f64) {
+        self.inner.stamp(at);
+    }
+
+    /// The timing log, or None unless the tap keeps one: `(at, text_end,
+    /// output_tokens, text, kept_chars, dropped, dropped_chars)`, the
+    /// first three lists with one item per output event.
+    fn timeline_raw<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(t) = self.inner.timeline() else {
+            return Ok(None);
+        };
+        let entries = t.entries();
+        let at = PyList::new(py, entries.iter().map(|e| e.at))?;
+        let ends = PyList::new(py, entries.iter().map(|e| e.text_end))?;
+        let tokens = PyList::new(py, entries.iter().map(|e| e.output_tokens))?;
+        let fields = [
+            at.into_any(),
+            ends.into_any(),
+            tokens.into_any(),
+            PyString::new(py, t.text()).into_any(),
+            t.kept_chars().into_bound_py_any(py)?,
+            t.dropped().into_bound_py_any(py)?,
+            t.dropped_chars().into_bound_py_any(py)?,
+        ];
+        PyTuple::new(py, fields).map(Some)
+    }
+
+    /// Clears the reassembled output (for reusing the tap).
+    fn clear_output(&mut self) {
+        self.inner.take_output();
+    }
+
+    /// The `store` flag the response echoed in `response.created`
+    /// (Responses), for the stream being read or else the last one
+    /// finished; None when it did not say.
+    #[getter]
+    fn store(&self) -> Option<bool> {
+        self.inner.store().or(self.finished_store)
+    }
+
+    #[getter]
+    fn bytes_fed(&self) -> u64 {
+        self.bytes_fed
+    }
+
+    #[getter]
+    fn delta_chunks(&self) -> u64 {
+        self.inner.delta_chunks()
+    }
+
+    #[getter]
+    fn response_id(&self) -> Option<String> {
+        self.inner.response_id()
+    }
+
+    #[getter]
+    fn api(&self) -> &'static str {
+        self.inner.api().as_str()
+    }
+}
