@@ -11,7 +11,12 @@
     with ``iter_any()``, with and without ``ameter``, alternating; this process's CPU per
     chunk. The reader is fed one event per loop turn, as aiohttp's protocol feeds it one
     socket read at a time (no network in between, so the difference is not lost in the
-    noise of socket wake-ups). Target: at most 2 us per chunk, per-stream work included.
+    noise of socket wake-ups). Target: at most 2 us per chunk, per-stream work included
+    (the median of the paired differences; their minimum is printed too).
+(c) ``ameter`` alone over an in-memory async iterator of a recorded Chat Completions stream
+    (~330-byte chunks, ``tests/data/corpus``): a long and a usage-only stream, with and
+    without ``ameter``, so that the per-chunk cost (the slope) and the per-stream work come
+    apart; informational.
 
 The upstream of (a) is a small asyncio server in its own process writing one SSE event per
 chunk (Chat Completions chunks with ``include_usage``), paced like token output so that each

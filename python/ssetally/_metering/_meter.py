@@ -58,7 +58,7 @@ class StreamMeter:
         the process's shared ``Telemetry`` (the global OpenTelemetry providers), False for
         nowhere, or a ``Telemetry`` of its own.
     :param timeline: also log each output-bearing event's arrival and tokens
-        (``Timings.timeline``); off by default, when ``feed`` does no per-event work for it.
+        (``Timings.timeline``); off by default (then no ``stamp`` per event).
     :param clock: the monotonic clock to read (``time.monotonic``; tests give their own).
     """
 
