@@ -11,7 +11,12 @@
     with ``iter_any()``, with and without ``ameter``, alternating; this process's CPU per
     chunk. The reader is fed one event per loop turn, as aiohttp's protocol feeds it one
     socket read at a time (no network in between, so the difference is not lost in the
-    noise of socket wake-ups). Target: at most 2 us per chunk, per-stream work included.
+    noise of socket wake-ups). Target: at most 2 us per chunk, per-stream work included
+    (the median of the paired differences; their minimum is printed too).
+(c) ``ameter`` alone over an in-memory async iterator of a recorded Chat Completions stream
+    (~330-byte chunks, ``tests/data/corpus``): a long and a usage-only stream, with and
+    without ``ameter``, so that the per-chunk cost (the slope) and the per-stream work come
+    apart; informational.
 
 The upstream of (a) is a small asyncio server in its own process writing one SSE event per
 chunk (Chat Completions chunks with ``include_usage``), paced like token output so that each
@@ -277,18 +282,99 @@ async def _read(metered: bool, streams: int, events: int) -> tuple[float, int]:
     return cpu, chunks
 
 
-def ameter_overhead(args: argparse.Namespace) -> tuple[float, float, float, bool]:
-    """Median CPU per chunk (us) without and with ``ameter``, the difference, PASS."""
+def ameter_overhead(args: argparse.Namespace) -> tuple[float, float, float, float, bool]:
+    """Median CPU per chunk (us) without and with ``ameter``, the minimum and median of the
+    paired differences, PASS (on the median)."""
     asyncio.run(_read(True, 2, args.events))  # warm-up
     per_chunk: dict[bool, list[float]] = {False: [], True: []}
     for r in range(args.rounds):
-        for metered in ((False, True) if r % 2 == 0 else (True, False)):
+        for metered in (False, True) if r % 2 == 0 else (True, False):
             cpu, chunks = asyncio.run(_read(metered, args.ameter_streams, args.events))
             per_chunk[metered].append(cpu / max(1, chunks) * 1e6)
     plain = statistics.median(per_chunk[False])
     metered = statistics.median(per_chunk[True])
-    added = statistics.median([m - p for p, m in zip(per_chunk[False], per_chunk[True])])
-    return plain, metered, added, added <= AMETER_TARGET_US
+    added = [m - p for p, m in zip(per_chunk[False], per_chunk[True])]
+    median = statistics.median(added)
+    return plain, metered, min(added), median, median <= AMETER_TARGET_US
+
+
+# ------------------------------------------------- (c) the wrapper alone, in memory
+
+
+CORPUS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "data", "corpus",
+                      "openai-chat", "openai-text.chunks.txt")  # fmt: skip
+
+
+def _corpus_stream(content: int) -> list[bytes]:
+    """One SSE event per chunk from a recorded Chat Completions stream (about 330 bytes
+    each): the first ``content`` chunks, then the usage chunk and ``[DONE]``."""
+    with open(CORPUS, "rb") as f:
+        lines = f.read().splitlines()
+    events = [b"data: " + line + b"\n\n" for line in lines[:-1]]
+    return events[:content] + [b"data: " + lines[-1] + b"\n\ndata: [DONE]\n\n"]
+
+
+class _Chunks:
+    """An in-memory async iterator shaped like aiohttp's (a coroutine per ``__anext__``)."""
+
+    __slots__ = ("_it",)
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._it = iter(chunks)
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        for chunk in self._it:
+            return chunk
+        raise StopAsyncIteration
+
+
+async def _wrapper_round(chunks: list[bytes], streams: int, metered: bool) -> float:
+    """CPU seconds per stream of ``streams`` streams of ``chunks``, bare or through
+    ``ameter`` (``async with``, per-stream work included)."""
+    import ssetally
+
+    body = {"model": "gpt-4.1-nano", "stream": True}
+    start = time.process_time()
+    for _ in range(streams):
+        if metered:
+            async with ssetally.ameter(_Chunks(chunks), request=body) as m:
+                async for _chunk in m:
+                    pass
+        else:
+            async for _chunk in _Chunks(chunks):
+                pass
+    return (time.process_time() - start) / streams
+
+
+def wrapper_overhead(args: argparse.Namespace) -> tuple[float, float, float, float, float]:
+    """``ameter`` minus a bare ``async for`` over in-memory corpus chunks: the per-chunk
+    slope (ns; between a long and a usage-only stream, so per-stream work cancels), its
+    minimum and median over rounds, the per-stream work (us, median) and the whole-stream
+    difference per chunk at ``--events`` chunks (ns, median)."""
+    long, short = _corpus_stream(10**6), _corpus_stream(0)
+    span = len(long) - len(short)
+
+    async def rounds() -> tuple[list[float], list[float]]:
+        slopes, fixed = [], []
+        await _wrapper_round(long, 3, True)  # warm-up: imports, the first report
+        for _ in range(args.wrapper_rounds):
+            t = {(m, n): await _wrapper_round(c, k, m)
+                 for m in (False, True) for n, c, k in (("long", long, 10), ("short", short, 50))}  # fmt: skip
+            slope = (t[True, "long"] - t[True, "short"]) - (t[False, "long"] - t[False, "short"])
+            slopes.append(slope / span * 1e9)
+            fixed.append(
+                (t[True, "short"] - t[False, "short"]) * 1e6 - slopes[-1] * len(short) / 1e3
+            )
+        return slopes, fixed
+
+    slopes, fixed = asyncio.run(rounds())
+    per_stream = statistics.median(fixed)
+    per_chunk = statistics.median(slopes)
+    whole = per_chunk + per_stream * 1e3 / (args.events + 1)
+    return min(slopes), per_chunk, per_stream, whole, float(len(long))
 
 
 def main() -> int:
@@ -300,10 +386,11 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200, help="events per stream")
     parser.add_argument("--ameter-streams", type=int, default=200,
                         help="streams per round of (b)")  # fmt: skip
+    parser.add_argument("--wrapper-rounds", type=int, default=40, help="rounds of (c)")
     parser.add_argument("--pace", type=float, default=0.002, help="seconds between events")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin the server to CPU 0 and the rest to CPU 1")  # fmt: skip
-    parser.add_argument("--skip", default="", help="middleware,ameter")
+    parser.add_argument("--skip", default="", help="middleware,ameter,wrapper")
     parser.add_argument("--upstream-serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-app", choices=["plain", "metered"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -328,11 +415,16 @@ def main() -> int:
               f"{metered:.1f} us with: +{added * 100:.1f}% "
               f"(target <= {MIDDLEWARE_TARGET * 100:g}%) {'PASS' if ok else 'FAIL'}")  # fmt: skip
     if "ameter" not in skip:
-        plain, metered, added, ok = ameter_overhead(args)
+        plain, metered, least, added, ok = ameter_overhead(args)
         failed |= not ok
         print(f"(b) ameter over aiohttp iter_any(): {plain:.2f} us CPU per chunk without, "
-              f"{metered:.2f} us with: +{added:.2f} us "
+              f"{metered:.2f} us with: +{added:.2f} us (min +{least:.2f}) "
               f"(target <= {AMETER_TARGET_US:g} us) {'PASS' if ok else 'FAIL'}")  # fmt: skip
+    if "wrapper" not in skip:
+        least, per_chunk, per_stream, whole, n = wrapper_overhead(args)
+        print(f"(c) ameter alone, in memory ({n:.0f}-chunk corpus stream): +{per_chunk:.0f} ns "
+              f"per chunk (min +{least:.0f}), +{per_stream:.0f} us per stream; at "
+              f"{args.events} events +{whole / 1000:.2f} us per chunk")  # fmt: skip
     return 1 if failed else 0
 
 

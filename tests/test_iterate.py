@@ -156,3 +156,25 @@ async def test_ameter_cancelled_gives_report(server: ReplayServer) -> None:
         await asyncio.wait_for(task, TIMEOUT)
     assert len(got) == 1 and got[0].status == "truncated"
     assert "CancelledError" in got[0].attempts[0].reason
+
+
+async def test_a_chunk_the_tap_rejects_stops_metering_not_the_stream() -> None:
+    ok = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    chunks: list[Any] = [ok, "not bytes", ok]
+
+    async def source() -> AsyncIterator[Any]:
+        for c in chunks:
+            yield c
+
+    with ssetally.meter(chunks) as m:
+        seen = list(m)
+    async with ssetally.ameter(source(), timeline=True) as am:
+        aseen = [c async for c in am]
+    for got, report, meter in ((seen, m.report, m.meter), (aseen, am.report, am.meter)):
+        assert len(got) == 3 and all(a is b for a, b in zip(got, chunks))
+        assert report is not None and meter.faults == ["tap"]
+        assert any("TypeError" in w for w in report.warnings)
+        t = report.require_timings()
+        assert t.first_byte is not None and t.first_content is not None
+        assert t.first_byte <= t.first_content == t.last_content  # only the first was read
+    assert len(am.report.require_timings().timeline) == 1  # type: ignore[union-attr]

@@ -92,6 +92,10 @@ async def _logged(awaitable: Awaitable[Any]) -> None:
         )
 
 
+def _ignore(chunk: object) -> None:
+    """The tap's stand-in once it failed: the chunks still flow."""
+
+
 class _Metered:
     """What the sync and async wrappers share: the meter and the exactly-once report."""
 
@@ -160,19 +164,47 @@ class MeteredStream(_Metered):
         return self._run(self._chunks)
 
     def _run(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        feed = self._meter.feed
+        meter = self._meter
+        direct = meter.direct()
         try:
-            if self._meter.stripping:
+            if direct is not None:
+                # The hot loop: one native call per chunk; the clock is read at the first
+                # chunk and at those that completed an output-bearing event.
+                tap, feed, stamp, clock = direct
+                fresh = first = True
+                seen = tap.delta_chunks
                 for chunk in chunks:
-                    out = feed(chunk)
+                    if fresh:
+                        fresh = False
+                        meter.first_byte = clock()
+                    try:
+                        feed(chunk)
+                    except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
+                        meter.tap_failed(exc)
+                        feed = _ignore
+                    events = tap.delta_chunks
+                    if events != seen:
+                        seen = events
+                        at = meter.last_content = clock()
+                        if first:
+                            first = False
+                            meter.first_content = at
+                        if stamp is not None:
+                            stamp(at)
+                    yield chunk
+            elif meter.stripping:
+                pipeline = meter.feed
+                for chunk in chunks:
+                    out = pipeline(chunk)
                     if out:
                         yield out
-                tail = self._meter.held()
+                tail = meter.held()
                 if tail:
                     yield tail
             else:
+                pipeline = meter.feed
                 for chunk in chunks:
-                    feed(chunk)
+                    pipeline(chunk)
                     yield chunk
         except GeneratorExit:
             self._finish("closed early")
@@ -216,19 +248,46 @@ class AsyncMeteredStream(_Metered):
         return self._run(self._chunks)
 
     async def _run(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        feed = self._meter.feed
+        meter = self._meter
+        direct = meter.direct()
         try:
-            if self._meter.stripping:
+            if direct is not None:
+                # The hot loop, as in ``MeteredStream._run``.
+                tap, feed, stamp, clock = direct
+                fresh = first = True
+                seen = tap.delta_chunks
                 async for chunk in chunks:
-                    out = feed(chunk)
+                    if fresh:
+                        fresh = False
+                        meter.first_byte = clock()
+                    try:
+                        feed(chunk)
+                    except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
+                        meter.tap_failed(exc)
+                        feed = _ignore
+                    events = tap.delta_chunks
+                    if events != seen:
+                        seen = events
+                        at = meter.last_content = clock()
+                        if first:
+                            first = False
+                            meter.first_content = at
+                        if stamp is not None:
+                            stamp(at)
+                    yield chunk
+            elif meter.stripping:
+                pipeline = meter.feed
+                async for chunk in chunks:
+                    out = pipeline(chunk)
                     if out:
                         yield out
-                tail = self._meter.held()
+                tail = meter.held()
                 if tail:
                     yield tail
             else:
+                pipeline = meter.feed
                 async for chunk in chunks:
-                    feed(chunk)
+                    pipeline(chunk)
                     yield chunk
         except GeneratorExit:
             self._finish("closed early")

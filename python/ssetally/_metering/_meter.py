@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
@@ -28,8 +28,14 @@ from ._request import requested_model
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
 from ._timeline import TimelineFields, build_timeline
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+
+class Direct(NamedTuple):
+    """What a front-end's own per-chunk loop calls (``StreamMeter.direct``)."""
+
+    tap: UsageTap
+    feed: Callable[[Any], None]
+    stamp: Callable[[float], None] | None
+    clock: Callable[[], float]
 
 
 class StreamMeter:
@@ -52,7 +58,7 @@ class StreamMeter:
         the process's shared ``Telemetry`` (the global OpenTelemetry providers), False for
         nowhere, or a ``Telemetry`` of its own.
     :param timeline: also log each output-bearing event's arrival and tokens
-        (``Timings.timeline``); off by default, when ``feed`` does no per-event work for it.
+        (``Timings.timeline``); off by default (then no ``stamp`` per event).
     :param clock: the monotonic clock to read (``time.monotonic``; tests give their own).
     """
 
@@ -62,6 +68,7 @@ class StreamMeter:
         "_pass_decoded",
         "_price",
         "_recorded",
+        "_stamps",
         "_stripper",
         "_tap",
         "end_time",
@@ -130,6 +137,8 @@ class StreamMeter:
         # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
         several = request_body is not None and _count(request_body.get("n")) > 1
         self._tap = UsageTap(api, collect_output=collect_output or several, timeline=timeline)
+        #: Each read that carried output gives the tap its clock reading (``timeline``).
+        self._stamps = timeline
         self._decoder: ContentDecoder | None = None
         try:
             self._decoder = decoder_for(content_encoding)
@@ -138,12 +147,6 @@ class StreamMeter:
         # Compressed bytes cannot be stripped; injecting front-ends ask for identity.
         strip = injected and (self._decoder is None or pass_decoded) and self.metering
         self._stripper: UsageChunkStripper | None = UsageChunkStripper() if strip else None
-
-    def __new__(cls, *args: Any, timeline: bool = False, **kwargs: Any) -> Self:
-        # The timed variant stamps each read in its own ``feed``: the plain one does no work
-        # for a timeline it does not keep.
-        kind = _TimedStreamMeter if timeline and cls is StreamMeter else cls
-        return cast("Self", object.__new__(kind))
 
     def _undecodable(self, why: str) -> None:
         self._stop("decode", why)
@@ -191,12 +194,14 @@ class StreamMeter:
                 self._undecodable(f"metering stopped: the body does not decode: {exc}")
                 data = b""
             except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
-                self._stop("tap", f"metering stopped: {type(exc).__name__}: {exc}")
+                self.tap_failed(exc)
             else:
                 if tap.delta_chunks != before:
                     if self.first_content is None:
                         self.first_content = now
                     self.last_content = now
+                    if self._stamps:
+                        tap.stamp(now)
         elif self._pass_decoded and self._decoder is not None:
             data = self._decode_only(chunk)
         if self._pass_decoded:
@@ -223,6 +228,26 @@ class StreamMeter:
             self.undecodable = f"the body stopped decoding: {type(exc).__name__}: {exc}"
             self.warnings.append(self.undecodable)
             return b""
+
+    def direct(self) -> Direct | None:
+        """For a front-end's own per-chunk loop, when a raw chunk needs nothing but the
+        native tap (identity body, no stripping, metering on): ``(feed, stamp, clock)``,
+        else None (call ``feed`` above instead).
+
+        The loop's duties, which are what ``feed`` does: ``first_byte = clock()`` at the
+        first chunk; ``feed(chunk)``, and when the tap's ``delta_chunks`` moved (the chunk
+        completed an output-bearing event), ``last_content`` (and, the first time,
+        ``first_content``) ``= clock()`` and ``stamp(that reading)`` unless ``stamp`` is
+        None (no timeline kept); if ``feed`` raises, ``tap_failed(exc)`` and no more feeds.
+        The chunk itself is passed on."""
+        if not self.metering or self._decoder is not None or self._stripper is not None:
+            return None
+        tap = self._tap
+        return Direct(tap, tap.feed, tap.stamp if self._stamps else None, self._clock)
+
+    def tap_failed(self, exc: BaseException) -> None:
+        """The tap raised on a chunk (not bytes, say): metering stops, the stream goes on."""
+        self._stop("tap", f"metering stopped: {type(exc).__name__}: {exc}")
 
     def held(self) -> bytes:
         """At the end of the body: the bytes the stripper still holds back, unchanged."""
@@ -422,22 +447,6 @@ def _server_of(request: Any) -> tuple[str | None, int | None]:
     return (host if isinstance(host, str) and host else None), (
         port if isinstance(port, int) else None
     )
-
-
-class _TimedStreamMeter(StreamMeter):
-    """``StreamMeter(timeline=True)``: gives the tap the arrival time of each read that
-    carried output (events of one read share it)."""
-
-    __slots__ = ()
-
-    def feed(self, chunk: bytes) -> bytes:
-        tap = self._tap
-        before = tap.delta_chunks
-        out = StreamMeter.feed(self, chunk)
-        at = self.last_content  # this read's clock reading when it carried output
-        if at is not None and tap.delta_chunks != before:
-            tap.stamp(at)
-        return out
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -51,23 +51,44 @@ def apportion(budget: int, weights: Sequence[int]) -> list[int]:
     return shares
 
 
+#: Encodings loaded for timelines, by name: loading can try a download first (tiktoken),
+#: which must not happen again for every stream.
+_encodings: dict[str, Any] = {}
+
+#: Event texts up to this length have their count remembered within a stream (short deltas
+#: such as " the" recur often).
+_MEMO_CHARS = 32
+
+
 class _Weigher:
     """Tokenizer counts of event texts, with character counts when no tokenizer loads."""
 
     def __init__(self, model: str | None) -> None:
         self._count: Any = None
+        self._memo: dict[str, int] = {}
         try:
             from ._estimate import _Counter, encoding_name_for, load_encoding
 
-            counter = _Counter(load_encoding(encoding_name_for(model)[0]), None)
-            self._count = counter.text
+            name = encoding_name_for(model)[0]
+            encoding = _encodings.get(name)
+            if encoding is None:
+                encoding = _encodings[name] = load_encoding(name)
+            self._count = _Counter(encoding, None).text
         except Exception:  # noqa: BLE001 - no tokenizer: weigh by characters
             self._count = None
 
     def __call__(self, text: str, missing_chars: int) -> int:
         """Tokens of ``text``, plus an estimate for ``missing_chars`` characters not kept."""
         count = self._count
-        tokens = len(text) // _CHARS_PER_TOKEN if count is None else count(text)
+        if count is None:
+            tokens = len(text) // _CHARS_PER_TOKEN
+        elif len(text) <= _MEMO_CHARS:
+            memo = self._memo
+            tokens = memo.get(text, -1)
+            if tokens < 0:
+                tokens = memo[text] = count(text)
+        else:
+            tokens = count(text)
         if missing_chars > 0:
             tokens += math.ceil(missing_chars / _CHARS_PER_TOKEN)
         return tokens
