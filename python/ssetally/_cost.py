@@ -138,9 +138,8 @@ def _one_hour_writes(raw: Mapping[str, Any]) -> int | None:
     )
 
 
-def _price_usage(usage: Usage, input_tokens: int, output_tokens: int) -> Any:
-    from genai_prices import Usage as PriceUsage
-
+def _price_usage(usage: Usage, input_tokens: int, output_tokens: int) -> dict[str, int]:
+    """The token counts genai-prices prices (its ``Usage`` field names), zeros left out."""
     values: dict[str, int] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
     cached = _count(usage.cached_input_tokens)
     writes = _count(usage.cache_write_tokens)
@@ -154,7 +153,7 @@ def _price_usage(usage: Usage, input_tokens: int, output_tokens: int) -> Any:
             values["cache_write_1h_tokens"] = min(hour, writes)
     if reasoning:
         values["output_reasoning_tokens"] = min(reasoning, output_tokens)
-    return PriceUsage(**values)
+    return values
 
 
 def _part(model_price: ModelPrice, keys: Sequence[str], count: int, tier_input: int) -> Decimal:
@@ -190,10 +189,13 @@ def _cache_parts(
     return read_cost, write_cost
 
 
-def _calc(usage: Any, model: str, provider: str | None, when: datetime | None) -> PriceCalculation:
-    from genai_prices import calc_price
+def _calc(
+    values: dict[str, int], model: str, provider: str | None, when: datetime | None
+) -> PriceCalculation:
+    from ._pricing import calc
 
-    return calc_price(usage, model, provider_id=provider, genai_request_timestamp=when)
+    result: PriceCalculation = calc(values, model, provider, when)
+    return result
 
 
 def cost_of(
