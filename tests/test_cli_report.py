@@ -19,8 +19,11 @@ import httpx
 import pytest
 from ssetally import Attempt, StreamReport, Usage, UsageTap
 from ssetally._cli import build_parser
+from ssetally._cli._proxy import proxy_config
 from ssetally._cli._report import SAMPLE
 from ssetally._cli._text import print_report
+from ssetally._gateway import ProxyConfig
+from ssetally._metering import RetrievalPolicy
 from ssetally._replay import Faults, ReplayServer
 from test_cli import (
     CHAT_BODY,
@@ -295,6 +298,37 @@ def test_help_documents_every_option_and_its_default(tmp_path: Path, command: st
         default = action.default
         if action.option_strings and default not in (None, False):
             assert f"(default: {default})" in help_text, (command, action.dest)
+
+
+UPSTREAM = "http://127.0.0.1:9"
+
+
+def proxy_config_of(*options: str) -> ProxyConfig:
+    return proxy_config(build_parser().parse_args(["proxy", "--upstream", UPSTREAM, *options]))
+
+
+def test_proxy_options_default_to_the_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSETALLY_KEY_SALT", raising=False)
+    config = proxy_config_of()
+    assert config == ProxyConfig(upstream=UPSTREAM, instance_id=config.instance_id)
+
+
+def test_proxy_options_set_the_config() -> None:
+    config = proxy_config_of(
+        *("--no-retrieve", "--no-estimate", "--no-cost", "--no-otel", "--inject-usage"),
+        *("--max-body-bytes", "5", "--read-timeout", "2.5", "--upstream-client", "httpx"),
+        *("--idle-timeout", "0", "--stream-deadline", "7", "--retrieval-deadline", "3"),
+        *("--instance-id", "i-1", "--key-salt", "salt", "--subject-header", "X-User"),
+    )
+    assert (config.retrieve, config.estimate, config.cost, config.otel) == (False,) * 4
+    assert config.inject_usage and config.metering
+    assert (config.max_body_bytes, config.read_timeout, config.upstream_client) == (5, 2.5, "httpx")
+    assert (config.idle_timeout, config.stream_deadline) == (None, 7.0)  # 0: no limit
+    assert config.retrieval == RetrievalPolicy(deadline=3.0)
+    assert (config.instance_id, config.key_salt, config.subject_header) == ("i-1", "salt", "X-User")
+    assert not proxy_config_of("--no-metering").metering
+    # --otel sets up the SDK; the config's otel (record spans at all) stays on.
+    assert proxy_config_of("--otel").otel
 
 
 def test_no_arguments_prints_the_help(tmp_path: Path) -> None:

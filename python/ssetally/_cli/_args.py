@@ -1,10 +1,13 @@
 """What the parsers of the ``ssetally`` commands share: the help formatter that shows each
-option's default, the making of a subcommand, and the options several commands take."""
+option's default, the making of a subcommand from its entry in ``COMMANDS``, and the options
+several commands take."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, Callable
+
+from ._commands import COMMANDS
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -26,24 +29,16 @@ class RawDefaultsFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatt
 
 
 def subcommand(
-    sub: Any,
-    name: str,
-    func: Callable[[argparse.Namespace], int],
-    *,
-    summary: str,
-    description: str,
-    epilog: str | None = None,
-    as_written: bool = False,
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:
-    """The parser of subcommand ``name``, run by ``func``: ``summary`` in the list of commands,
-    ``description`` atop its ``--help``, ``epilog`` below the options (both re-wrapped unless
-    ``as_written``)."""
+    """The parser of subcommand ``name``, run by ``func``, with its texts from ``COMMANDS``."""
+    command = COMMANDS[name]
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
-        help=summary,
-        description=description,
-        epilog=epilog,
-        formatter_class=RawDefaultsFormatter if as_written else DefaultsFormatter,
+        help=command.summary,
+        description=command.description,
+        epilog=command.epilog,
+        formatter_class=RawDefaultsFormatter if command.as_written else DefaultsFormatter,
     )
     parser.set_defaults(func=func)
     return parser

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._args import add_listen, subcommand
+
+if TYPE_CHECKING:
+    from .._gateway import ProxyConfig
 
 #: Top-level modules of the ``proxy`` extra: without them the command says what to install.
 _PROXY_MODULES = frozenset({"uvicorn", "prometheus_client", "httptools", "uvloop", "httpx2"})
@@ -15,29 +19,6 @@ _INSTALL_PROXY = (
     "ssetally proxy needs the proxy extra ({missing}): pip install 'ssetally[proxy]' "
     "(from a clone of the repository: pip install '.[proxy]')"
 )
-
-_SINKS = """\
-sinks (--sink):
-  jsonl:PATH     one JSON record a line, appended (a bare PATH is JSONL, or SQLite when it
-                 ends in .db, .sqlite or .sqlite3)
-  sqlite:PATH    a SQLite database, table usage_records (created if absent)
-  postgresql://USER@HOST:PORT/DB[?table=NAME]
-                 one PostgreSQL table shared by many proxies, created if absent (default
-                 table ssetally_usage; needs ssetally[postgres]); the password comes from the
-                 URL or PGPASSWORD and is never logged; deduplicated on record_id
-  cloudevents+https://HOST/PATH   (or cloudevents+http:// on a trusted network)
-                 CloudEvents 1.0 batches POSTed to a metering collector (OpenMeter, any
-                 webhook), deduplicated on the event id; see --cloudevents-type,
-                 --cloudevents-source, --cloudevents-token-env and --subject-header
-  The remote sinks (postgresql, cloudevents) keep records in a bounded on-disk spool
-  (--spool-dir, --spool-max-bytes) while the destination is away, and write them when it
-  is back: none lost, none twice.
-
-OpenTelemetry: with opentelemetry-api installed every metered stream records a GenAI span
-and metrics on the global providers; --otel sets up the SDK with OTLP/HTTP exporters from
-the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME...;
-needs ssetally[otel]); OTEL_SEMCONV_STABILITY_OPT_IN picks the metric names.
-"""
 
 
 def _missing_extra(exc: BaseException) -> str | None:
@@ -69,6 +50,30 @@ def _sink_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """The ``ProxyConfig`` the options say: each ``ProxyConfig`` field is set by the option of
+    its name (``--max-body-bytes``: ``max_body_bytes``) or cleared by its ``--no-`` option
+    (``--no-retrieve``: ``retrieve``; ``--otel``, which sets up the SDK, is not the ``otel``
+    field); the fields without an option keep their defaults."""
+    from .._gateway import ProxyConfig
+    from .._metering import RetrievalPolicy
+
+    given = vars(args)
+    fields: dict[str, Any] = {}
+    for name in (f.name for f in dataclasses.fields(ProxyConfig)):
+        if f"no_{name}" in given:
+            fields[name] = not given[f"no_{name}"]
+        elif name in given:
+            fields[name] = given[name]
+    # What the options spell otherwise: 0 is no limit, no --instance-id the config's default.
+    fields["idle_timeout"] = args.idle_timeout or None
+    fields["stream_deadline"] = args.stream_deadline or None
+    fields["retrieval"] = RetrievalPolicy(deadline=args.retrieval_deadline)
+    if not args.instance_id:
+        del fields["instance_id"]
+    return ProxyConfig(**fields)
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from .._telemetry_sdk import TelemetryError, configure_sdk
 
@@ -78,35 +83,10 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from .._gateway import ProxyConfig, serve_proxy
-        from .._metering import RetrievalPolicy
+        from .._gateway import serve_proxy
         from ..sinks import open_sink
 
-        config = ProxyConfig(
-            upstream=args.upstream,
-            inject_usage=args.inject_usage,
-            retrieve=not args.no_retrieve,
-            estimate=not args.no_estimate,
-            max_body_bytes=args.max_body_bytes,
-            max_header_bytes=args.max_header_bytes,
-            connect_timeout=args.connect_timeout,
-            read_timeout=args.read_timeout,
-            max_connections=args.max_connections,
-            key_salt=args.key_salt,
-            metrics_path=args.metrics_path,
-            retrieval=RetrievalPolicy(deadline=args.retrieval_deadline),
-            otel=not args.no_otel,
-            upstream_client=args.upstream_client,
-            subject_header=args.subject_header,
-            cost=not args.no_cost,
-            metering=not args.no_metering,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            keep_alive_timeout=args.keep_alive_timeout,
-            idle_timeout=args.idle_timeout or None,
-            stream_deadline=args.stream_deadline or None,
-            **({"instance_id": args.instance_id} if args.instance_id else {}),
-        )
+        config = proxy_config(args)
         config.upstream_url()
         workers = args.workers if args.workers is not None else default_workers()
         if args.otel and workers == 1:  # with workers, each sets up its own
@@ -155,18 +135,7 @@ def add_parser(sub: Any) -> None:
     """The ``proxy`` subcommand."""
     from ..sinks import DEFAULT_EVENT_TYPE, DEFAULT_SPOOL_BYTES, DEFAULT_TOKEN_ENV
 
-    proxy = subcommand(
-        sub,
-        "proxy",
-        _cmd_proxy,
-        summary="run a metering reverse proxy in front of an LLM API (needs ssetally[proxy])",
-        description="Forward every request to --upstream, relay the answers byte for byte and\n"
-        "write one usage record per request (tokens, cost, timings) to the sink;\n"
-        "Prometheus metrics on /metrics. Needs the proxy extra: pip install 'ssetally[proxy]'\n"
-        "(from a clone of the repository: pip install '.[proxy]').",
-        epilog=_SINKS,
-        as_written=True,
-    )
+    proxy = subcommand(sub, "proxy", _cmd_proxy)
     proxy.add_argument(
         "--upstream", required=True, help="the API origin, e.g. https://api.openai.com (required)"
     )

@@ -51,16 +51,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``replay`` subcommand."""
-    replay = subcommand(
-        sub,
-        "replay",
-        _cmd_replay,
-        summary="serve a local OpenAI-compatible replay server",
-        description="Serve a local OpenAI-compatible server (Chat, Completions, Responses with "
-        "GET /v1/responses/{id} retrieval, /v1/models) for testing clients offline: it replays "
-        "the given captures one per request, or generates streams with usage. Its base URL is "
-        "http://HOST:PORT/v1. Runs until Ctrl-C.",
-    )
+    replay = subcommand(sub, "replay", _cmd_replay)
     replay.add_argument(
         "files", nargs="*", help="SSE captures to replay, one per request (none: generate)"
     )

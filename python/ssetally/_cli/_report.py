@@ -13,13 +13,10 @@ from .._metering._fallback import with_estimate
 from .._report import StreamReport
 from .._tap import APIS, UsageTap
 from ._args import add_json, subcommand
+from ._commands import EXIT_NOT_A_STREAM, EXIT_UNREADABLE
 from ._text import print_report, total_usage
 
 SAMPLE = "chat_stream.sse"
-
-#: Exit status when the input cannot be read, and when it is not an LLM event stream.
-EXIT_UNREADABLE = 2
-EXIT_NOT_A_STREAM = 3
 
 
 class Capture(NamedTuple):
@@ -137,16 +134,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``report`` subcommand."""
-    report = subcommand(
-        sub,
-        "report",
-        _cmd_report,
-        summary="report on a captured SSE stream",
-        description="Report the usage, status and output of a captured LLM event stream "
-        "(e.g. saved with curl -N). A capture of several responses is reported response by "
-        f"response, then their sum. Exits {EXIT_UNREADABLE} when the file cannot be read and "
-        f"{EXIT_NOT_A_STREAM} when it is not an LLM event stream.",
-    )
+    report = subcommand(sub, "report", _cmd_report)
     report.add_argument(
         "file", nargs="?", help="capture file, - for stdin; without it, the bundled sample"
     )

@@ -14,10 +14,8 @@ from .._client import APIStatusError, UsageStream, connect_usage
 from .._core import ServerSentEvent
 from .._metering import redact
 from ._args import add_json, subcommand
+from ._commands import DEFAULT_BASE_URL
 from ._text import OUTPUT_TITLE, print_report, title
-
-#: The default of ``OPENAI_BASE_URL``.
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -105,15 +103,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``stream`` subcommand."""
-    stream = subcommand(
-        sub,
-        "stream",
-        run_stream,
-        summary="stream a live call (OPENAI_API_KEY, OPENAI_BASE_URL)",
-        description="Stream one live call to an OpenAI-compatible server, print the text as it "
-        "arrives, then the report with its timings. The key is read from OPENAI_API_KEY, the "
-        f"server from OPENAI_BASE_URL (default {DEFAULT_BASE_URL}). Exits 1 when the call fails.",
-    )
+    stream = subcommand(sub, "stream", run_stream)
     stream.add_argument("prompt", help="the user message")
     stream.add_argument(
         "--api",
