@@ -178,7 +178,7 @@ class _AiohttpWire(Wire):
         return await _read_capped(response, MAX_ERROR_BODY, client)
 
     def attach(self, stream: Any, response: Any) -> None:
-        stream._response = response
+        super().attach(stream, response)
         info = response.request_info
         stream._request = _Request(str(info.url), {k: v for k, v in info.headers.items()})
 
