@@ -37,6 +37,12 @@ pub(crate) struct ChunkTemplate {
     tail: Vec<u8>,
     /// Whether the chunk ends with `,"obfuscation":"…"}`.
     obfuscated: bool,
+    /// The wire bytes of such an event up to the content (its `event:` line,
+    /// `data: ` and `prefix`), compared in one go on raw bytes; empty until
+    /// [`ChunkTemplate::for_event`] gave it (no raw reading then).
+    raw_head: Vec<u8>,
+    /// `tail` and the blank line that ends the event (no obfuscation only).
+    raw_tail: Vec<u8>,
 }
 
 /// The offset just past the closing quote of the JSON string whose content
@@ -146,7 +152,63 @@ impl ChunkTemplate {
             prefix: data[..start].to_vec(),
             tail: tail.to_vec(),
             obfuscated,
+            raw_head: Vec::new(),
+            raw_tail: Vec::new(),
         })
+    }
+
+    /// The template with the wire bytes [`ChunkTemplate::match_raw`] reads:
+    /// its events carry the SSE event name `name` (empty: no `event:` line).
+    /// Memory that cannot be had leaves raw reading off.
+    pub(crate) fn for_event(mut self, name: &[u8]) -> Self {
+        let head_len = if name.is_empty() {
+            0
+        } else {
+            b"event: \n".len() + name.len()
+        } + b"data: ".len()
+            + self.prefix.len();
+        if self.raw_head.try_reserve_exact(head_len).is_ok()
+            && self.raw_tail.try_reserve_exact(self.tail.len() + 2).is_ok()
+        {
+            if !name.is_empty() {
+                self.raw_head.extend_from_slice(b"event: ");
+                self.raw_head.extend_from_slice(name);
+                self.raw_head.push(b'\n');
+            }
+            self.raw_head.extend_from_slice(b"data: ");
+            self.raw_head.extend_from_slice(&self.prefix);
+            self.raw_tail.extend_from_slice(&self.tail);
+            self.raw_tail.extend_from_slice(b"\n\n");
+        } else {
+            self.raw_head = Vec::new();
+        }
+        self
+    }
+
+    /// Whether `bytes` begin with one whole event of this shape on the wire
+    /// (see [`ChunkTemplate::for_event`]; LF only): its delta flag and its
+    /// length, the blank line included. Two comparisons instead of one per
+    /// line and field.
+    pub(crate) fn match_raw(&self, bytes: &[u8]) -> Option<(bool, usize)> {
+        if self.raw_head.is_empty() || !bytes.starts_with(&self.raw_head) {
+            return None;
+        }
+        let start = self.raw_head.len();
+        let end = string_end(bytes, start)?;
+        let delta = end > start + 1;
+        if !self.obfuscated {
+            return bytes[end..]
+                .starts_with(&self.raw_tail)
+                .then_some((delta, end + self.raw_tail.len()));
+        }
+        let after = end + self.tail.len();
+        if !bytes[end..].starts_with(&self.tail) {
+            return None;
+        }
+        let quote = obfuscation_end(bytes, after)?;
+        bytes[quote..]
+            .starts_with(b"\"}\n\n")
+            .then_some((delta, quote + 4))
     }
 
     /// Learns from an Anthropic `content_block_delta` of any output kind.
@@ -178,14 +240,20 @@ impl ChunkTemplate {
         if !self.obfuscated {
             return Some((delta, after));
         }
-        // `,"obfuscation":"abc"}`: a plain string, then the closing brace.
-        let padding = after + OBFUSCATION_KEY.len();
-        if !bytes[after..].starts_with(OBFUSCATION_KEY) {
-            return None;
-        }
-        let quote = special(bytes, padding)?;
+        let quote = obfuscation_end(bytes, after)?;
         (bytes[quote..].starts_with(b"\"}")).then_some((delta, quote + 2))
     }
+}
+
+/// `,"obfuscation":"abc` at `after`: where its closing quote (or whatever
+/// special byte ends the plain string) is.
+fn obfuscation_end(bytes: &[u8], after: usize) -> Option<usize> {
+    // `,"obfuscation":"abc"}`: a plain string, then the closing brace.
+    let padding = after + OBFUSCATION_KEY.len();
+    if !bytes[after..].starts_with(OBFUSCATION_KEY) {
+        return None;
+    }
+    special(bytes, padding)
 }
 
 /// `abc"}` with no quote or backslash inside: the obfuscation padding and the
