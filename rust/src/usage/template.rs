@@ -13,6 +13,8 @@
 use memchr::memchr2;
 use memchr::memmem;
 
+use super::scan::Needles;
+
 /// Where the text of a chat content chunk starts.
 pub(crate) const CHAT_CONTENT: &[u8] = b"\"delta\":{\"content\":\"";
 /// Where the text of an Anthropic `text_delta` starts.
@@ -127,12 +129,14 @@ impl ChunkTemplate {
     /// content chunk (no usage, no finish reason, no error); `text_key` is
     /// the bytes that open its text string.
     pub(crate) fn learn(data: &[u8], text_key: &[u8]) -> Option<Self> {
-        let key = memmem::find(data, text_key)?;
-        // One choice only: another delta, before or after, would change
-        // what a match means.
-        if memmem::find(data, b"\"delta\"") != Some(key)
-            || memmem::find(&data[key + 1..], b"\"delta\"").is_some()
-        {
+        // Every text key opens with `"delta"`, so the first `"delta"` must be
+        // where it is. One choice only: another delta, before or after, would
+        // change what a match means. (The shared searchers: building one
+        // costs more than the rest of learning.)
+        debug_assert!(text_key.starts_with(b"\"delta\""));
+        let delta = &Needles::shared().delta;
+        let key = delta.find(data)?;
+        if !data[key..].starts_with(text_key) || delta.find(&data[key + 1..]).is_some() {
             return None;
         }
         let start = key + text_key.len();
