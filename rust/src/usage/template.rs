@@ -45,6 +45,10 @@ pub(crate) struct ChunkTemplate {
     raw_head: Vec<u8>,
     /// `tail` and the blank line that ends the event (no obfuscation only).
     raw_tail: Vec<u8>,
+    /// `raw_tail` as the low bytes of a word and their mask, when it fits
+    /// in one (`"}}` and the blank line do): compared without a call.
+    raw_tail_word: u64,
+    raw_tail_mask: u64,
 }
 
 /// The offset just past the closing quote of the JSON string whose content
@@ -158,6 +162,8 @@ impl ChunkTemplate {
             obfuscated,
             raw_head: Vec::new(),
             raw_tail: Vec::new(),
+            raw_tail_word: 0,
+            raw_tail_mask: 0,
         })
     }
 
@@ -183,6 +189,13 @@ impl ChunkTemplate {
             self.raw_head.extend_from_slice(&self.prefix);
             self.raw_tail.extend_from_slice(&self.tail);
             self.raw_tail.extend_from_slice(b"\n\n");
+            let n = self.raw_tail.len();
+            if n <= 8 {
+                let mut w = [0; 8];
+                w[..n].copy_from_slice(&self.raw_tail);
+                self.raw_tail_word = u64::from_le_bytes(w);
+                self.raw_tail_mask = u64::MAX >> (64 - 8 * n);
+            }
         } else {
             self.raw_head = Vec::new();
         }
@@ -201,9 +214,13 @@ impl ChunkTemplate {
         let end = string_end(bytes, start)?;
         let delta = end > start + 1;
         if !self.obfuscated {
-            return bytes[end..]
-                .starts_with(&self.raw_tail)
-                .then_some((delta, end + self.raw_tail.len()));
+            let tail = match bytes.get(end..end + 8) {
+                Some(_) if self.raw_tail_mask != 0 => {
+                    word_at(bytes, end) & self.raw_tail_mask == self.raw_tail_word
+                }
+                _ => bytes[end..].starts_with(&self.raw_tail),
+            };
+            return tail.then_some((delta, end + self.raw_tail.len()));
         }
         let after = end + self.tail.len();
         if !bytes[end..].starts_with(&self.tail) {
@@ -365,5 +382,44 @@ mod tests {
         ] {
             assert_eq!(t.matches(different), None);
         }
+    }
+
+    #[test]
+    fn raw_events_whole_and_cut() {
+        let data = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+        let t = ChunkTemplate::learn(data, ANTHROPIC_TEXT)
+            .unwrap()
+            .for_event(b"content_block_delta");
+        let mut event = b"event: content_block_delta\ndata: ".to_vec();
+        event.extend_from_slice(data);
+        event.extend_from_slice(b"\n\n");
+        let len = event.len();
+        // The tail read as a word (bytes follow) and as a slice (the end).
+        let mut more = event.clone();
+        more.extend_from_slice(b"event: ping\n");
+        assert_eq!(t.match_raw(&more), Some((true, len)));
+        assert_eq!(t.match_raw(&event), Some((true, len)));
+        for cut in 0..len {
+            assert_eq!(t.match_raw(&event[..cut]), None, "{cut}");
+        }
+        for (at, byte) in [
+            (len - 1, b'\r'),
+            (len - 2, b'\r'),
+            (len - 3, b']'),
+            (7, b'x'),
+        ] {
+            let mut wrong = more.clone();
+            wrong[at] = byte;
+            assert_eq!(t.match_raw(&wrong), None, "{at}");
+        }
+        // Another event name, or none, is not this shape.
+        let other = ChunkTemplate::learn(data, ANTHROPIC_TEXT)
+            .unwrap()
+            .for_event(b"");
+        assert_eq!(other.match_raw(&more), None);
+        let mut bare = b"data: ".to_vec();
+        bare.extend_from_slice(data);
+        bare.extend_from_slice(b"\n\n");
+        assert_eq!(other.match_raw(&bare), Some((true, bare.len())));
     }
 }
