@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::event::EventInfo;
-use super::json::decode;
+use super::json::{decode, lossy};
 use super::merge::overlay;
 use super::normalize::normalize_checked;
 use super::types::{Api, Report, Status, Usage};
@@ -120,12 +120,12 @@ impl Builder {
             if let Some(at) = seen {
                 // A step reported again (a repeated `step.completed`): its
                 // last usage replaces the first, never adds to it.
-                let usage = self.usage_from(api, String::from_utf8_lossy(raw).into_owned());
+                let usage = self.usage_from(api, lossy(raw));
                 if usage.has_counts() {
                     self.report.step_usages[at] = usage;
                 }
             } else if self.report.step_usages.len() < MAX_STEP_USAGES {
-                let usage = self.usage_from(api, String::from_utf8_lossy(raw).into_owned());
+                let usage = self.usage_from(api, lossy(raw));
                 if usage.has_counts() {
                     if let Some(id) = info.step_id {
                         let at = self.report.step_usages.len();
@@ -155,7 +155,7 @@ impl Builder {
             self.report.incomplete_reason = Some(decode(reason));
         }
         if let (None, Some(error)) = (&self.report.error, info.error) {
-            self.report.error = Some(String::from_utf8_lossy(error).into_owned());
+            self.report.error = Some(lossy(error));
         }
         self.report.delta_chunks += u64::from(info.delta);
         self.finished |= info.finished || info.terminal;
@@ -190,7 +190,7 @@ impl Builder {
                     }
                 }
                 Usage {
-                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    raw: lossy(raw),
                     ..usage
                 }
             }

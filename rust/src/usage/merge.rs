@@ -4,6 +4,8 @@
 
 use jiter::{Jiter, Peek};
 
+use super::json::lossy;
+
 /// The members of an object as (raw key body, raw value) pairs.
 fn members(raw: &[u8]) -> Option<Vec<(Vec<u8>, &[u8])>> {
     let mut j = Jiter::new(raw);
@@ -27,7 +29,7 @@ fn members(raw: &[u8]) -> Option<Vec<(Vec<u8>, &[u8])>> {
 pub(crate) fn overlay(base: &[u8], top: &[u8]) -> String {
     let (Some(base_members), Some(top_members)) = (members(base), members(top)) else {
         let keep = if members(top).is_some() { top } else { base };
-        return String::from_utf8_lossy(keep).into_owned();
+        return lossy(keep);
     };
     let mut out = Vec::with_capacity(base.len() + top.len());
     out.push(b'{');
@@ -50,7 +52,7 @@ pub(crate) fn overlay(base: &[u8], top: &[u8]) -> String {
         }
     }
     out.push(b'}');
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_else(|e| lossy(e.as_bytes()))
 }
 
 #[cfg(test)]

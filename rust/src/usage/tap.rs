@@ -42,8 +42,6 @@ pub(crate) struct Tap {
     gemini_zeros: u64,
     /// Where the Gemini fast path reads a chunk's numbers.
     gemini_scratch: Vec<u64>,
-    /// The SSE event name of the events `template` was learned from.
-    template_name: Vec<u8>,
     /// How many more times a template may be learned (a stream whose chunks
     /// never repeat their shape must not pay for learning on every chunk).
     relearn_budget: u8,
@@ -79,7 +77,6 @@ impl Tap {
             gemini_counts: Vec::new(),
             gemini_zeros: 0,
             gemini_scratch: Vec::new(),
-            template_name: Vec::new(),
             relearn_budget: RELEARN_BUDGET,
             capped: false,
             #[cfg(test)]
@@ -201,10 +198,7 @@ impl Tap {
         }
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
-            let learned = ChunkTemplate::learn(data, CHAT_CONTENT);
-            if learned.is_some() {
-                set_name(&mut self.template_name, name);
-            }
+            let learned = ChunkTemplate::learn(data, CHAT_CONTENT).map(|t| t.for_event(name));
             adopt(&mut self.template, &mut self.relearn_budget, learned);
         }
         Some(delta)
@@ -275,47 +269,39 @@ impl Tap {
         if self.api == Api::Responses {
             return self.read_raw_delta(bytes);
         }
-        let gemini = match self.api {
-            Api::ChatCompletions | Api::AnthropicMessages if self.template.is_some() => false,
-            Api::Gemini if self.gemini_template.is_some() => true,
+        let template = match self.api {
+            Api::ChatCompletions | Api::AnthropicMessages => self.template.as_ref(),
+            Api::Gemini => return self.read_raw_gemini(bytes),
             _ => return None,
-        };
-        // Gemini reads no event names, and sends none.
-        let name: &[u8] = if gemini { b"" } else { &self.template_name };
-        let mut at = 0;
-        if !name.is_empty() {
-            let line = bytes.strip_prefix(b"event: ")?.strip_prefix(name)?;
-            if line.first() != Some(&b'\n') {
-                return None;
-            }
-            at = b"event: \n".len() + name.len();
+        }?;
+        if self.api == Api::ChatCompletions && !self.cur.fast_ok() {
+            return None;
         }
-        let data = bytes.get(at..)?.strip_prefix(b"data: ")?;
-        at += b"data: ".len();
-        let (delta, len) = if gemini {
-            if !self.cur.gemini_fast_ok() {
-                return None;
-            }
-            let template = self.gemini_template.as_ref()?;
-            let (m, end) =
-                template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
-            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
-                return None;
-            }
-            (self.take_gemini(m)?, end)
-        } else {
-            if self.api == Api::ChatCompletions && !self.cur.fast_ok() {
-                return None;
-            }
-            let (delta, end) = self.template.as_ref()?.match_len(data)?;
-            if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
-                return None;
-            }
-            (delta, end)
-        };
+        let (delta, len) = template.match_raw(bytes)?;
+        if len > self.max_event_size {
+            return None;
+        }
         self.cur.report.delta_chunks += u64::from(delta);
         self.cur.report.events += 1;
-        Some(at + len + 2)
+        Some(len)
+    }
+
+    /// [`Tap::read_raw`] for Gemini (which sends no event names).
+    fn read_raw_gemini(&mut self, bytes: &[u8]) -> Option<usize> {
+        if !self.cur.gemini_fast_ok() {
+            return None;
+        }
+        let data = bytes.strip_prefix(b"data: ")?;
+        let at = b"data: ".len();
+        let template = self.gemini_template.as_ref()?;
+        let (m, end) = template.match_len(data, &self.gemini_counts, &mut self.gemini_scratch)?;
+        if !data[end..].starts_with(b"\n\n") || at + end + 2 > self.max_event_size {
+            return None;
+        }
+        let delta = self.take_gemini(m)?;
+        self.cur.report.delta_chunks += u64::from(delta);
+        self.cur.report.events += 1;
+        Some(at + end + 2)
     }
 
     /// Gives the pending Gemini usage to the report, as the slow path would
@@ -374,10 +360,7 @@ impl Tap {
                 adopt(&mut self.delta_template, &mut self.relearn_budget, learned);
             }
             Api::AnthropicMessages => {
-                let learned = ChunkTemplate::learn_anthropic(data);
-                if learned.is_some() {
-                    set_name(&mut self.template_name, name);
-                }
+                let learned = ChunkTemplate::learn_anthropic(data).map(|t| t.for_event(name));
                 adopt(&mut self.template, &mut self.relearn_budget, learned);
             }
             Api::Gemini => {
@@ -499,7 +482,6 @@ impl Tap {
         self.gemini_template = None;
         self.gemini_counts.clear();
         self.pending_usage = Vec::new();
-        self.template_name.clear();
         self.relearn_budget = RELEARN_BUDGET;
         self.capped = false;
         reports
@@ -513,17 +495,6 @@ fn adopt<T>(slot: &mut Option<T>, budget: &mut u8, learned: Option<T>) {
     if let Some(shape) = learned {
         *slot = Some(shape);
         *budget -= 1;
-    }
-}
-
-/// Keeps the event name of a template's events. Only the raw hot path
-/// reads it, to know the bytes to expect (neither chat nor Anthropic reads
-/// the name of an event whose data has the template's shape), so memory
-/// that cannot be had only leaves it empty.
-fn set_name(slot: &mut Vec<u8>, name: &[u8]) {
-    slot.clear();
-    if slot.try_reserve(name.len()).is_ok() {
-        slot.extend_from_slice(name);
     }
 }
 

@@ -13,6 +13,8 @@
 use memchr::memchr2;
 use memchr::memmem;
 
+use super::scan::Needles;
+
 /// Where the text of a chat content chunk starts.
 pub(crate) const CHAT_CONTENT: &[u8] = b"\"delta\":{\"content\":\"";
 /// Where the text of an Anthropic `text_delta` starts.
@@ -37,6 +39,16 @@ pub(crate) struct ChunkTemplate {
     tail: Vec<u8>,
     /// Whether the chunk ends with `,"obfuscation":"…"}`.
     obfuscated: bool,
+    /// The wire bytes of such an event up to the content (its `event:` line,
+    /// `data: ` and `prefix`), compared in one go on raw bytes; empty until
+    /// [`ChunkTemplate::for_event`] gave it (no raw reading then).
+    raw_head: Vec<u8>,
+    /// `tail` and the blank line that ends the event (no obfuscation only).
+    raw_tail: Vec<u8>,
+    /// `raw_tail` as the low bytes of a word and their mask, when it fits
+    /// in one (`"}}` and the blank line do): compared without a call.
+    raw_tail_word: u64,
+    raw_tail_mask: u64,
 }
 
 /// The offset just past the closing quote of the JSON string whose content
@@ -121,12 +133,14 @@ impl ChunkTemplate {
     /// content chunk (no usage, no finish reason, no error); `text_key` is
     /// the bytes that open its text string.
     pub(crate) fn learn(data: &[u8], text_key: &[u8]) -> Option<Self> {
-        let key = memmem::find(data, text_key)?;
-        // One choice only: another delta, before or after, would change
-        // what a match means.
-        if memmem::find(data, b"\"delta\"") != Some(key)
-            || memmem::find(&data[key + 1..], b"\"delta\"").is_some()
-        {
+        // Every text key opens with `"delta"`, so the first `"delta"` must be
+        // where it is. One choice only: another delta, before or after, would
+        // change what a match means. (The shared searchers: building one
+        // costs more than the rest of learning.)
+        debug_assert!(text_key.starts_with(b"\"delta\""));
+        let delta = &Needles::shared().delta;
+        let key = delta.find(data)?;
+        if !data[key..].starts_with(text_key) || delta.find(&data[key + 1..]).is_some() {
             return None;
         }
         let start = key + text_key.len();
@@ -146,7 +160,76 @@ impl ChunkTemplate {
             prefix: data[..start].to_vec(),
             tail: tail.to_vec(),
             obfuscated,
+            raw_head: Vec::new(),
+            raw_tail: Vec::new(),
+            raw_tail_word: 0,
+            raw_tail_mask: 0,
         })
+    }
+
+    /// The template with the wire bytes [`ChunkTemplate::match_raw`] reads:
+    /// its events carry the SSE event name `name` (empty: no `event:` line).
+    /// Memory that cannot be had leaves raw reading off.
+    pub(crate) fn for_event(mut self, name: &[u8]) -> Self {
+        let head_len = if name.is_empty() {
+            0
+        } else {
+            b"event: \n".len() + name.len()
+        } + b"data: ".len()
+            + self.prefix.len();
+        if self.raw_head.try_reserve_exact(head_len).is_ok()
+            && self.raw_tail.try_reserve_exact(self.tail.len() + 2).is_ok()
+        {
+            if !name.is_empty() {
+                self.raw_head.extend_from_slice(b"event: ");
+                self.raw_head.extend_from_slice(name);
+                self.raw_head.push(b'\n');
+            }
+            self.raw_head.extend_from_slice(b"data: ");
+            self.raw_head.extend_from_slice(&self.prefix);
+            self.raw_tail.extend_from_slice(&self.tail);
+            self.raw_tail.extend_from_slice(b"\n\n");
+            let n = self.raw_tail.len();
+            if n <= 8 {
+                let mut w = [0; 8];
+                w[..n].copy_from_slice(&self.raw_tail);
+                self.raw_tail_word = u64::from_le_bytes(w);
+                self.raw_tail_mask = u64::MAX >> (64 - 8 * n);
+            }
+        } else {
+            self.raw_head = Vec::new();
+        }
+        self
+    }
+
+    /// Whether `bytes` begin with one whole event of this shape on the wire
+    /// (see [`ChunkTemplate::for_event`]; LF only): its delta flag and its
+    /// length, the blank line included. Two comparisons instead of one per
+    /// line and field.
+    pub(crate) fn match_raw(&self, bytes: &[u8]) -> Option<(bool, usize)> {
+        if self.raw_head.is_empty() || !bytes.starts_with(&self.raw_head) {
+            return None;
+        }
+        let start = self.raw_head.len();
+        let end = string_end(bytes, start)?;
+        let delta = end > start + 1;
+        if !self.obfuscated {
+            let tail = match bytes.get(end..end + 8) {
+                Some(_) if self.raw_tail_mask != 0 => {
+                    word_at(bytes, end) & self.raw_tail_mask == self.raw_tail_word
+                }
+                _ => bytes[end..].starts_with(&self.raw_tail),
+            };
+            return tail.then_some((delta, end + self.raw_tail.len()));
+        }
+        let after = end + self.tail.len();
+        if !bytes[end..].starts_with(&self.tail) {
+            return None;
+        }
+        let quote = obfuscation_end(bytes, after)?;
+        bytes[quote..]
+            .starts_with(b"\"}\n\n")
+            .then_some((delta, quote + 4))
     }
 
     /// Learns from an Anthropic `content_block_delta` of any output kind.
@@ -178,14 +261,20 @@ impl ChunkTemplate {
         if !self.obfuscated {
             return Some((delta, after));
         }
-        // `,"obfuscation":"abc"}`: a plain string, then the closing brace.
-        let padding = after + OBFUSCATION_KEY.len();
-        if !bytes[after..].starts_with(OBFUSCATION_KEY) {
-            return None;
-        }
-        let quote = special(bytes, padding)?;
+        let quote = obfuscation_end(bytes, after)?;
         (bytes[quote..].starts_with(b"\"}")).then_some((delta, quote + 2))
     }
+}
+
+/// `,"obfuscation":"abc` at `after`: where its closing quote (or whatever
+/// special byte ends the plain string) is.
+fn obfuscation_end(bytes: &[u8], after: usize) -> Option<usize> {
+    // `,"obfuscation":"abc"}`: a plain string, then the closing brace.
+    let padding = after + OBFUSCATION_KEY.len();
+    if !bytes[after..].starts_with(OBFUSCATION_KEY) {
+        return None;
+    }
+    special(bytes, padding)
 }
 
 /// `abc"}` with no quote or backslash inside: the obfuscation padding and the
@@ -293,5 +382,44 @@ mod tests {
         ] {
             assert_eq!(t.matches(different), None);
         }
+    }
+
+    #[test]
+    fn raw_events_whole_and_cut() {
+        let data = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+        let t = ChunkTemplate::learn(data, ANTHROPIC_TEXT)
+            .unwrap()
+            .for_event(b"content_block_delta");
+        let mut event = b"event: content_block_delta\ndata: ".to_vec();
+        event.extend_from_slice(data);
+        event.extend_from_slice(b"\n\n");
+        let len = event.len();
+        // The tail read as a word (bytes follow) and as a slice (the end).
+        let mut more = event.clone();
+        more.extend_from_slice(b"event: ping\n");
+        assert_eq!(t.match_raw(&more), Some((true, len)));
+        assert_eq!(t.match_raw(&event), Some((true, len)));
+        for cut in 0..len {
+            assert_eq!(t.match_raw(&event[..cut]), None, "{cut}");
+        }
+        for (at, byte) in [
+            (len - 1, b'\r'),
+            (len - 2, b'\r'),
+            (len - 3, b']'),
+            (7, b'x'),
+        ] {
+            let mut wrong = more.clone();
+            wrong[at] = byte;
+            assert_eq!(t.match_raw(&wrong), None, "{at}");
+        }
+        // Another event name, or none, is not this shape.
+        let other = ChunkTemplate::learn(data, ANTHROPIC_TEXT)
+            .unwrap()
+            .for_event(b"");
+        assert_eq!(other.match_raw(&more), None);
+        let mut bare = b"data: ".to_vec();
+        bare.extend_from_slice(data);
+        bare.extend_from_slice(b"\n\n");
+        assert_eq!(other.match_raw(&bare), Some((true, bare.len())));
     }
 }
