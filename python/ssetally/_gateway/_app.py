@@ -587,7 +587,7 @@ class MeteringProxy:
             }
         try:
             queued = self.sink.write(record)
-            self.metrics.records.labels("queued" if queued else "dropped").inc()
+            self.metrics.record_queued(queued)
             if not queued:
                 self.metrics.failure("sink")
             self.metrics.observe(record)

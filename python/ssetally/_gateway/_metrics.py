@@ -150,6 +150,25 @@ class _SinkMirror:
             self.spool_depth.labels(kind).set(stats["spool_depth"])
 
 
+class _Children:
+    """The children of a labelled metric by label values, each looked up in the metric once
+    (its ``labels()`` checks the values and takes a lock at every call). The label values
+    are bounded already (``_ModelLabels``); past ``limit`` tuples the metric is asked again."""
+
+    def __init__(self, metric: Any, limit: int = 4096) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._limit = limit
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._metric.labels(*values)
+            if len(self._children) < self._limit:
+                self._children[values] = child
+        return child
+
+
 def _amount(value: Any) -> float | None:
     """A cost amount of a record (a decimal string) as a float, None if it is not one."""
     try:
@@ -217,6 +236,11 @@ class ProxyMetrics:
             registry=self.registry,
         )
         self._model_label = _ModelLabels()
+        self._requests = _Children(self.requests)
+        self._tokens = _Children(self.tokens)
+        self._stream_duration = _Children(self.stream_duration)
+        self._cost = _Children(self.cost)
+        self._records = _Children(self.records)
         self._fault_log = _FaultLog()
         self._sink: Sink | None = None
         self._mirror: _SinkMirror | None = None
@@ -232,6 +256,10 @@ class ProxyMetrics:
             self.registry.register(SinkCollector(sink))
         self._sink = sink
         self._sink_failed = sink.failed
+
+    def record_queued(self, queued: bool) -> None:
+        """Count one record handed to the sink: ``queued``, or ``dropped`` when it was not."""
+        self._records("queued" if queued else "dropped").inc()
 
     def failure(self, stage: str, count: int = 1) -> None:
         """Count ``count`` metering faults at ``stage`` (logged, at most every 30 s a stage)."""
@@ -255,7 +283,7 @@ class ProxyMetrics:
     def observe(self, record: Mapping[str, Any]) -> None:
         """Account one finished request's record."""
         api = str(record.get("api") or "unknown")
-        self.requests.labels(str(record.get("status")), api).inc()
+        self._requests(str(record.get("status")), api).inc()
         sizes = record.get("bytes") or {}
         client_bytes = sizes.get("client")
         if isinstance(client_bytes, int) and client_bytes > 0:
@@ -269,17 +297,17 @@ class ProxyMetrics:
             for kind, key in _TOKEN_KINDS:
                 value = usage.get(key)
                 if isinstance(value, int) and value > 0:
-                    self.tokens.labels(model, source, kind).inc(value)
+                    self._tokens(model, source, kind).inc(value)
         duration = (record.get("timings") or {}).get("duration")
         if record.get("stream") and isinstance(duration, (int, float)):
-            self.stream_duration.labels(api).observe(duration)
+            self._stream_duration(api).observe(duration)
         cost = record.get("cost")
         if isinstance(cost, Mapping):
             amount = _amount(cost.get("total"))
             if amount:
                 currency = str(cost.get("currency"))
                 currency = currency if _CURRENCY.fullmatch(currency) else "other"
-                self.cost.labels(model, currency).inc(amount)
+                self._cost(model, currency).inc(amount)
         self._sync_sink()
 
     def render(self) -> tuple[bytes, str]:

@@ -56,16 +56,24 @@ def request_secrets(request: Any) -> tuple[str, ...]:
         return ()
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def redact(value: Any, secrets: Sequence[str]) -> Any:
     """``value`` (text, or JSON-like data: dicts, lists, tuples) with every secret replaced by
     ``[REDACTED]``; other values are returned as they are."""
     if not secrets:
         return value
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str or isinstance(value, str):
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
         return value
+    if kind in _SCALARS:  # exact types: the ABC checks below are slow for what they rule out
+        return value
+    if kind is dict:
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
     if isinstance(value, Mapping):
         return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -159,18 +159,30 @@ class _Walk:
         return self.text(key, f"{path}.<key>" if path else "<key>", self.limits.key) or "\ufffd"
 
 
+#: Per ``Limits``: the keys seen to pass its checks, each with whether it is a long field
+#: (records repeat the same few dozen keys; bounded, as keys can come from the network).
+_KEYS: dict[Limits, dict[str, bool]] = {}
+_MAX_KEYS = 1024
+
+
 def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
     """Whether ``sanitize_record`` would change nothing in ``record``: plain JSON types only,
     every bound kept with room to spare (the common record, checked without building the field
     paths that a change would be noted under)."""
     if type(record) is not dict:
         return False
+    known = _KEYS.get(limits)
+    if known is None:
+        known = _KEYS.setdefault(limits, {})
+    # The bounds as locals: this runs for every record, a value at a time.
     budget = limits.budget
     nodes = limits.nodes
+    max_depth, max_items, max_key = limits.depth, limits.items, limits.key
+    short, long_cap, long_fields = limits.string, limits.long_string, limits.long_fields
     stack: list[tuple[Any, int, bool]] = [(record, 0, False)]
     while stack:
         container, depth, long = stack.pop()
-        if depth >= limits.depth or len(container) > limits.items:
+        if depth >= max_depth or len(container) > max_items:
             return False
         nodes -= len(container)
         if nodes < 0:
@@ -181,18 +193,25 @@ def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
         else:
             pairs = ((None, v) for v in container)
         for key, value in pairs:
-            if key is not None:
-                if type(key) is not str or not key or len(key) > limits.key:
-                    return False
-                if "\x00" in key or (not key.isascii() and _BAD_CHARS.search(key)):
-                    return False
-                budget -= len(key)
-                inner = long or key in limits.long_fields
-            else:
+            if key is None:
                 inner = long
+            else:
+                if type(key) is not str:
+                    return False
+                is_long = known.get(key)
+                if is_long is None:
+                    if not key or len(key) > max_key:
+                        return False
+                    if "\x00" in key or (not key.isascii() and _BAD_CHARS.search(key)):
+                        return False
+                    is_long = key in long_fields
+                    if len(known) < _MAX_KEYS:
+                        known[key] = is_long
+                budget -= len(key)
+                inner = long or is_long
             kind = type(value)
             if kind is str:
-                if len(value) > (limits.long_string if inner else limits.string):
+                if len(value) > (long_cap if inner else short):
                     return False
                 if "\x00" in value or (not value.isascii() and _BAD_CHARS.search(value)):
                     return False
