@@ -4,7 +4,9 @@ Decimals (to the digit), for every model of every provider in its data, or falls
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import genai_prices
 import pytest
@@ -29,36 +31,35 @@ def _usages(rng: random.Random) -> list[dict[str, int]]:
     return out
 
 
-def _slow(values: dict[str, int], model: str, provider: str, when: datetime) -> object:
-    try:
-        calc = genai_prices.calc_price(
-            genai_prices.Usage(**values), model, provider_id=provider, genai_request_timestamp=when
-        )
-    except Exception as exc:  # noqa: BLE001 - the fast path must raise the same kind
-        return type(exc)
-    return (
-        str(calc.input_price),
-        str(calc.output_price),
-        str(calc.total_price),
-        calc.model.id,
-        calc.provider.id,
-        calc.model_price,
+def _slow_calc(values: dict[str, int], model: str, provider: str, when: datetime) -> Any:
+    return genai_prices.calc_price(
+        genai_prices.Usage(**values), model, provider_id=provider, genai_request_timestamp=when
     )
 
 
-def _fast(values: dict[str, int], model: str, provider: str, when: datetime) -> object:
+def _outcome(calc: Callable[..., Any], *args: Any) -> object:
+    """What a pricing function gives: the Decimals as text (to the digit) and what it priced,
+    or the kind of error it raised (the fast path must raise the same kind)."""
     try:
-        calc = _pricing.calc(values, model, provider, when)
+        result = calc(*args)
     except Exception as exc:  # noqa: BLE001
         return type(exc)
     return (
-        str(calc.input_price),
-        str(calc.output_price),
-        str(calc.total_price),
-        calc.model.id,
-        calc.provider.id,
-        calc.model_price,
+        str(result.input_price),
+        str(result.output_price),
+        str(result.total_price),
+        result.model.id,
+        result.provider.id,
+        result.model_price,
     )
+
+
+def _slow(values: dict[str, int], model: str, provider: str, when: datetime) -> object:
+    return _outcome(_slow_calc, values, model, provider, when)
+
+
+def _fast(values: dict[str, int], model: str, provider: str, when: datetime) -> object:
+    return _outcome(_pricing.calc, values, model, provider, when)
 
 
 def test_every_model_is_priced_exactly_as_calc_price_does() -> None:
