@@ -170,6 +170,31 @@ def test_include_usage_is_added_and_stripped(kind: str) -> None:
     assert record["usage"]["input_tokens"] == truth["prompt_tokens"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"\\ud800m","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+        b'{"model":"m","temperature":NaN,"stream":true,"messages":[{"role":"user","content":"hi"}]}',
+    ],
+    ids=["lone-surrogate", "nan"],
+)
+def test_include_usage_skipped_when_the_body_cannot_be_sent_again(kind: str, raw: bytes) -> None:
+    """A body that has no UTF-8 JSON form once parsed (a lone surrogate escape, a NaN) reaches
+    the app as it came, and the record says that usage was not added (never a silent skip)."""
+    sink = ListSink()
+    with ReplayServer() as upstream:
+        wrapped = UsageMiddleware(make_app(kind, base(upstream)), sink=sink, include_usage=True)
+        with served(wrapped) as b, httpx.Client(timeout=TIMEOUT, trust_env=False) as client:
+            headers = {**AUTH, "content-type": "application/json"}
+            answer = client.post(b.url + "/v1/chat/completions", content=raw, headers=headers)
+        sent = upstream.requests[-1]
+    assert answer.status_code == 200
+    assert "stream_options" not in (sent.body or {})
+    record = sink.wait()[0]
+    assert record["injected_usage"] is False
+    assert any("include_usage was not added" in w for w in record["warnings"]), record["warnings"]
+
+
 def test_again(kind: str) -> None:
     sink = ListSink()
     with ReplayServer() as upstream:

@@ -214,6 +214,18 @@ def test_chat_stream_wire_format_with_usage(server: ReplayServer, client: httpx.
     assert truth.usage_sent and truth.completed and truth.events_sent == len(events)
 
 
+def test_a_lone_surrogate_in_the_request_is_echoed_as_its_escape(
+    server: ReplayServer, client: httpx.Client
+) -> None:
+    """A model name the client sent as ``\\ud800`` (valid JSON, no UTF-8 form) comes back in
+    the chunks as the same escape; the answer is a normal stream, not a dropped connection."""
+    raw = b'{"model":"m\\ud800","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    r = client.post("/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200
+    assert b'"model":"m\\ud800"' in r.content
+    assert payloads(r.content)[0]["model"] == "m\ud800"
+
+
 @pytest.mark.parametrize("options", [None, {}, {"include_usage": False}])
 def test_chat_stream_without_include_usage(
     server: ReplayServer, client: httpx.Client, options: dict[str, Any] | None

@@ -34,14 +34,13 @@ from ._metering import (
     RetrievalPolicy,
     StreamMeter,
     arun_fallbacks,
-    encode_body,
+    inject_usage,
     is_llm_path,
     parse_json_object,
     redact_report,
     requested_model,
     secrets_of,
     skipped,
-    usage_request,
 )
 from ._metering._fallback import needs_retrieval
 from ._mime import is_event_stream
@@ -338,15 +337,14 @@ class _Exchange:
         x.requested_model = requested_model(self.body)
         if not owner.include_usage:
             return scope
-        new = usage_request(x.method, x.path, self.body)
-        if new is None:
+        injection = inject_usage(x.method, x.path, self.body)
+        if injection.skipped is not None:  # the app sees the request as it came
+            x.warnings.append(injection.skipped)
+        if injection.content is None:
             return scope
-        try:
-            content = encode_body(new)
-        except UnicodeEncodeError:
-            return scope
+        content = injection.content
         self.replay = deque([{"type": "http.request", "body": content, "more_body": False}])
-        self.body = new
+        self.body = injection.body
         x.injected = True
         fixed = [
             (k, v)

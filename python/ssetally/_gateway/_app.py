@@ -38,14 +38,13 @@ from .._metering import (
     Plan,
     StreamMeter,
     arun_fallbacks,
-    encode_body,
+    inject_usage,
     is_llm_path,
     parse_json_object,
     redact,
     requested_model,
     secrets_of,
     skipped,
-    usage_request,
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
@@ -326,15 +325,14 @@ class MeteringProxy:
                 parsed = await asyncio.to_thread(parse_json_object, body)
             x.requested_model = requested_model(parsed)
         if cfg.inject_usage:
-            try:
-                new = usage_request(x.method, x.path, parsed)
-                if new is not None:
-                    body = encode_body(new)
-                    parsed = new
-                    forward = [(k, v) for k, v in forward if k.lower() != b"accept-encoding"]
-                    forward.append((b"accept-encoding", b"identity"))
-                    x.injected = True
-            except Exception:  # noqa: BLE001 - fail open
+            injection = inject_usage(x.method, x.path, parsed)
+            if injection.content is not None:
+                body, parsed = injection.content, injection.body
+                forward = [(k, v) for k, v in forward if k.lower() != b"accept-encoding"]
+                forward.append((b"accept-encoding", b"identity"))
+                x.injected = True
+            elif injection.skipped is not None:  # sent as it came; the record says why
+                x.warnings.append(injection.skipped)
                 self._failure(x, "inject")
 
         target = self._prefix + path + (b"?" + query if query else b"")

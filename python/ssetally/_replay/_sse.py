@@ -121,7 +121,11 @@ def _truncate_event(event: bytes) -> bytes:
 def _dumps(obj: Any) -> bytes:
     # Compact like the real API; raw UTF-8 (not \u escapes) so multi-byte characters cross
     # the wire as bytes and can be split by chunking.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed from a request: keep its escape
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def _data_event(obj: Any) -> bytes:
