@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -214,37 +214,46 @@ def test_the_fallback_path_without_httptools(tmp_path: Path, monkeypatch: Any) -
         runtime_line(ProxyConfig(upstream="http://127.0.0.1:1", upstream_client="httptools"))
 
 
+def _slow_client(proxy: Any, frame: str, watch: Callable[[Any], None]) -> bytes:
+    """A client that asks for a ~7 MB answer (``x-frame`` from the upstream), reads nothing
+    for 2 s while ``watch`` sees each open upstream connection every 10 ms, then reads all."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        body = httpx.Request("POST", "http://x/", json=BODY).read()
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-type: application/json\r\nx-chunks: 40000\r\nx-frame: %b\r\n"
+            b"content-length: %d\r\n\r\n%b" % (frame.encode(), len(body), body)
+        )
+        pool = proxy.app._pool
+        assert pool is not None
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for conn in list(pool._open):
+                watch(conn)
+            time.sleep(0.01)
+        received = b""
+        while True:
+            piece = s.recv(1 << 20)
+            if not piece:
+                return received
+            received += piece
+
+
 def test_a_slow_client_pauses_the_upstream_within_a_bound(tmp_path: Path) -> None:
     sink = tmp_path / "u.jsonl"
     want = chat_stream(40_000)  # ~7 MB, sent as fast as the upstream can
+    seen = {"paused": False, "most": 0}
+
+    def watch(conn: Any) -> None:
+        seen["most"] = max(seen["most"], conn._size)
+        seen["paused"] = seen["paused"] or conn._paused
+
     with Upstream() as up, proxied(up.origin, sink) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            body = httpx.Request("POST", "http://x/", json=BODY).read()
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-                b"content-type: application/json\r\nx-chunks: 40000\r\nx-frame: length\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            pool = proxy.app._pool
-            assert pool is not None
-            paused = False
-            most = 0
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:  # the client reads nothing meanwhile
-                for conn in list(pool._open):
-                    most = max(most, conn._size)
-                    paused = paused or conn._paused
-                time.sleep(0.01)
-            assert paused, "the upstream was never paused"
-            assert most <= upstream_module.HIGH_WATER + 256 * 1024, most
-            received = b""
-            while True:
-                piece = s.recv(1 << 20)
-                if not piece:
-                    break
-                received += piece
+        received = _slow_client(proxy, "length", watch)
         (rec,) = settled(proxy, sink, 1)
+    assert seen["paused"], "the upstream was never paused"
+    assert seen["most"] <= upstream_module.HIGH_WATER + 256 * 1024, seen["most"]
     assert received.split(b"\r\n\r\n", 1)[1] == want
     assert rec["status"] == "completed" and rec["bytes"]["client"] == len(want)
 
@@ -321,33 +330,17 @@ def test_chunked_streams_are_relayed_from_the_upstream_protocol(
 def test_a_slow_client_pauses_a_directly_relayed_stream(tmp_path: Path) -> None:
     sink = tmp_path / "u.jsonl"
     want = chat_stream(40_000)  # ~7 MB, sent as fast as the upstream can
+    seen = {"paused": False, "diverted": False}
+
+    def watch(conn: Any) -> None:
+        seen["paused"] = seen["paused"] or conn.paused
+        seen["diverted"] = seen["diverted"] or conn._relay is not None
+
     with Upstream() as up, proxied(up.origin, sink) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            body = httpx.Request("POST", "http://x/", json=BODY).read()
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-                b"content-type: application/json\r\nx-chunks: 40000\r\nx-frame: chunked\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            pool = proxy.app._pool
-            assert pool is not None
-            paused = diverted = False
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:  # the client reads nothing meanwhile
-                for conn in list(pool._open):
-                    paused = paused or conn.paused
-                    diverted = diverted or conn._relay is not None
-                time.sleep(0.01)
-            assert diverted, "the stream was not relayed from the upstream protocol"
-            assert paused, "the upstream was never paused"
-            received = b""
-            while True:
-                piece = s.recv(1 << 20)
-                if not piece:
-                    break
-                received += piece
+        received = _slow_client(proxy, "chunked", watch)
         (rec,) = settled(proxy, sink, 1)
+    assert seen["diverted"], "the stream was not relayed from the upstream protocol"
+    assert seen["paused"], "the upstream was never paused"
     head, chunked = received.split(b"\r\n\r\n", 1)
     assert b"transfer-encoding: chunked" in head.lower()
     assert dechunk(chunked) == want
