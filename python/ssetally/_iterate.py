@@ -171,7 +171,7 @@ class MeteredStream(_Metered):
                 # The hot loop: one native call per chunk; the clock is read at the first
                 # chunk and at those that completed an output-bearing event.
                 tap, feed, stamp, clock = direct
-                fresh = first = True
+                fresh = True
                 seen = tap.delta_chunks
                 for chunk in chunks:
                     if fresh:
@@ -186,8 +186,7 @@ class MeteredStream(_Metered):
                     if events != seen:
                         seen = events
                         at = meter.last_content = clock()
-                        if first:
-                            first = False
+                        if meter.first_content is None:
                             meter.first_content = at
                         if stamp is not None:
                             stamp(at)
@@ -254,7 +253,7 @@ class AsyncMeteredStream(_Metered):
             if direct is not None:
                 # The hot loop, as in ``MeteredStream._run``.
                 tap, feed, stamp, clock = direct
-                fresh = first = True
+                fresh = True
                 seen = tap.delta_chunks
                 async for chunk in chunks:
                     if fresh:
@@ -269,8 +268,7 @@ class AsyncMeteredStream(_Metered):
                     if events != seen:
                         seen = events
                         at = meter.last_content = clock()
-                        if first:
-                            first = False
+                        if meter.first_content is None:
                             meter.first_content = at
                         if stamp is not None:
                             stamp(at)
