@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._pricing import calc as calc_price
 from ._report import ChoiceUsage, Cost, StreamReport, Usage
 
 if TYPE_CHECKING:
@@ -189,15 +190,6 @@ def _cache_parts(
     return read_cost, write_cost
 
 
-def _calc(
-    values: dict[str, int], model: str, provider: str | None, when: datetime | None
-) -> PriceCalculation:
-    from ._pricing import calc
-
-    result: PriceCalculation = calc(values, model, provider, when)
-    return result
-
-
 def cost_of(
     usage: Usage | None,
     *,
@@ -282,7 +274,7 @@ def _cost(
             failures.append(missed)
             continue
         try:
-            calc = _calc(priced, name, candidate, when)
+            calc = calc_price(priced, name, candidate, when)
             break
         except LookupError as exc:
             failures.append(str(exc))

@@ -231,7 +231,7 @@ class StreamMeter:
 
     def direct(self) -> Direct | None:
         """For a front-end's own per-chunk loop, when a raw chunk needs nothing but the
-        native tap (identity body, no stripping, metering on): ``(feed, stamp, clock)``,
+        native tap (identity body, no stripping, metering on): ``(tap, feed, stamp, clock)``,
         else None (call ``feed`` above instead).
 
         The loop's duties, which are what ``feed`` does: ``first_byte = clock()`` at the
