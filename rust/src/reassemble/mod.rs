@@ -203,6 +203,34 @@ impl Output {
         self.choices.entry(index).or_default()
     }
 
+    /// Appends the JSON string body `raw` (between its quotes) to the text
+    /// of choice `index`; false, with the text unchanged, when it is not
+    /// UTF-8, holds a surrogate escape, or memory could not be had (the
+    /// caller then parses the event, which reads such text its own way).
+    pub(crate) fn append_text(&mut self, index: u64, raw: &[u8]) -> bool {
+        let text = &mut self.choice(index).text;
+        let len = text.len();
+        let done = unescape_into(text, raw).is_some();
+        if !done {
+            text.truncate(len);
+        }
+        done
+    }
+
+    /// The choice an event adds text to, when reading it from scratch adds
+    /// exactly the JSON string body `raw` to that choice's text and nothing
+    /// else anywhere: events of the same shape then need no parsing.
+    pub(crate) fn text_only(data: &[u8], raw: &[u8]) -> Option<u64> {
+        let mut read = Output::default();
+        read.on_event(data);
+        let index = match read.choices.keys().collect::<Vec<_>>()[..] {
+            [&index] => index,
+            _ => return None,
+        };
+        let mut expected = Output::default();
+        (expected.append_text(index, raw) && read == expected).then_some(index)
+    }
+
     /// Ends the response: arguments still streaming are closed so that
     /// they are whole JSON text.
     pub fn close(&mut self) {
@@ -211,6 +239,41 @@ impl Output {
             self.close_gemini_call(choice_index);
         }
     }
+}
+
+/// Appends the JSON string body `raw`, its escapes decoded; None (with
+/// `dst` partly written) when it is not UTF-8, holds a surrogate escape (a
+/// pair or a lone one: left to the parser), or memory could not be had.
+fn unescape_into(dst: &mut String, raw: &[u8]) -> Option<()> {
+    // Decoded text is never longer than its escaped form.
+    dst.try_reserve(raw.len()).ok()?;
+    let mut rest = raw;
+    while let Some(at) = memchr::memchr(b'\\', rest) {
+        dst.push_str(std::str::from_utf8(&rest[..at]).ok()?);
+        let (c, len) = match *rest.get(at + 1)? {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => {
+                let hex = rest.get(at + 2..at + 6)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                (char::from_u32(code)?, 6)
+            }
+            _ => return None,
+        };
+        dst.push(c);
+        rest = &rest[at + len..];
+    }
+    dst.push_str(std::str::from_utf8(rest).ok()?);
+    Some(())
 }
 
 /// Keeps a choice's finish reason (capped: it comes from the network).

@@ -48,6 +48,7 @@ pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
 use crate::reassemble::Output;
 use crate::sse::{Decoder, DecoderConfig, Dispatch, EventRef};
 use tap::Tap;
+use template::TextSpan;
 
 /// Incremental usage extractor over a byte stream.
 ///
@@ -176,8 +177,11 @@ impl UsageTap {
         // Bytes go to the report that is current when the chunk begins; an
         // oversized event to the one current where it was discarded.
         tap.add_bytes(chunk.len() as u64);
-        let out_of_memory = if output.is_none() && timeline.is_none() && tap.reads_raw() {
-            feed_raw(decoder, tap, chunk)
+        // The raw reading gives the text of what it reads to the output on
+        // the chat and Anthropic templates only.
+        let raw = timeline.is_none() && tap.reads_raw() && (output.is_none() || tap.raw_text());
+        let out_of_memory = if raw {
+            feed_raw(decoder, tap, output, chunk)
         } else {
             decoder
                 .feed_each(chunk, |d| on_dispatch(tap, output, timeline, d))
@@ -289,6 +293,12 @@ struct Collect {
     cur: Output,
     /// The current output's cap warning was given.
     cap_warned: bool,
+    /// The template shape whose events were seen to add their text to one
+    /// choice and nothing else, and that choice: their text is appended
+    /// without parsing the event.
+    fast: Option<(u32, u64)>,
+    /// The last template shape so checked (once each).
+    checked: Option<u32>,
 }
 
 impl Collect {
@@ -302,7 +312,11 @@ impl Collect {
             self.done.push(old);
             self.cap_warned = false;
         }
-        self.cur.on_event(data);
+        let span = tap.take_text();
+        if !self.fast_text(span, data) {
+            let data = span.map_or(data, |s| &data[s.data.0..s.data.1]);
+            self.cur.on_event(data);
+        }
         if self.cur.response_id.is_none() {
             self.cur.response_id = tap.current_id().map(str::to_owned);
         }
@@ -315,16 +329,55 @@ impl Collect {
     }
 }
 
+impl Collect {
+    /// Appends the text of an event a template fast path read (`span`, in
+    /// `bytes`), when events of that shape were seen to add their text to
+    /// one choice and nothing else: the first event of each shape is parsed
+    /// in full as well to see it. False when the event must be parsed.
+    fn fast_text(&mut self, span: Option<TextSpan>, bytes: &[u8]) -> bool {
+        let Some(span) = span else {
+            return false;
+        };
+        let text = &bytes[span.text.0..span.text.1];
+        if let Some((shape, choice)) = self.fast {
+            if shape == span.shape {
+                return self.cur.append_text(choice, text);
+            }
+        }
+        if self.checked == Some(span.shape) {
+            return false;
+        }
+        self.checked = Some(span.shape);
+        match Output::text_only(&bytes[span.data.0..span.data.1], text) {
+            Some(choice) => {
+                self.fast = Some((span.shape, choice));
+                self.cur.append_text(choice, text)
+            }
+            None => false,
+        }
+    }
+}
+
 /// Feeds `chunk` to the decoder, except the events the tap reads from the
 /// raw bytes ([`Tap::read_raw`]) while the decoder is between events: the
 /// decoder gets the bytes up to each blank line that the tap did not read.
 /// Returns the count of events discarded for want of memory.
-fn feed_raw(decoder: &mut Decoder, tap: &mut Tap, chunk: &[u8]) -> u32 {
+fn feed_raw(
+    decoder: &mut Decoder,
+    tap: &mut Tap,
+    output: &mut Option<Collect>,
+    chunk: &[u8],
+) -> u32 {
     let mut rest = chunk;
     let mut out_of_memory = 0u32;
     loop {
         if decoder.at_event_boundary() {
+            let mut closed = tap.closed();
             while let Some(len) = tap.read_raw(rest) {
+                if let Some(c) = output.as_mut() {
+                    c.on_event(tap, closed, &rest[..len]);
+                    closed = tap.closed();
+                }
                 rest = &rest[len..];
             }
         }
@@ -332,7 +385,7 @@ fn feed_raw(decoder: &mut Decoder, tap: &mut Tap, chunk: &[u8]) -> u32 {
             Some(at) if at + 2 < rest.len() && tap.reads_raw() => &rest[..at + 2],
             _ => rest,
         };
-        let status = decoder.feed_each(head, |d| on_dispatch(tap, &mut None, &mut None, d));
+        let status = decoder.feed_each(head, |d| on_dispatch(tap, output, &mut None, d));
         out_of_memory = out_of_memory.saturating_add(status.out_of_memory);
         rest = &rest[head.len()..];
         if rest.is_empty() {

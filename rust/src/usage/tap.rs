@@ -8,7 +8,7 @@ use super::event::EventInfo;
 use super::gemini_template::{GeminiMatch, GeminiTemplate};
 use super::json::{decode, fields, non_null, str_body, Invalid};
 use super::scan::Needles;
-use super::template::{ChunkTemplate, CHAT_CONTENT};
+use super::template::{ChunkTemplate, TextSpan, CHAT_CONTENT};
 use super::timeline::Mark;
 use super::types::{Api, ApiHint, Report};
 use super::{anthropic, assistants, chat, cohere, detect, gemini, interactions, responses};
@@ -23,8 +23,14 @@ pub(crate) struct Tap {
     max_event_size: usize,
     cur: Builder,
     reports: Vec<Report>,
-    /// The learned shape of this stream's content chunks (chat only).
+    /// The learned shape of this stream's content chunks (chat and
+    /// Anthropic text).
     template: Option<ChunkTemplate>,
+    /// Shapes learned into `template` so far (names each one).
+    shapes: u32,
+    /// Where the last event read by `template` had its text (cleared at
+    /// every event).
+    text: Option<TextSpan>,
     /// The learned shape of this stream's delta events (Responses only).
     delta_template: Option<DeltaTemplate>,
     /// The learned shape of this stream's text chunks (Gemini only).
@@ -70,6 +76,8 @@ impl Tap {
             cur: Builder::default(),
             reports: Vec::new(),
             template: None,
+            shapes: 0,
+            text: None,
             delta_template: None,
             gemini_template: None,
             pending_usage: Vec::new(),
@@ -153,11 +161,18 @@ impl Tap {
     }
 
     pub(crate) fn on_event(&mut self, ev: EventRef<'_>) {
+        self.text = None;
         let data = ev.data.trim_ascii();
         if data == b"[DONE]" {
             self.cur.on_done(self.api);
         } else if let Some(delta) = self.fast(ev.event, data) {
             self.cur.report.delta_chunks += u64::from(delta);
+            // The span in `ev.data`, which may have led with white space.
+            let lead = ev.data.len() - ev.data.trim_ascii_start().len();
+            if let Some(span) = self.text.as_mut() {
+                span.data = (lead, lead + data.len());
+                span.text = (span.text.0 + lead, span.text.1 + lead);
+            }
         } else if !data.is_empty() {
             // Empty data (a bare `data:` keep-alive) carries nothing.
             self.flush_usage();
@@ -193,15 +208,47 @@ impl Tap {
         if !self.cur.fast_ok() {
             return None;
         }
-        if let Some(delta) = self.template.as_ref().and_then(|t| t.matches(data)) {
+        if let Some(delta) = self.text_template(data) {
             return Some(delta);
         }
         let delta = chat::fast(data, self.api, self.needles)?;
         if delta && self.relearn_budget > 0 && self.api == Api::ChatCompletions {
             let learned = ChunkTemplate::learn(data, CHAT_CONTENT).map(|t| t.for_event(name));
-            adopt(&mut self.template, &mut self.relearn_budget, learned);
+            self.adopt_text(learned);
         }
         Some(delta)
+    }
+
+    /// The chat and Anthropic template fast path: the delta flag of an
+    /// event of the learned shape, with where its text is noted.
+    fn text_template(&mut self, data: &[u8]) -> Option<bool> {
+        let template = self.template.as_ref()?;
+        let (delta, text_end) = template.matches_text(data)?;
+        self.text = Some(TextSpan {
+            shape: self.shapes,
+            data: (0, data.len()),
+            text: (template.text_start(), text_end),
+        });
+        Some(delta)
+    }
+
+    fn adopt_text(&mut self, learned: Option<ChunkTemplate>) {
+        if learned.is_some() {
+            self.shapes = self.shapes.wrapping_add(1);
+        }
+        adopt(&mut self.template, &mut self.relearn_budget, learned);
+    }
+
+    /// Where the last event read by the chat or Anthropic template had its
+    /// text (None for any other event).
+    pub(crate) fn take_text(&mut self) -> Option<TextSpan> {
+        self.text.take()
+    }
+
+    /// Whether [`Tap::read_raw`] notes the text of what it reads
+    /// ([`Tap::take_text`]): the text template's APIs.
+    pub(crate) fn raw_text(&self) -> bool {
+        matches!(self.api, Api::ChatCompletions | Api::AnthropicMessages)
     }
 
     /// The Gemini hot path: a text chunk shaped like an earlier one bumps the
@@ -266,6 +313,7 @@ impl Tap {
         if self.slow_only {
             return None;
         }
+        self.text = None;
         if self.api == Api::Responses {
             return self.read_raw_delta(bytes);
         }
@@ -277,10 +325,16 @@ impl Tap {
         if self.api == Api::ChatCompletions && !self.cur.fast_ok() {
             return None;
         }
-        let (delta, len) = template.match_raw(bytes)?;
+        let (delta, len, text_end) = template.match_raw(bytes)?;
         if len > self.max_event_size {
             return None;
         }
+        let (data_start, text_start) = template.raw_starts();
+        self.text = Some(TextSpan {
+            shape: self.shapes,
+            data: (data_start, len - 2),
+            text: (text_start, text_end),
+        });
         self.cur.report.delta_chunks += u64::from(delta);
         self.cur.report.events += 1;
         Some(len)
@@ -324,7 +378,7 @@ impl Tap {
         match self.api {
             Api::ChatCompletions | Api::Completions => self.fast_chat(name, data),
             Api::Responses => self.delta_template.as_ref()?.matches(name, data),
-            Api::AnthropicMessages => self.template.as_ref()?.matches(data),
+            Api::AnthropicMessages => self.text_template(data),
             Api::Gemini => self.fast_gemini(data),
             _ => None,
         }
@@ -361,7 +415,7 @@ impl Tap {
             }
             Api::AnthropicMessages => {
                 let learned = ChunkTemplate::learn_anthropic(data).map(|t| t.for_event(name));
-                adopt(&mut self.template, &mut self.relearn_budget, learned);
+                self.adopt_text(learned);
             }
             Api::Gemini => {
                 let learned = GeminiTemplate::learn(data, info);

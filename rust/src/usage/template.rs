@@ -29,6 +29,19 @@ pub(crate) const ANTHROPIC_DELTAS: [&[u8]; 3] = [
 ];
 const OBFUSCATION_KEY: &[u8] = b",\"obfuscation\":\"";
 
+/// Where a template fast path found one content event and its text, in the
+/// bytes it read (offsets), and which learned shape matched (see
+/// [`crate::usage::UsageTap::collecting_output`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TextSpan {
+    /// Counts the shapes learned in the stream: the same number, the same shape.
+    pub(crate) shape: u32,
+    /// The event's data.
+    pub(crate) data: (usize, usize),
+    /// The text's JSON string body, between its quotes (escapes not decoded).
+    pub(crate) text: (usize, usize),
+}
+
 /// The learned shape of one stream's content chunks.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ChunkTemplate {
@@ -203,10 +216,10 @@ impl ChunkTemplate {
     }
 
     /// Whether `bytes` begin with one whole event of this shape on the wire
-    /// (see [`ChunkTemplate::for_event`]; LF only): its delta flag and its
-    /// length, the blank line included. Two comparisons instead of one per
-    /// line and field.
-    pub(crate) fn match_raw(&self, bytes: &[u8]) -> Option<(bool, usize)> {
+    /// (see [`ChunkTemplate::for_event`]; LF only): its delta flag, its
+    /// length (the blank line included) and where its text's closing quote
+    /// is. Two comparisons instead of one per line and field.
+    pub(crate) fn match_raw(&self, bytes: &[u8]) -> Option<(bool, usize, usize)> {
         if self.raw_head.is_empty() || !bytes.starts_with(&self.raw_head) {
             return None;
         }
@@ -220,7 +233,7 @@ impl ChunkTemplate {
                 }
                 _ => bytes[end..].starts_with(&self.raw_tail),
             };
-            return tail.then_some((delta, end + self.raw_tail.len()));
+            return tail.then_some((delta, end + self.raw_tail.len(), end - 1));
         }
         let after = end + self.tail.len();
         if !bytes[end..].starts_with(&self.tail) {
@@ -229,7 +242,19 @@ impl ChunkTemplate {
         let quote = obfuscation_end(bytes, after)?;
         bytes[quote..]
             .starts_with(b"\"}\n\n")
-            .then_some((delta, quote + 4))
+            .then_some((delta, quote + 4, end - 1))
+    }
+
+    /// Where, in the wire bytes [`ChunkTemplate::match_raw`] read, the
+    /// event's data and its text begin.
+    pub(crate) fn raw_starts(&self) -> (usize, usize) {
+        let text = self.raw_head.len();
+        (text - self.prefix.len(), text)
+    }
+
+    /// Where the text of a chunk of this shape begins (in its data).
+    pub(crate) fn text_start(&self) -> usize {
+        self.prefix.len()
     }
 
     /// Learns from an Anthropic `content_block_delta` of any output kind.
@@ -240,14 +265,21 @@ impl ChunkTemplate {
     }
 
     /// `Some(non_empty_content)` when `data` has exactly this shape.
+    #[cfg(test)]
     pub(crate) fn matches(&self, data: &[u8]) -> Option<bool> {
-        self.match_len(data)
-            .and_then(|(delta, end)| (end == data.len()).then_some(delta))
+        self.matches_text(data).map(|(delta, _)| delta)
     }
 
-    /// Whether `bytes` begin with this shape: its delta flag and length.
-    /// What follows is not looked at (an SSE event's data may go on).
-    pub(crate) fn match_len(&self, bytes: &[u8]) -> Option<(bool, usize)> {
+    /// [`ChunkTemplate::matches`], with where the text's closing quote is.
+    pub(crate) fn matches_text(&self, data: &[u8]) -> Option<(bool, usize)> {
+        self.match_len(data)
+            .and_then(|(delta, end, text_end)| (end == data.len()).then_some((delta, text_end)))
+    }
+
+    /// Whether `bytes` begin with this shape: its delta flag, its length
+    /// and where its text's closing quote is. What follows is not looked at
+    /// (an SSE event's data may go on).
+    pub(crate) fn match_len(&self, bytes: &[u8]) -> Option<(bool, usize, usize)> {
         if !bytes.starts_with(&self.prefix) {
             return None;
         }
@@ -259,10 +291,10 @@ impl ChunkTemplate {
         }
         let delta = end > start + 1;
         if !self.obfuscated {
-            return Some((delta, after));
+            return Some((delta, after, end - 1));
         }
         let quote = obfuscation_end(bytes, after)?;
-        (bytes[quote..].starts_with(b"\"}")).then_some((delta, quote + 2))
+        (bytes[quote..].starts_with(b"\"}")).then_some((delta, quote + 2, end - 1))
     }
 }
 
@@ -397,8 +429,12 @@ mod tests {
         // The tail read as a word (bytes follow) and as a slice (the end).
         let mut more = event.clone();
         more.extend_from_slice(b"event: ping\n");
-        assert_eq!(t.match_raw(&more), Some((true, len)));
-        assert_eq!(t.match_raw(&event), Some((true, len)));
+        let text_end = len - b"}}\n\n".len() - 1;
+        assert_eq!(t.match_raw(&more), Some((true, len, text_end)));
+        assert_eq!(t.match_raw(&event), Some((true, len, text_end)));
+        let (data_start, text_start) = t.raw_starts();
+        assert_eq!(&event[data_start..len - 2], &data[..]);
+        assert_eq!(&event[text_start..text_end], b"Hi");
         for cut in 0..len {
             assert_eq!(t.match_raw(&event[..cut]), None, "{cut}");
         }
@@ -420,6 +456,7 @@ mod tests {
         let mut bare = b"data: ".to_vec();
         bare.extend_from_slice(data);
         bare.extend_from_slice(b"\n\n");
-        assert_eq!(other.match_raw(&bare), Some((true, bare.len())));
+        let bare_end = bare.len() - b"}}\n\n".len() - 1;
+        assert_eq!(other.match_raw(&bare), Some((true, bare.len(), bare_end)));
     }
 }

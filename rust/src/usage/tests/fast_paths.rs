@@ -58,10 +58,16 @@ fn is_valid(text: &str) -> bool {
     !INVALID.contains(&text)
 }
 
-fn reports(bytes: &[u8], cut: Option<usize>, slow: bool) -> Vec<Report> {
+/// A stream's reports and, when `collect`, its reassembled outputs.
+type Read = (Vec<Report>, Vec<crate::reassemble::Output>);
+
+fn read(bytes: &[u8], cut: Option<usize>, slow: bool, collect: bool) -> Read {
     let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
     if slow {
         tap = tap.slow_only();
+    }
+    if collect {
+        tap = tap.collecting_output();
     }
     match cut {
         Some(at) => {
@@ -70,20 +76,23 @@ fn reports(bytes: &[u8], cut: Option<usize>, slow: bool) -> Vec<Report> {
         }
         None => tap.feed(bytes),
     }
-    tap.finish()
+    let reports = tap.finish();
+    (reports, tap.outputs().into_iter().cloned().collect())
+}
+
+fn reports(bytes: &[u8], cut: Option<usize>, slow: bool) -> Vec<Report> {
+    read(bytes, cut, slow, false).0
 }
 
 /// The fast paths give the slow path's reports, whole, cut in two
 /// (`every_cut`: at every byte of the last 700; otherwise at a few hundred
-/// places) and fed one byte at a time.
+/// places) and fed one byte at a time; collecting the output, they give
+/// the slow path's output too.
 fn same_as_slow(bytes: &[u8], every_cut: bool) -> Vec<Report> {
-    let reference = reports(bytes, None, true);
-    assert_eq!(
-        reports(bytes, None, false),
-        reference,
-        "{}",
-        String::from_utf8_lossy(bytes)
-    );
+    let reference = read(bytes, None, true, true);
+    let lossy = || String::from_utf8_lossy(bytes).into_owned();
+    assert_eq!(reports(bytes, None, false), reference.0, "{}", lossy());
+    assert_eq!(read(bytes, None, false, true), reference, "{}", lossy());
     // Every cut over the last events (where the hostile text of a short
     // stream is), every few bytes before; one byte at a time below cuts
     // everywhere at once.
@@ -94,14 +103,28 @@ fn same_as_slow(bytes: &[u8], every_cut: bool) -> Vec<Report> {
     };
     let near_end = |at: usize| every_cut && at + 700 >= bytes.len();
     for at in (0..=bytes.len()).filter(|&at| at % step == 0 || near_end(at)) {
-        assert_eq!(reports(bytes, Some(at), false), reference, "cut at {at}");
+        assert_eq!(reports(bytes, Some(at), false), reference.0, "cut at {at}");
+        assert_eq!(
+            read(bytes, Some(at), false, true),
+            reference,
+            "collecting, cut at {at}"
+        );
     }
-    let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
-    for b in bytes.chunks(1) {
-        tap.feed(b);
+    for collect in [false, true] {
+        let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default());
+        if collect {
+            tap = tap.collecting_output();
+        }
+        for b in bytes.chunks(1) {
+            tap.feed(b);
+        }
+        assert_eq!(tap.finish(), reference.0, "one byte at a time");
+        if collect {
+            let outputs: Vec<_> = tap.outputs().into_iter().cloned().collect();
+            assert_eq!(outputs, reference.1, "collecting, one byte at a time");
+        }
     }
-    assert_eq!(tap.finish(), reference, "one byte at a time");
-    reference
+    reference.0
 }
 
 fn chat(texts: &[&str], obfuscated: bool) -> Vec<u8> {
@@ -384,4 +407,42 @@ fn raw_reads_keep_the_event_size_limit() {
     let r = run(false);
     assert_eq!(r, run(true));
     assert_eq!(r[0].oversized_events, 3);
+}
+
+/// Collecting the output, the chat and Anthropic text templates append each
+/// text without parsing its event once a first event of the shape showed
+/// that it adds text and nothing else; shapes that add anything else
+/// (Anthropic thinking and tool input) are parsed every time. Either way the output is the
+/// slow path's (the tests above).
+#[test]
+fn collecting_appends_template_text_without_parsing() {
+    let texts = ["a", r#"b\nc\u00e9\ud83d\ude80\"d"#, "e\u{e9}f", ""];
+    for (stream, fast) in [
+        (chat(&texts, false), true),
+        (chat(&texts, true), true),
+        (anthropic(&texts), true),
+        (
+            String::from_utf8(anthropic(&texts))
+                .unwrap()
+                .replace(
+                    r#""type":"text_delta","text":"#,
+                    r#""type":"thinking_delta","thinking":"#,
+                )
+                .into_bytes(),
+            false,
+        ),
+    ] {
+        let mut tap = UsageTap::new(ApiHint::Auto, DecoderConfig::default()).collecting_output();
+        for piece in stream.chunks(97) {
+            tap.feed(piece);
+        }
+        let collect = tap.output.as_ref().unwrap();
+        assert_eq!(
+            collect.fast.is_some(),
+            fast,
+            "{}",
+            String::from_utf8_lossy(&stream)
+        );
+        assert_eq!(same_as_slow(&stream, false), tap.finish());
+    }
 }
