@@ -110,12 +110,23 @@ class UsageTap:
         max_event_size: int = 16777216,
         collect_output: bool = False,
         timeline: bool = False,
+        clock: bool = False,
     ) -> Self: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes. An event over
         ``max_event_size`` is discarded (never buffered beyond the limit) and counted in
         the report's ``oversized_events``; so is one that memory could not be allocated for
-        (with a warning)."""
+        (with a warning). With ``clock`` it notes the times of ``first_read_at``,
+        ``first_output_at`` and ``last_output_at`` and stamps the timeline."""
+    @property
+    def first_read_at(self) -> float | None:
+        """``time.monotonic()`` at the stream's first ``feed`` (``clock`` only)."""
+    @property
+    def first_output_at(self) -> float | None:
+        """``time.monotonic()`` at the first ``feed`` that completed an output event."""
+    @property
+    def last_output_at(self) -> float | None:
+        """``time.monotonic()`` at the last ``feed`` that completed an output event."""
     def finish_raw(self) -> list[tuple[Any, ...]]:
         """End of stream: a report per response (at least one), as tuples of every field of
         ``StreamReport`` in order (usages as tuples of every field of ``Usage``); resets the

@@ -168,28 +168,14 @@ class MeteredStream(_Metered):
         direct = meter.direct()
         try:
             if direct is not None:
-                # The hot loop: one native call per chunk; the clock is read at the first
-                # chunk and at those that completed an output-bearing event.
-                tap, feed, stamp, clock = direct
-                fresh = True
-                seen = tap.delta_chunks
+                # The hot loop: one native call per chunk (which reads the clock itself).
+                feed = direct.feed
                 for chunk in chunks:
-                    if fresh:
-                        fresh = False
-                        meter.first_byte = clock()
                     try:
                         feed(chunk)
                     except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
                         meter.tap_failed(exc)
                         feed = _ignore
-                    events = tap.delta_chunks
-                    if events != seen:
-                        seen = events
-                        at = meter.last_content = clock()
-                        if meter.first_content is None:
-                            meter.first_content = at
-                        if stamp is not None:
-                            stamp(at)
                     yield chunk
             elif meter.stripping:
                 pipeline = meter.feed
@@ -252,26 +238,13 @@ class AsyncMeteredStream(_Metered):
         try:
             if direct is not None:
                 # The hot loop, as in ``MeteredStream._run``.
-                tap, feed, stamp, clock = direct
-                fresh = True
-                seen = tap.delta_chunks
+                feed = direct.feed
                 async for chunk in chunks:
-                    if fresh:
-                        fresh = False
-                        meter.first_byte = clock()
                     try:
                         feed(chunk)
                     except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
                         meter.tap_failed(exc)
                         feed = _ignore
-                    events = tap.delta_chunks
-                    if events != seen:
-                        seen = events
-                        at = meter.last_content = clock()
-                        if meter.first_content is None:
-                            meter.first_content = at
-                        if stamp is not None:
-                            stamp(at)
                     yield chunk
             elif meter.stripping:
                 pipeline = meter.feed

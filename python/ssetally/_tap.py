@@ -25,7 +25,8 @@ class UsageTap(_core.UsageTap):
     """Feed it the raw bytes of an LLM stream, in chunks of any size; ``finish()`` says what
     the stream cost and how it ended.
 
-    ``UsageTap(api="auto", *, max_event_size=16 MiB, collect_output=False, timeline=False)``.
+    ``UsageTap(api="auto", *, max_event_size=16 MiB, collect_output=False, timeline=False,
+    clock=False)``.
     ``feed(data)``
     frames events and extracts usage in native code and creates no Python object per event
     (``bytes`` is read without a copy). ``api="auto"`` detects the API from the first event;
@@ -35,6 +36,9 @@ class UsageTap(_core.UsageTap):
     output-bearing event (its text, the running usage after it) for ``Timings.timeline``:
     call ``stamp(time.monotonic())`` after each ``feed`` to give its events their arrival
     time, and read the log with ``timeline_raw()``; off by default, when it costs nothing.
+    ``clock=True`` has ``feed`` read ``time.monotonic()`` itself (natively) at the stream's
+    first chunk and at each chunk that completed an output-bearing event: ``first_read_at``,
+    ``first_output_at`` and ``last_output_at``, and the timeline's stamps (no ``stamp`` calls).
 
     One tap meters one stream at a time and is not for sharing between threads. Besides the
     methods below it has ``bytes_fed``, ``delta_chunks`` (output-bearing events so far: not a
@@ -50,6 +54,7 @@ class UsageTap(_core.UsageTap):
         max_event_size: int = _core.DEFAULT_MAX_EVENT_SIZE_BYTES,
         collect_output: bool = False,
         timeline: bool = False,
+        clock: bool = False,
     ) -> None:
         self._reports: tuple[StreamReport, ...] = ()
 

@@ -69,6 +69,7 @@ from ._relay import (
     UpstreamAborted,
     Watchdog,
     direct_cycle,
+    metering_of,
     pump_direct,
     pump_lean,
     pump_stack,
@@ -452,20 +453,16 @@ class MeteringProxy:
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
         finished = False
-        feed: Callable[[bytes], bytes] | None = None
-        if isinstance(meter, StreamMeter):
-            feed = meter.feed
-        elif meter is not None:
-            feed = meter.passing
+        metering = metering_of(meter)
         try:
             if isinstance(response, UpstreamResponse):
                 cycle = direct_cycle(send)
                 if cycle is not None:
-                    await pump_direct(x, feed, response, cycle)
+                    await pump_direct(x, metering, response, cycle)
                 else:
-                    await pump_lean(x, feed, response, send)
+                    await pump_lean(x, metering, response, send)
             else:
-                await pump_stack(x, feed, response, send)
+                await pump_stack(x, metering, response, send)
             tail = meter.held() if isinstance(meter, StreamMeter) else b""
             x.client_bytes += len(tail)
             x.outcome = "relayed"

@@ -8,15 +8,56 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from .._metering import StreamMeter
+from .._metering import JsonCapture, StreamMeter
 from ._record import Exchange
 from ._upstream import UpstreamResponse
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class Metering(NamedTuple):
+    """What the relay gives each chunk: ``feed`` returns the bytes to pass on (None: the
+    chunk itself, as the native tap does); should it raise, ``failed(exc)`` is told, the
+    chunk passes on and nothing more is fed."""
+
+    feed: Callable[[bytes], bytes | None]
+    failed: Callable[[BaseException], None]
+
+
+def _unmetered(chunk: bytes) -> None:
+    return None
+
+
+def _no_fault(exc: BaseException) -> None:
+    return None
+
+
+def metering_of(meter: StreamMeter | JsonCapture | None) -> Metering | None:
+    """What the relay gives each chunk for ``meter``: the native tap itself when a chunk
+    needs nothing else (``StreamMeter.direct``), else the meter's ``feed``; a JSON answer's
+    capture; None for an answer not metered."""
+    if isinstance(meter, StreamMeter):
+        direct = meter.direct()
+        return Metering(meter.feed if direct is None else direct.feed, meter.tap_failed)
+    if meter is not None:
+        return Metering(meter.passing, _no_fault)
+    return None
+
+
+def _meter(metering: Metering | None, chunk: bytes) -> tuple[bytes, Metering | None]:
+    """``chunk`` through ``metering``: what to pass on, and the metering still running."""
+    if metering is None:
+        return chunk, None
+    try:
+        out = metering.feed(chunk)
+    except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
+        metering.failed(exc)
+        return chunk, None
+    return (chunk if out is None else out), metering
 
 
 class Sender:
@@ -145,7 +186,7 @@ class Watchdog:
 
 
 async def pump_lean(
-    x: Exchange, feed: Callable[[bytes], bytes] | None, response: UpstreamResponse, send: Send
+    x: Exchange, metering: Metering | None, response: UpstreamResponse, send: Send
 ) -> None:
     """Relay an answer read by the lean client; ``feed`` (the meter) reads the very bytes
     that are forwarded. Each send takes every byte received since the previous one: writes
@@ -157,7 +198,7 @@ async def pump_lean(
         if not chunk:
             break
         x.upstream_bytes += len(chunk)
-        out = chunk if feed is None else feed(chunk)
+        out, metering = _meter(metering, chunk)
         if out:
             x.client_bytes += len(out)
             await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -193,18 +234,28 @@ def direct_cycle(send: Send) -> Any:
 
 
 def _writer(
-    x: Exchange, feed: Callable[[bytes], bytes] | None, transport: Any, flow: Any
+    x: Exchange, metering: Metering | None, transport: Any, flow: Any
 ) -> Callable[[bytes], bool]:
     """The per-chunk relay run from the upstream parser's callback: meter, frame, write.
     True when the client's transport is past its high-water mark (uvicorn's flow control
     then waits for it to drain, as its own ``send`` would)."""
     write = transport.write
     is_closing = transport.is_closing
+    feed = _unmetered if metering is None else metering.feed
 
     def relay(body: bytes) -> bool:
+        nonlocal feed
+        x.upstream_bytes += len(body)
         try:
-            x.upstream_bytes += len(body)
-            out = body if feed is None else feed(body)
+            out = feed(body)
+        except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
+            feed = _unmetered
+            if metering is not None:
+                metering.failed(exc)
+            out = None
+        if out is None:
+            out = body
+        try:
             if out and not is_closing():
                 x.client_bytes += len(out)
                 write(b"%x\r\n%b\r\n" % (len(out), out))
@@ -216,7 +267,7 @@ def _writer(
 
 
 async def pump_direct(
-    x: Exchange, feed: Callable[[bytes], bytes] | None, response: UpstreamResponse, cycle: Any
+    x: Exchange, metering: Metering | None, response: UpstreamResponse, cycle: Any
 ) -> None:
     """Relay a lean-client answer from the upstream connection's ``data_received`` straight
     into the client's transport (chunked framing written here, the final chunk and keep-alive
@@ -224,7 +275,7 @@ async def pump_direct(
     task wake-up and no ASGI message. The task only waits for the end, a failure, or a
     congested client (the upstream is not read while uvicorn's flow control is paused)."""
     conn = response.connection
-    relay = _writer(x, feed, cycle.transport, cycle.flow)
+    relay = _writer(x, metering, cycle.transport, cycle.flow)
     first = conn.divert(relay)
     try:
         if first:
@@ -245,14 +296,14 @@ async def pump_direct(
 
 
 async def pump_stack(
-    x: Exchange, feed: Callable[[bytes], bytes] | None, response: Any, send: Send
+    x: Exchange, metering: Metering | None, response: Any, send: Send
 ) -> None:
     """Relay an httpx/httpx2 streamed answer, through a ``Sender``."""
     sender = Sender(send)
     try:
         async for chunk in response.aiter_raw():
             x.upstream_bytes += len(chunk)
-            out = chunk if feed is None else feed(chunk)
+            out, metering = _meter(metering, chunk)
             if out:
                 x.client_bytes += len(out)
                 if sender.put(out):

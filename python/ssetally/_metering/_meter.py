@@ -30,12 +30,11 @@ from ._timeline import TimelineFields, build_timeline
 
 
 class Direct(NamedTuple):
-    """What a front-end's own per-chunk loop calls (``StreamMeter.direct``)."""
+    """What a front-end's own per-chunk loop calls (``StreamMeter.direct``): the native tap
+    and its ``feed``, which also reads the clock (``UsageTap(clock=True)``)."""
 
     tap: UsageTap
     feed: Callable[[Any], None]
-    stamp: Callable[[float], None] | None
-    clock: Callable[[], float]
 
 
 class StreamMeter:
@@ -59,12 +58,17 @@ class StreamMeter:
         nowhere, or a ``Telemetry`` of its own.
     :param timeline: also log each output-bearing event's arrival and tokens
         (``Timings.timeline``); off by default (then no ``stamp`` per event).
-    :param clock: the monotonic clock to read (``time.monotonic``; tests give their own).
+    :param clock: the monotonic clock to read (``time.monotonic``, which the native tap then
+        reads itself; tests give their own).
     """
 
     __slots__ = (
         "_clock",
         "_decoder",
+        "_first_byte",
+        "_first_content",
+        "_last_content",
+        "_native",
         "_pass_decoded",
         "_price",
         "_recorded",
@@ -74,10 +78,7 @@ class StreamMeter:
         "end_time",
         "ended_by",
         "faults",
-        "first_byte",
-        "first_content",
         "http_status",
-        "last_content",
         "metering",
         "request_body",
         "request_sent",
@@ -117,9 +118,12 @@ class StreamMeter:
         self._recorded = False
         self.secrets = secrets
         self.request_sent = clock() if request_sent is None else request_sent
-        self.first_byte: float | None = None
-        self.first_content: float | None = None
-        self.last_content: float | None = None
+        # The clock readings, kept here with a clock of the caller's own; with the default
+        # clock the native tap takes the readings of output events (no Python per chunk).
+        self._native = clock is time.monotonic
+        self._first_byte: float | None = None
+        self._first_content: float | None = None
+        self._last_content: float | None = None
         self.end_time: float | None = None
         self.ended_by: str | None = None
         #: The caller stopped reading before the body ended.
@@ -136,9 +140,12 @@ class StreamMeter:
         self._pass_decoded = pass_decoded
         # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
         several = request_body is not None and _count(request_body.get("n")) > 1
-        self._tap = UsageTap(api, collect_output=collect_output or several, timeline=timeline)
-        #: Each read that carried output gives the tap its clock reading (``timeline``).
-        self._stamps = timeline
+        self._tap = UsageTap(
+            api, collect_output=collect_output or several, timeline=timeline, clock=self._native
+        )
+        #: Each read that carried output gives the tap its clock reading (``timeline``), unless
+        #: the tap reads the clock itself.
+        self._stamps = timeline and not self._native
         self._decoder: ContentDecoder | None = None
         try:
             self._decoder = decoder_for(content_encoding)
@@ -159,6 +166,23 @@ class StreamMeter:
         self.warnings.append(why)
 
     @property
+    def first_byte(self) -> float | None:
+        """The clock reading at the first raw chunk."""
+        if self._first_byte is None and self._native:
+            return self._tap.first_read_at
+        return self._first_byte
+
+    @property
+    def first_content(self) -> float | None:
+        """The clock reading at the first chunk that completed an output-bearing event."""
+        return self._tap.first_output_at if self._native else self._first_content
+
+    @property
+    def last_content(self) -> float | None:
+        """The clock reading at the last chunk that completed an output-bearing event."""
+        return self._tap.last_output_at if self._native else self._last_content
+
+    @property
     def compressed(self) -> bool:
         """True when the body is compressed (the tap reads a decompressed copy)."""
         return self._decoder is not None
@@ -176,9 +200,8 @@ class StreamMeter:
     def feed(self, chunk: bytes) -> bytes:
         """Meter one raw chunk; returns the bytes to pass on (``chunk`` itself unless usage
         was injected). Never raises: a fault stops metering or stripping, never the stream."""
-        now = self._clock()
-        if self.first_byte is None:
-            self.first_byte = now
+        if self._first_byte is None:
+            self._first_byte = self._clock()
         data = chunk
         if self.metering:
             tap = self._tap
@@ -196,10 +219,11 @@ class StreamMeter:
             except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
                 self.tap_failed(exc)
             else:
-                if tap.delta_chunks != before:
-                    if self.first_content is None:
-                        self.first_content = now
-                    self.last_content = now
+                if not self._native and tap.delta_chunks != before:
+                    now = self._clock()
+                    if self._first_content is None:
+                        self._first_content = now
+                    self._last_content = now
                     if self._stamps:
                         tap.stamp(now)
         elif self._pass_decoded and self._decoder is not None:
@@ -231,19 +255,20 @@ class StreamMeter:
 
     def direct(self) -> Direct | None:
         """For a front-end's own per-chunk loop, when a raw chunk needs nothing but the
-        native tap (identity body, no stripping, metering on): ``(tap, feed, stamp, clock)``,
-        else None (call ``feed`` above instead).
+        native tap (identity body, no stripping, metering on, the default clock):
+        ``(tap, feed)``, else None (call ``feed`` above instead).
 
-        The loop's duties, which are what ``feed`` does: ``first_byte = clock()`` at the
-        first chunk; ``feed(chunk)``, and when the tap's ``delta_chunks`` moved (the chunk
-        completed an output-bearing event), ``last_content`` (and, the first time,
-        ``first_content``) ``= clock()`` and ``stamp(that reading)`` unless ``stamp`` is
-        None (no timeline kept); if ``feed`` raises, ``tap_failed(exc)`` and no more feeds.
-        The chunk itself is passed on."""
-        if not self.metering or self._decoder is not None or self._stripper is not None:
+        The loop calls ``feed(chunk)`` and passes the chunk itself on (the tap reads the
+        clock); if ``feed`` raises, ``tap_failed(exc)`` and no more feeds."""
+        if (
+            not self.metering
+            or not self._native
+            or self._decoder is not None
+            or self._stripper is not None
+        ):
             return None
         tap = self._tap
-        return Direct(tap, tap.feed, tap.stamp if self._stamps else None, self._clock)
+        return Direct(tap, tap.feed)
 
     def tap_failed(self, exc: BaseException) -> None:
         """The tap raised on a chunk (not bytes, say): metering stops, the stream goes on."""

@@ -3,6 +3,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
@@ -21,20 +22,43 @@ pub struct UsageTap {
     /// The `store` flag the last finished stream's responses echoed,
     /// readable after `finish_raw` reset the tap.
     finished_store: Option<bool>,
+    /// Whether `feed` reads the clock itself (`clock=True`).
+    clock: bool,
+    /// The current stream has had its first `feed`.
+    started: bool,
+    /// `time.monotonic()` at the stream's first feed, at its first and its
+    /// last feed that completed an output-bearing event (`clock=True`).
+    first_read: Option<f64>,
+    first_output: Option<f64>,
+    last_output: Option<f64>,
+}
+
+/// `time.monotonic()`, called natively: no Python frame, and the very
+/// clock the Python side reads (every reading comparable with its own).
+fn monotonic(py: Python<'_>) -> PyResult<f64> {
+    static MONOTONIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    MONOTONIC
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("time")?.getattr("monotonic")?.unbind())
+        })?
+        .bind(py)
+        .call0()?
+        .extract()
 }
 
 #[pymethods]
 impl UsageTap {
     #[new]
     #[pyo3(
-        signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false),
-        text_signature = "(api='auto', *, max_event_size=16777216, collect_output=False, timeline=False)"
+        signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false, clock=false),
+        text_signature = "(api='auto', *, max_event_size=16777216, collect_output=False, timeline=False, clock=False)"
     )]
     fn new(
         api: &str,
         max_event_size: usize,
         collect_output: bool,
         timeline: bool,
+        clock: bool,
     ) -> PyResult<Self> {
         let hint: ApiHint = api
             .parse()
@@ -57,17 +81,38 @@ impl UsageTap {
             inner,
             bytes_fed: 0,
             finished_store: None,
+            clock,
+            started: false,
+            first_read: None,
+            first_output: None,
+            last_output: None,
         })
     }
 
-    /// Tap one chunk of the stream. Never raises on any bytes.
+    /// Tap one chunk of the stream. Never raises on any bytes. With
+    /// `clock=True` it also notes when the stream's first chunk came and
+    /// when chunks completed output-bearing events (and gives the timeline
+    /// that reading).
     fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let input = Input::new(data)?;
         if self.bytes_fed == 0 {
             // A new stream: the last one's flag no longer applies.
             self.finished_store = None;
         }
+        let mut now = None;
+        if self.clock && !self.started {
+            self.started = true;
+            now = Some(monotonic(py)?);
+            self.first_read = now;
+            self.first_output = None;
+            self.last_output = None;
+        }
         self.bytes_fed += input.len() as u64;
+        let before = if self.clock {
+            self.inner.delta_chunks()
+        } else {
+            0
+        };
         let inner = &mut self.inner;
         input.for_each(|piece| {
             if piece.len() >= DETACH_THRESHOLD {
@@ -76,13 +121,44 @@ impl UsageTap {
                 inner.feed(piece);
             }
         })?;
+        if self.clock && self.inner.delta_chunks() != before {
+            let at = match now {
+                Some(at) => at,
+                None => monotonic(py)?,
+            };
+            self.first_output.get_or_insert(at);
+            self.last_output = Some(at);
+            self.inner.stamp(at);
+        }
         Ok(())
+    }
+
+    /// `time.monotonic()` at the first `feed` of the stream (the last one
+    /// after `finish_raw`); None without `clock=True` or before any feed.
+    #[getter]
+    fn first_read_at(&self) -> Option<f64> {
+        self.first_read
+    }
+
+    /// `time.monotonic()` at the first `feed` that completed an
+    /// output-bearing event; None without `clock=True` or before one.
+    #[getter]
+    fn first_output_at(&self) -> Option<f64> {
+        self.first_output
+    }
+
+    /// `time.monotonic()` at the last `feed` that completed an
+    /// output-bearing event; None without `clock=True` or before one.
+    #[getter]
+    fn last_output_at(&self) -> Option<f64> {
+        self.last_output
     }
 
     /// End of stream: a report tuple per response in it (at least one).
     /// The tap is reset for a new stream; the output stays readable.
     fn finish_raw<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.bytes_fed = 0;
+        self.started = false;
         let finished = self.inner.finish();
         self.finished_store = finished.iter().rev().find_map(|r| r.store);
         let reports = finished
