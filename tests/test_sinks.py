@@ -177,6 +177,13 @@ def test_property_the_fast_path_sanitises_as_the_walk_does(record: dict[str, Any
     )
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
 def test_a_proxy_record_takes_the_fast_path_unchanged() -> None:
     from ssetally._gateway._record import Exchange, build_record
     from ssetally.sinks import _sanitize
@@ -192,6 +199,35 @@ def test_a_proxy_record_takes_the_fast_path_unchanged() -> None:
         assert sanitize_record(changed)["sanitized"]
     assert not _sanitize._is_clean({**record, "usage": {"input_tokens": 2**63}}, Limits())
     assert not _sanitize._is_clean({**record, "events": float("nan")}, Limits())
+
+    class Text(str):
+        pass
+
+    for hostile_value in (
+        {"\ud800": 1},
+        {"a\x00": 1},
+        {"": 1},
+        {"k" * 257: 1},
+        (1, 2),
+        Text("x"),
+        b"x",
+        _nested(12),
+        list(range(257)),
+        -(2**63) - 1,
+        float("inf"),
+    ):
+        changed = {**record, "extra": hostile_value}
+        assert not _sanitize._is_clean(changed, Limits()), hostile_value
+        assert _walked(changed) == sanitize_record(changed)
+    # Error fields may be long, and what is nested below them; others may not.
+    long = "e" * 5000
+    assert _sanitize._is_clean({**record, "warnings": [long]}, Limits())
+    assert _sanitize._is_clean({**record, "attempts": [{"why": long}]}, Limits())
+    assert not _sanitize._is_clean({**record, "model": long}, Limits())
+    for fine in (True, None, 2**63 - 1, -1.5, [], {}):
+        assert _sanitize._is_clean({**record, "extra": fine}, Limits()), fine
+    assert not _sanitize._is_clean({**record, "extra": "x" * 300}, Limits(budget=300))
+    assert not _sanitize._is_clean({**record, "extra": list(range(200))}, Limits(nodes=100))
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))

@@ -16,6 +16,7 @@ __all__ = [
     "UsageChunkStripper",
     "UsageTap",
     "__version__",
+    "record_is_clean",
 ]
 __version__: str
 DEFAULT_MAX_EVENT_SIZE_BYTES: int
@@ -250,3 +251,23 @@ class ContentDecoder:
     def max_output_per_feed(self) -> int: ...
     @property
     def max_total_output(self) -> int: ...
+
+def record_is_clean(
+    record: object,
+    *,
+    string: int,
+    long_string: int,
+    long_fields: frozenset[str],
+    key: int,
+    items: int,
+    depth: int,
+    budget: int,
+    nodes: int,
+) -> bool:
+    """Whether ``ssetally.sinks.sanitize_record`` would change nothing in ``record`` under
+    these bounds (the fields of ``Limits``): an exact dict of plain JSON values (exact dict,
+    list, str, int, float, bool, None), keys non-empty strings of at most ``key`` characters,
+    strings of at most ``string`` characters (``long_string`` at and below ``long_fields``)
+    without NUL or lone surrogates, 64-bit integers, finite floats, containers of at most
+    ``items`` entries nested fewer than ``depth`` deep, at most ``nodes`` values and fewer
+    than ``budget`` characters in all."""

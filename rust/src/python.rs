@@ -7,6 +7,7 @@ mod content;
 mod convert;
 mod event;
 mod filters;
+mod records;
 mod report;
 mod tap;
 
@@ -63,4 +64,7 @@ mod _core {
 
     #[pymodule_export]
     use super::filters::{LineDecoder, UsageChunkStripper};
+
+    #[pymodule_export]
+    use super::records::record_is_clean;
 }

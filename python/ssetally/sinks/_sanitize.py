@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .._core import record_is_clean
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "sanitize_record"]
 
@@ -159,76 +161,24 @@ class _Walk:
         return self.text(key, f"{path}.<key>" if path else "<key>", self.limits.key) or "\ufffd"
 
 
-#: Per ``Limits``: the keys seen to pass its checks, each with whether it is a long field
-#: (records repeat the same few dozen keys; bounded, as keys can come from the network).
-_KEYS: dict[Limits, dict[str, bool]] = {}
-_MAX_KEYS = 1024
-
-
 def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
     """Whether ``sanitize_record`` would change nothing in ``record``: plain JSON types only,
-    every bound kept with room to spare (the common record, checked without building the field
-    paths that a change would be noted under)."""
-    if type(record) is not dict:
+    every bound kept with room to spare (the common record, checked natively, without
+    building the field paths that a change would be noted under)."""
+    try:
+        return record_is_clean(
+            record,
+            string=limits.string,
+            long_string=limits.long_string,
+            long_fields=limits.long_fields,
+            key=limits.key,
+            items=limits.items,
+            depth=limits.depth,
+            budget=limits.budget,
+            nodes=limits.nodes,
+        )
+    except Exception:  # noqa: BLE001 - a record the check cannot read gets the full walk
         return False
-    known = _KEYS.get(limits)
-    if known is None:
-        known = _KEYS.setdefault(limits, {})
-    # The bounds as locals: this runs for every record, a value at a time.
-    budget = limits.budget
-    nodes = limits.nodes
-    max_depth, max_items, max_key = limits.depth, limits.items, limits.key
-    short, long_cap, long_fields = limits.string, limits.long_string, limits.long_fields
-    stack: list[tuple[Any, int, bool]] = [(record, 0, False)]
-    while stack:
-        container, depth, long = stack.pop()
-        if depth >= max_depth or len(container) > max_items:
-            return False
-        nodes -= len(container)
-        if nodes < 0:
-            return False
-        pairs: Iterable[tuple[Any, Any]]
-        if type(container) is dict:
-            pairs = container.items()
-        else:
-            pairs = ((None, v) for v in container)
-        for key, value in pairs:
-            if key is None:
-                inner = long
-            else:
-                if type(key) is not str:
-                    return False
-                is_long = known.get(key)
-                if is_long is None:
-                    if not key or len(key) > max_key:
-                        return False
-                    if "\x00" in key or (not key.isascii() and _BAD_CHARS.search(key)):
-                        return False
-                    is_long = key in long_fields
-                    if len(known) < _MAX_KEYS:
-                        known[key] = is_long
-                budget -= len(key)
-                inner = long or is_long
-            kind = type(value)
-            if kind is str:
-                if len(value) > (long_cap if inner else short):
-                    return False
-                if "\x00" in value or (not value.isascii() and _BAD_CHARS.search(value)):
-                    return False
-                budget -= len(value)
-            elif kind is int:
-                if not _INT64_MIN <= value <= _INT64_MAX:
-                    return False
-            elif kind is float:
-                if not math.isfinite(value):
-                    return False
-            elif kind is dict or kind is list:
-                stack.append((value, depth + 1, inner))
-            elif value is not None and kind is not bool:
-                return False
-        if budget <= 0:
-            return False
-    return True
 
 
 def sanitize_record(record: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
