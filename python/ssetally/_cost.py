@@ -371,13 +371,6 @@ def split_amount(amount: Decimal, weights: Mapping[int, int]) -> dict[int, Decim
 
 def _choice_weights(report: StreamReport, encoding: _Encoder | str | None) -> dict[int, int] | None:
     """Tokenizer counts of each reassembled choice (text, refusals, reasoning, tool calls)."""
-    from ._metering._estimate import (
-        EstimateError,
-        count_completion_tokens,
-        encoding_name_for,
-        load_encoding,
-    )
-
     output = report.output or {}
     choices = output.get("choices")
     items = list(choices.values() if isinstance(choices, Mapping) else choices or ())
@@ -388,6 +381,13 @@ def _choice_weights(report: StreamReport, encoding: _Encoder | str | None) -> di
             indexes.append(index if isinstance(index, int) else pos)
     if len(indexes) < 2 or len(set(indexes)) != len(indexes):
         return None
+    from ._metering._estimate import (
+        EstimateError,
+        count_completion_tokens,
+        encoding_name_for,
+        load_encoding,
+    )
+
     try:
         if encoding is None:
             encoding = encoding_name_for(report.model)[0]

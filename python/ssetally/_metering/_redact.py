@@ -82,11 +82,35 @@ def redact(value: Any, secrets: Sequence[str]) -> Any:
     return value
 
 
+def mentions(value: Any, secrets: Sequence[str]) -> bool:
+    """Whether any secret occurs in ``value`` (what ``redact`` reads), building nothing."""
+    kind = type(value)
+    if kind is str:
+        for secret in secrets:
+            if secret in value:
+                return True
+        return False
+    if kind in _SCALARS:
+        return False
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
+        for key, item in value.items():
+            if mentions(key, secrets) or mentions(item, secrets):
+                return True
+        return False
+    if kind is list or isinstance(value, tuple):  # a report's NamedTuples too
+        for item in value:
+            if mentions(item, secrets):
+                return True
+        return False
+    return isinstance(value, str) and mentions(str(value), secrets)
+
+
 def redact_report(report: StreamReport, secrets: tuple[str, ...]) -> StreamReport:
     """The report with the request's credentials (``request_secrets``) replaced wherever the
     server, a proxy or an error message could have echoed them: error, warnings, attempt
     reasons, the provider's strings, usage objects and notes, and the reassembled output."""
-    if not secrets:
+    if not secrets or not mentions(report, secrets):
+        # The common case: nothing echoed, nothing rebuilt.
         return report
 
     def text(value: str | None) -> str | None:
