@@ -444,16 +444,21 @@ class Wire:
     #: The stream type yielded, and the keyword of a raw request body.
     stream_type: type[AsyncUsageStream] = AsyncUsageStream
     raw_body = "content"
+    #: The client's method that opens a streaming request, and the response's status attribute.
+    opener = "stream"
+    status_attribute = "status_code"
 
     def open(
         self, client: Any, method: str, url: Any, kwargs: dict[str, Any]
     ) -> AbstractAsyncContextManager[Any]:
         """The streaming request, as an async context manager giving the response."""
-        opened: AbstractAsyncContextManager[Any] = client.stream(method, url, **kwargs)
+        opened: AbstractAsyncContextManager[Any] = getattr(client, self.opener)(
+            method, url, **kwargs
+        )
         return opened
 
     def status(self, response: Any) -> int:
-        return int(response.status_code)
+        return int(getattr(response, self.status_attribute))
 
     def content_encoding(self, client: Any, response: Any) -> str:
         """The coding of the bytes the stream's chunks hold (raw: the header's)."""
