@@ -15,6 +15,7 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
@@ -147,18 +148,22 @@ def _rejected(sent: _Sent, status: int, error: Body | None) -> str | None:
     return stream_options_rejection(status, error.content)
 
 
+#: The meters of a client's stream: they keep the output text (the report's ``output``, the
+#: estimate), and are fed the raw body (the library's decoder is bypassed), which they decode
+#: and pass on decoded.
+_client_meter = partial(StreamMeter, collect_output=True, pass_decoded=True)
+
+
 def _meter_for(
     sent: _Sent, content_encoding: str, secrets: tuple[str, ...], timeline: bool
 ) -> StreamMeter:
     """The meter of an answer (its Content-Encoding, the credentials of its request)."""
-    meter = StreamMeter(
+    meter = _client_meter(
         request_body=sent.body,
         injected=sent.injected,
         content_encoding=content_encoding,
-        collect_output=True,
         request_sent=sent.at,
         secrets=secrets,
-        pass_decoded=True,
         timeline=timeline,
     )
     if sent.retried is not None:
@@ -358,7 +363,7 @@ def _start(
     body, injected, skipped = _prepare(method, url, options.include_usage, kwargs, raw)
     sent = _Sent(body, injected, time.monotonic(), skipped=skipped)
     # Replaced by the meter of the answer (its Content-Encoding) once it arrives.
-    meter = StreamMeter(request_body=body, injected=injected, collect_output=True)
+    meter = _client_meter(request_body=body, injected=injected)
     limits = _Limits(options.idle_timeout, options.deadline)
     policy = options.retrieval or RetrievalPolicy()
     return kind(meter, policy, options.retrieve, options.estimate, limits), sent
@@ -444,16 +449,21 @@ class Wire:
     #: The stream type yielded, and the keyword of a raw request body.
     stream_type: type[AsyncUsageStream] = AsyncUsageStream
     raw_body = "content"
+    #: The client's method that opens a streaming request, and the response's status attribute.
+    opener = "stream"
+    status_attribute = "status_code"
 
     def open(
         self, client: Any, method: str, url: Any, kwargs: dict[str, Any]
     ) -> AbstractAsyncContextManager[Any]:
         """The streaming request, as an async context manager giving the response."""
-        opened: AbstractAsyncContextManager[Any] = client.stream(method, url, **kwargs)
+        opened: AbstractAsyncContextManager[Any] = getattr(client, self.opener)(
+            method, url, **kwargs
+        )
         return opened
 
     def status(self, response: Any) -> int:
-        return int(response.status_code)
+        return int(getattr(response, self.status_attribute))
 
     def content_encoding(self, client: Any, response: Any) -> str:
         """The coding of the bytes the stream's chunks hold (raw: the header's)."""

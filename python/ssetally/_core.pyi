@@ -1,6 +1,10 @@
-"""Type stubs of the native extension ``ssetally._core``."""
+"""Type stubs of the native extension ``ssetally._core``.
 
-from typing import Any, final
+Read-only attributes of the native objects are declared ``Final``: Python code cannot assign
+them, while the object itself updates them as it is fed.
+"""
+
+from typing import Any, Final, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -42,18 +46,14 @@ class ServerSentEvent:
         id: str | None = None,
         retry: int | None = None,
     ) -> ServerSentEvent: ...
-    @property
-    def event(self) -> str:
-        """The event type; ``"message"`` when the stream named none."""
-    @property
-    def data(self) -> str:
-        """The data lines of the event, joined with LF."""
-    @property
-    def id(self) -> str:
-        """The last event ID at dispatch (it persists across events)."""
-    @property
-    def retry(self) -> int | None:
-        """The reconnection time in milliseconds set in this event's block."""
+    event: Final[str]
+    """The event type; ``"message"`` when the stream named none."""
+    data: Final[str]
+    """The data lines of the event, joined with LF."""
+    id: Final[str]
+    """The last event ID at dispatch (it persists across events)."""
+    retry: Final[int | None]
+    """The reconnection time in milliseconds set in this event's block."""
     def json(self) -> Any:
         """The data parsed as JSON."""
     def __eq__(self, other: object, /) -> bool: ...
@@ -77,11 +77,9 @@ class SSEDecoder:
         """
     def finish(self) -> bool:
         """End of stream: drop an unterminated event and reset. True when one was dropped."""
-    @property
-    def last_event_id(self) -> str:
-        """The last event ID seen, for a ``Last-Event-ID`` reconnect header."""
-    @property
-    def max_event_size(self) -> int: ...
+    last_event_id: Final[str]
+    """The last event ID seen, for a ``Last-Event-ID`` reconnect header."""
+    max_event_size: Final[int]
 
 @final
 class LineDecoder:
@@ -94,8 +92,7 @@ class LineDecoder:
         whose ``lines`` attribute holds the other lines of the call; no more than
         ``max_line_size`` bytes of a line are ever buffered. ``MemoryError`` when memory to
         buffer a line could not be allocated (the line is discarded)."""
-    @property
-    def max_line_size(self) -> int: ...
+    max_line_size: Final[int]
     def finish(self) -> list[str]:
         """End of input: the unterminated last line, if any."""
 
@@ -119,15 +116,12 @@ class UsageTap:
         the report's ``oversized_events``; so is one that memory could not be allocated for
         (with a warning). With ``clock`` it notes the times of ``first_read_at``,
         ``first_output_at`` and ``last_output_at`` and stamps the timeline."""
-    @property
-    def first_read_at(self) -> float | None:
-        """``time.monotonic()`` at the stream's first ``feed`` (``clock`` only)."""
-    @property
-    def first_output_at(self) -> float | None:
-        """``time.monotonic()`` at the first ``feed`` that completed an output event."""
-    @property
-    def last_output_at(self) -> float | None:
-        """``time.monotonic()`` at the last ``feed`` that completed an output event."""
+    first_read_at: Final[float | None]
+    """``time.monotonic()`` at the stream's first ``feed`` (``clock`` only)."""
+    first_output_at: Final[float | None]
+    """``time.monotonic()`` at the first ``feed`` that completed an output event."""
+    last_output_at: Final[float | None]
+    """``time.monotonic()`` at the last ``feed`` that completed an output event."""
     def finish_raw(self) -> list[tuple[Any, ...]]:
         """End of stream: a report per response (at least one), as tuples of every field of
         ``StreamReport`` in order (usages as tuples of every field of ``Usage``); resets the
@@ -159,19 +153,14 @@ class UsageTap:
         including it and the running output token count right after it (None when no usage
         came); then the text (at most 16 MiB of it), its length in characters, and how many
         events past the first 100,000 were only counted, with their characters."""
-    @property
-    def store(self) -> bool | None:
-        """The ``store`` flag the response echoed in ``response.created`` (Responses API),
-        for the stream being read or else the last one finished; None when it did not say.
-        ``False`` means the response cannot be read back afterwards."""
-    @property
-    def bytes_fed(self) -> int: ...
-    @property
-    def delta_chunks(self) -> int: ...
-    @property
-    def response_id(self) -> str | None: ...
-    @property
-    def api(self) -> str: ...
+    store: Final[bool | None]
+    """The ``store`` flag the response echoed in ``response.created`` (Responses API),
+    for the stream being read or else the last one finished; None when it did not say.
+    ``False`` means the response cannot be read back afterwards."""
+    bytes_fed: Final[int]
+    delta_chunks: Final[int]
+    response_id: Final[str | None]
+    api: Final[str]
 
 @final
 class UsageChunkStripper:
@@ -193,18 +182,14 @@ class UsageChunkStripper:
         consumed) when memory for the output could not be allocated."""
     def finish(self) -> bytes:
         """End of stream: whatever is still held back, unchanged."""
-    @property
-    def stripped(self) -> int:
-        """How many usage-only chunks were removed."""
-    @property
-    def nulls_removed(self) -> int:
-        """How many ``"usage": null`` members were removed."""
-    @property
-    def oversized(self) -> int:
-        """How many blocks were forwarded unstripped because they were longer than
-        ``max_event_size``."""
-    @property
-    def max_event_size(self) -> int: ...
+    stripped: Final[int]
+    """How many usage-only chunks were removed."""
+    nulls_removed: Final[int]
+    """How many ``"usage": null`` members were removed."""
+    oversized: Final[int]
+    """How many blocks were forwarded unstripped because they were longer than
+    ``max_event_size``."""
+    max_event_size: Final[int]
 
 class DecompressionError(ValueError):
     """A compressed body is corrupt or truncated (raised by ``ContentDecoder``)."""
@@ -241,16 +226,12 @@ class ContentDecoder:
         """
     def finish(self) -> None:
         """End of the body: raises ``DecompressionError`` if it was truncated."""
-    @property
-    def total_output(self) -> int:
-        """Decoded bytes produced so far."""
-    @property
-    def encoding(self) -> str:
-        """The codings in header order, normalized (``"identity"`` when none)."""
-    @property
-    def max_output_per_feed(self) -> int: ...
-    @property
-    def max_total_output(self) -> int: ...
+    total_output: Final[int]
+    """Decoded bytes produced so far."""
+    encoding: Final[str]
+    """The codings in header order, normalized (``"identity"`` when none)."""
+    max_output_per_feed: Final[int]
+    max_total_output: Final[int]
 
 def record_is_clean(
     record: object,

@@ -156,15 +156,8 @@ class _AiohttpWire(Wire):
 
     stream_type = AsyncUsageStream
     raw_body = "data"
-
-    def open(
-        self, client: Any, method: str, url: Any, kwargs: dict[str, Any]
-    ) -> AbstractAsyncContextManager[Any]:
-        opened: AbstractAsyncContextManager[Any] = client.request(method, url, **kwargs)
-        return opened
-
-    def status(self, response: Any) -> int:
-        return int(response.status)
+    opener = "request"
+    status_attribute = "status"
 
     def content_encoding(self, client: Any, response: Any) -> str:
         return _coding(client, response)

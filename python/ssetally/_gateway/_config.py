@@ -21,6 +21,14 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _CREDENTIAL_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-goog-api-key"}
 )
+#: The durations (seconds) that must be positive when set; each has the flag ``--field-name``.
+_SECONDS = (
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "idle_timeout",
+    "stream_deadline",
+)
 
 __all__ = ["ProxyConfig", "default_instance_id", "key_fingerprint", "safe_url"]
 
@@ -119,15 +127,11 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         if self.inject_usage and not self.metering:
             raise ValueError("--inject-usage needs metering: drop --no-metering or it")
-        for what, value in (
-            ("--header-timeout", self.header_timeout),
-            ("--body-timeout", self.body_timeout),
-            ("--keep-alive-timeout", self.keep_alive_timeout),
-            ("--idle-timeout", self.idle_timeout),
-            ("--stream-deadline", self.stream_deadline),
-        ):
+        for key in _SECONDS:
+            value = getattr(self, key)
             if value is not None and not value > 0:
-                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(f"{flag} must be a positive number of seconds, got {value!r}")
         name = self.subject_header
         if name is not None:
             if not _TOKEN.fullmatch(name):

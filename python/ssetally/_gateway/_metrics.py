@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..sinks import Sink, SinkCollector
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["ProxyMetrics"]
 
@@ -178,63 +181,102 @@ def _amount(value: Any) -> float | None:
     return float(amount) if amount.is_finite() and amount >= 0 else None
 
 
+#: The metrics of a ``ProxyMetrics``: its attribute, the prometheus-client class, the metric's
+#: name and help text, its label names and further arguments of the class.
+_METRICS: tuple[tuple[str, str, str, str, list[str], dict[str, Any]], ...] = (
+    (
+        "requests",
+        "Counter",
+        "ssetally_proxy_requests",
+        "Proxied requests by outcome status and API.",
+        ["status", "api"],
+        {},
+    ),
+    (
+        "tokens",
+        "Counter",
+        "ssetally_proxy_tokens",
+        (
+            "Tokens metered, by model, usage source and kind "
+            "(input includes cached, output includes reasoning)."
+        ),
+        ["model", "source", "kind"],
+        {},
+    ),
+    (
+        "stream_duration",
+        "Histogram",
+        "ssetally_proxy_stream_duration_seconds",
+        "Seconds from receiving a streamed request to the end of its stream.",
+        ["api"],
+        {"buckets": DURATION_BUCKETS},
+    ),
+    (
+        "metering_failures",
+        "Counter",
+        "ssetally_proxy_metering_failures",
+        "Metering faults; streams are passed on regardless (fail-open).",
+        ["stage"],
+        {},
+    ),
+    (
+        "client_bytes",
+        "Counter",
+        "ssetally_proxy_response_bytes",
+        "Response body bytes relayed to clients.",
+        [],
+        {},
+    ),
+    # summed over the live workers of --workers
+    (
+        "in_flight",
+        "Gauge",
+        "ssetally_proxy_requests_in_flight",
+        "Requests being proxied now.",
+        [],
+        {"multiprocess_mode": "livesum"},
+    ),
+    (
+        "records",
+        "Counter",
+        "ssetally_proxy_records",
+        "Usage records handed to the sink, by result (queued, dropped).",
+        ["result"],
+        {},
+    ),
+    (
+        "cost",
+        "Counter",
+        "ssetally_proxy_cost",
+        (
+            "What the metered requests cost, by model and currency (genai-prices; estimated "
+            "usage gives an estimated cost)."
+        ),
+        ["model", "currency"],
+        {},
+    ),
+)
+
+
 class ProxyMetrics:
     """The counters and histograms of one proxy, updated once per finished request."""
+
+    requests: Counter
+    tokens: Counter
+    stream_duration: Histogram
+    metering_failures: Counter
+    client_bytes: Counter
+    in_flight: Gauge
+    records: Counter
+    cost: Counter
 
     def __init__(self) -> None:
         prom = _import_prometheus()
         self._prom = prom
         self.registry = prom.CollectorRegistry(auto_describe=True)
-        self.requests = prom.Counter(
-            "ssetally_proxy_requests",
-            "Proxied requests by outcome status and API.",
-            ["status", "api"],
-            registry=self.registry,
-        )
-        self.tokens = prom.Counter(
-            "ssetally_proxy_tokens",
-            "Tokens metered, by model, usage source and kind "
-            "(input includes cached, output includes reasoning).",
-            ["model", "source", "kind"],
-            registry=self.registry,
-        )
-        self.stream_duration = prom.Histogram(
-            "ssetally_proxy_stream_duration_seconds",
-            "Seconds from receiving a streamed request to the end of its stream.",
-            ["api"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.metering_failures = prom.Counter(
-            "ssetally_proxy_metering_failures",
-            "Metering faults; streams are passed on regardless (fail-open).",
-            ["stage"],
-            registry=self.registry,
-        )
-        self.client_bytes = prom.Counter(
-            "ssetally_proxy_response_bytes",
-            "Response body bytes relayed to clients.",
-            registry=self.registry,
-        )
-        self.in_flight = prom.Gauge(
-            "ssetally_proxy_requests_in_flight",
-            "Requests being proxied now.",
-            registry=self.registry,
-            multiprocess_mode="livesum",  # summed over the live workers of --workers
-        )
-        self.records = prom.Counter(
-            "ssetally_proxy_records",
-            "Usage records handed to the sink, by result (queued, dropped).",
-            ["result"],
-            registry=self.registry,
-        )
-        self.cost = prom.Counter(
-            "ssetally_proxy_cost",
-            "What the metered requests cost, by model and currency (genai-prices; estimated "
-            "usage gives an estimated cost).",
-            ["model", "currency"],
-            registry=self.registry,
-        )
+        for attribute, kind, name, text, labels, extra in _METRICS:
+            metric = getattr(prom, kind)(name, text, labels, registry=self.registry, **extra)
+            setattr(self, attribute, metric)
         self._model_label = _ModelLabels()
         self._requests = _Children(self.requests)
         self._tokens = _Children(self.tokens)

@@ -10,7 +10,6 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..sinks import Sink, open_sink
@@ -20,9 +19,10 @@ from ._guard import with_header_timeout
 from ._listener import Listener
 from ._metrics import ProxyMetrics
 from ._pools import upstream_path
+from ._worker import Launch, LaunchOptions
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
 
 __all__ = ["ProxyServer", "runtime_line", "serve_proxy"]
 
@@ -97,48 +97,35 @@ def serve_proxy(
     host: str = "127.0.0.1",
     port: int = 8080,
     sink: Sink | str = "jsonl:ssetally-usage.jsonl",
-    log_level: str = "info",
-    http: str = "auto",
     workers: int = 1,
-    sink_options: Mapping[str, Any] | None = None,
-    otel: bool = False,
+    **launch: Unpack[LaunchOptions],
 ) -> None:
     """Run the proxy in the calling thread until interrupted (what ``ssetally proxy`` does).
 
-    ``http`` is uvicorn's HTTP implementation: ``h11`` refuses absolute-form request targets
-    with 400; ``httptools`` (faster; ``auto`` picks it when installed) reduces them to their
-    path, so they still go to the fixed upstream only. ``workers`` above 1 runs that many
-    processes on the one port (see ``_supervisor``); each opens ``sink`` (then a string) with
-    ``sink_options``; ``otel`` sets up the OpenTelemetry SDK in each worker (one process:
-    the caller sets it up).
+    ``launch`` (``log_level``, ``http``, ``sink_options``, ``otel``) makes the ``Launch``
+    every process of the proxy is served with (its defaults apply). ``http`` is uvicorn's HTTP
+    implementation: ``h11`` refuses absolute-form request targets with 400; ``httptools``
+    (faster; ``auto`` picks it when installed) reduces them to their path, so they still go to
+    the fixed upstream only. ``workers`` above 1 runs that many processes on the one port (see
+    ``_supervisor``); each opens ``sink`` (then a string) with ``sink_options``; ``otel`` sets
+    up the OpenTelemetry SDK in each worker (one process: the caller sets it up).
     """
     import uvicorn
 
-    line = runtime_line(config, http, workers)
+    settings = Launch(**launch)
+    line = runtime_line(config, settings.http, workers)
     if workers > 1:
         if not isinstance(sink, str):
             raise ValueError("with several workers, give the sink as a string (each opens it)")
         from ._supervisor import Supervisor
 
-        supervisor = Supervisor(
-            config,
-            workers=workers,
-            host=host,
-            port=port,
-            sink=sink,
-            log_level=log_level,
-            http=http,
-            sink_options=sink_options,
-            otel=otel,
-        )
+        supervisor = Supervisor(config, workers=workers, host=host, port=port, sink=sink, **launch)
         supervisor.run(lambda s: print(f"{line}, on {s.url}", file=sys.stderr, flush=True))
         return
     print(line, file=sys.stderr, flush=True)
-    app = MeteringProxy(
-        config, open_sink(sink, **(sink_options or {})) if isinstance(sink, str) else sink
-    )
+    app = MeteringProxy(config, settings.open_sink(sink) if isinstance(sink, str) else sink)
     try:
-        uvicorn.Server(uvicorn_config(app, host, port, log_level, http)).run()
+        uvicorn.Server(uvicorn_config(app, host, port, settings.log_level, settings.http)).run()
     except KeyboardInterrupt:
         # uvicorn re-raises the Ctrl-C it handled, after a graceful shutdown (records flushed).
         pass

@@ -28,18 +28,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..sinks import Sink, open_sink
+from ..sinks import Sink
 from ._config import ProxyConfig
 from ._durable import Leftovers, replay
 from ._exposition import MULTIPROC_ENV
 from ._listener import Listener
-from ._worker import WORKER_COMMAND, WorkerSpec
+from ._worker import WORKER_COMMAND, Launch, LaunchOptions, WorkerSpec
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
 
 __all__ = ["Supervisor"]
 
@@ -81,7 +80,9 @@ class Supervisor(Listener):
 
     ``start()`` returns once the socket listens and the workers were started; a monitor
     thread then restarts dead workers until ``stop()``. ``run()`` is the foreground form
-    (``ssetally proxy --workers``): until SIGINT or SIGTERM.
+    (``ssetally proxy --workers``): until SIGINT or SIGTERM. Each worker opens ``sink``;
+    ``launch`` (``log_level``, ``http``, ``sink_options``, ``otel``) makes the ``Launch`` each
+    is started with.
     """
 
     def __init__(
@@ -92,10 +93,7 @@ class Supervisor(Listener):
         host: str = "127.0.0.1",
         port: int = 8080,
         sink: str = "jsonl:ssetally-usage.jsonl",
-        log_level: str = "info",
-        http: str = "auto",
-        sink_options: Mapping[str, Any] | None = None,
-        otel: bool = False,
+        **launch: Unpack[LaunchOptions],
     ) -> None:
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, not {workers}")
@@ -103,10 +101,8 @@ class Supervisor(Listener):
         self.host = host
         self._port = port
         self.sink_spec = sink
-        self.sink_options = dict(sink_options or {})
-        self.otel = otel
-        self._log_level = log_level
-        self._http = http
+        #: What each worker is started with (``Launch``: log level, HTTP parser, ...).
+        self.launch = Launch(**launch)
         self._count = workers
         self._dir = ""
         self._socket: socket.socket | None = None
@@ -161,12 +157,9 @@ class Supervisor(Listener):
         spec = WorkerSpec(
             config=self.config,  # one instance: its workers share its instance id
             sink=self.sink_spec,
-            sink_options=self.sink_options,
-            otel=self.otel,
             fd=self._socket.fileno(),
             journal=worker.journal,
-            log_level=self._log_level,
-            http=self._http,
+            launch=self.launch,
             predecessor=worker.why,
         )
         env = dict(os.environ)
@@ -248,7 +241,7 @@ class Supervisor(Listener):
             left.remove()
             return
         if self._sink is None:
-            self._sink = open_sink(self.sink_spec, **self.sink_options)
+            self._sink = self.launch.open_sink(self.sink_spec)
         why = worker.why or "cut: the proxy stopped"
         replay(left, self._sink, why, self.config.instance_id)
         if self._sink.flush(self.config.shutdown_timeout):

@@ -15,18 +15,45 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
+from ..sinks import Sink, open_sink
 from ._config import ProxyConfig
 
-__all__ = ["WORKER_COMMAND", "WorkerSpec", "main"]
+__all__ = ["WORKER_COMMAND", "Launch", "LaunchOptions", "WorkerSpec", "main"]
 
 #: The code a worker process runs.
 WORKER_COMMAND = "from ssetally._gateway._worker import main; main()"
 
 #: Seconds between two checks that the supervisor is still there.
 PARENT_CHECK = 1.0
+
+
+class LaunchOptions(TypedDict, total=False):
+    """The keywords of ``serve_proxy`` and ``Supervisor`` that make a ``Launch``."""
+
+    log_level: str
+    http: str
+    sink_options: Mapping[str, Any] | None
+    otel: bool
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How each proxy process serves: uvicorn's log level and HTTP parser, the options its
+    sink is opened with, and whether it sets up the OpenTelemetry SDK."""
+
+    log_level: str = "info"
+    http: str = "auto"
+    #: Constructor options of the sink (spool, CloudEvents type, ...).
+    sink_options: Mapping[str, Any] | None = None
+    #: Set up the OpenTelemetry SDK in the worker (``--otel``): each process exports its own.
+    otel: bool = False
+
+    def open_sink(self, sink: str) -> Sink:
+        """The sink ``sink`` names, opened with ``sink_options``."""
+        return open_sink(sink, **(self.sink_options or {}))
 
 
 @dataclass(frozen=True)
@@ -37,12 +64,7 @@ class WorkerSpec:
     sink: str
     fd: int
     journal: str
-    log_level: str = "info"
-    http: str = "auto"
-    #: Constructor options of the sink (spool, CloudEvents type, ...).
-    sink_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Set up the OpenTelemetry SDK in the worker (``--otel``): each process exports its own.
-    otel: bool = False
+    launch: Launch = Launch()
     #: How the previous worker on this journal ended (``ended_by`` of its cut requests).
     predecessor: str | None = None
 
@@ -70,21 +92,21 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit)
     import uvicorn
 
-    from ..sinks import open_sink
     from ._app import MeteringProxy
     from ._durable import Leftovers, RecordLog, replay
     from ._journal import Journal
     from ._server import uvicorn_config
 
     handle = None
-    if spec.otel:
+    launch = spec.launch
+    if launch.otel:
         from .._telemetry_sdk import configure_sdk
 
         handle = configure_sdk(service_name="ssetally-proxy")
     sock = socket.socket(fileno=spec.fd)
     # What a killed predecessor left, read before this worker's journal replaces its own.
     left = Leftovers.read(spec.journal, exclude_pid=os.getpid())
-    sink = open_sink(spec.sink, **spec.sink_options)
+    sink = launch.open_sink(spec.sink)
     log = RecordLog(spec.journal, sink.position)
     sink.write_ahead(log)
     why = spec.predecessor or "cut: a previous proxy worker died"
@@ -96,7 +118,7 @@ def main() -> None:
         app.metrics.observe(record)
     left.remove()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, spec.log_level, spec.http))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, launch.log_level, launch.http))
     try:
         server.run(sockets=[sock])
     except (KeyboardInterrupt, SystemExit):
