@@ -233,20 +233,9 @@ class ContentDecoder:
     max_output_per_feed: Final[int]
     max_total_output: Final[int]
 
-def record_is_clean(
-    record: object,
-    *,
-    string: int,
-    long_string: int,
-    long_fields: frozenset[str],
-    key: int,
-    items: int,
-    depth: int,
-    budget: int,
-    nodes: int,
-) -> bool:
+def record_is_clean(record: object, limits: Any) -> bool:
     """Whether ``ssetally.sinks.sanitize_record`` would change nothing in ``record`` under
-    these bounds (the fields of ``Limits``): an exact dict of plain JSON values (exact dict,
+    ``limits`` (an ``ssetally.sinks.Limits``): an exact dict of plain JSON values (exact dict,
     list, str, int, float, bool, None), keys non-empty strings of at most ``key`` characters,
     strings of at most ``string`` characters (``long_string`` at and below ``long_fields``)
     without NUL or lone surrogates, 64-bit integers, finite floats, containers of at most

@@ -166,17 +166,7 @@ def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
     every bound kept with room to spare (the common record, checked natively, without
     building the field paths that a change would be noted under)."""
     try:
-        return record_is_clean(
-            record,
-            string=limits.string,
-            long_string=limits.long_string,
-            long_fields=limits.long_fields,
-            key=limits.key,
-            items=limits.items,
-            depth=limits.depth,
-            budget=limits.budget,
-            nodes=limits.nodes,
-        )
+        return record_is_clean(record, limits)
     except Exception:  # noqa: BLE001 - a record the check cannot read gets the full walk
         return False
 

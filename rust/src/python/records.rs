@@ -5,64 +5,49 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytesMethods, PyDict, PyFloat, PyInt, PyList, PyString};
 
-/// The bounds of `ssetally.sinks.Limits` that a clean record keeps.
-struct Bounds<'a, 'py> {
+/// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
+/// (its attributes of the same names).
+#[derive(FromPyObject)]
+struct Bounds<'py> {
+    #[pyo3(attribute)]
     string: usize,
+    #[pyo3(attribute)]
     long_string: usize,
-    long_fields: &'a Bound<'py, PyAny>,
+    #[pyo3(attribute)]
+    long_fields: Bound<'py, PyAny>,
+    #[pyo3(attribute)]
     key: usize,
+    #[pyo3(attribute)]
     items: usize,
+    #[pyo3(attribute)]
     depth: usize,
+    #[pyo3(attribute)]
     budget: i64,
+    #[pyo3(attribute)]
     nodes: i64,
 }
 
-/// Whether `sanitize_record` would change nothing in `record`: an exact
-/// `dict` holding only exact `dict`, `list`, `str`, `int`, `float`, `bool`
-/// and `None` values, every key a non-empty `str` of at most `key`
-/// characters, strings of at most `string` characters (`long_string` at and
-/// below the keys in `long_fields`) without NUL or lone surrogates,
-/// integers within signed 64 bits, finite floats, containers of at most
-/// `items` entries nested fewer than `depth` deep, at most `nodes` values
-/// and fewer than `budget` characters of strings and keys in all.
+/// Whether `sanitize_record` would change nothing in `record` under
+/// `limits` (an `ssetally.sinks.Limits`): an exact `dict` holding only
+/// exact `dict`, `list`, `str`, `int`, `float`, `bool` and `None` values,
+/// every key a non-empty `str` of at most `key` characters, strings of at
+/// most `string` characters (`long_string` at and below the keys in
+/// `long_fields`) without NUL or lone surrogates, integers within signed 64
+/// bits, finite floats, containers of at most `items` entries nested fewer
+/// than `depth` deep, at most `nodes` values and fewer than `budget`
+/// characters of strings and keys in all.
 #[pyfunction]
-#[pyo3(signature = (record, *, string, long_string, long_fields, key, items, depth, budget, nodes))]
-#[allow(clippy::too_many_arguments)] // the fields of `Limits`, by name
-pub fn record_is_clean(
-    record: &Bound<'_, PyAny>,
-    string: usize,
-    long_string: usize,
-    long_fields: &Bound<'_, PyAny>,
-    key: usize,
-    items: usize,
-    depth: usize,
-    budget: i64,
-    nodes: i64,
-) -> PyResult<bool> {
+pub fn record_is_clean(record: &Bound<'_, PyAny>, limits: &Bound<'_, PyAny>) -> PyResult<bool> {
     if record.cast_exact::<PyDict>().is_err() {
         return Ok(false);
     }
-    let mut bounds = Bounds {
-        string,
-        long_string,
-        long_fields,
-        key,
-        items,
-        depth,
-        budget,
-        nodes,
-    };
+    let mut bounds: Bounds<'_> = limits.extract()?;
     Ok(clean(record, 0, false, &mut bounds)? && bounds.budget > 0)
 }
 
 /// Whether the container `value` (a dict or a list) at `depth` is clean;
 /// `long` when it is below a long field.
-fn clean(
-    value: &Bound<'_, PyAny>,
-    depth: usize,
-    long: bool,
-    b: &mut Bounds<'_, '_>,
-) -> PyResult<bool> {
+fn clean(value: &Bound<'_, PyAny>, depth: usize, long: bool, b: &mut Bounds<'_>) -> PyResult<bool> {
     let len = value.len()?;
     if depth >= b.depth || len > b.items {
         return Ok(false);
@@ -102,7 +87,7 @@ fn clean_value(
     value: &Bound<'_, PyAny>,
     depth: usize,
     long: bool,
-    b: &mut Bounds<'_, '_>,
+    b: &mut Bounds<'_>,
 ) -> PyResult<bool> {
     if value.is_none() {
         return Ok(true);
