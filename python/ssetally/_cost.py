@@ -251,7 +251,6 @@ def _cost(
     output_tokens: int,
     version: str,
 ) -> tuple[Cost | None, str | None]:
-    priced = _price_usage(usage, input_tokens, output_tokens)
     if provider:
         candidates: list[tuple[str | None, str]] = [
             (_PROVIDER_ALIASES.get(provider.lower(), provider.lower()), model)
@@ -274,7 +273,10 @@ def _cost(
             failures.append(missed)
             continue
         try:
-            calc = calc_price(priced, name, candidate, when)
+            # Built only for a lookup: a model remembered as unpriced costs nothing more.
+            calc = calc_price(
+                _price_usage(usage, input_tokens, output_tokens), name, candidate, when
+            )
             break
         except LookupError as exc:
             failures.append(str(exc))
@@ -429,6 +431,21 @@ def price_report(
     The response's model is priced first (it names the exact version billed), then
     ``requested_model``. Never raises.
     """
+    cost, choices, reason = price_parts(
+        report, provider=provider, requested_model=requested_model, when=when, encoding=encoding
+    )
+    return report.replace(cost=cost, choices=choices), reason
+
+
+def price_parts(
+    report: StreamReport,
+    *,
+    provider: str | None = None,
+    requested_model: str | None = None,
+    when: datetime | float | None = None,
+    encoding: _Encoder | str | None = None,
+) -> tuple[Cost | None, tuple[ChoiceUsage, ...], str | None]:
+    """What ``price_report`` fills in: ``(cost, choices, reason)``. Never raises."""
     cost: Cost | None = None
     reason: str | None = "no model name to look a price up by"
     for model in dict.fromkeys(m for m in (report.model, requested_model) if m):
@@ -441,4 +458,4 @@ def price_report(
         choices = choice_usages(report, cost, encoding=encoding)
     except Exception:  # noqa: BLE001 - per-choice shares are extra; never break metering
         choices = ()
-    return report.replace(cost=cost, choices=choices), reason
+    return cost, choices, reason

@@ -398,6 +398,7 @@ class MeteringProxy:
                     injected=x.injected,
                     content_encoding=encoding,
                     collect_output=self.config.estimate,
+                    keep_output=False,  # records carry no output: read only for an estimate
                     request_sent=x.start,
                     secrets=x.secrets,
                     telemetry=self.config.otel,

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
-from .._cost import price_report
-from .._report import Attempt, StreamReport, Timings
+from .._cost import price_parts
+from .._report import Attempt, ChoiceUsage, Cost, StreamReport, Timings
 from .._tap import UsageTap
 from .._telemetry import Telemetry, shared_telemetry
 from ._decode import decoder_for
@@ -48,6 +48,8 @@ class StreamMeter:
         copy, and a body that cannot be decoded is not metered (``warnings`` says why).
     :param collect_output: reassemble the output text (needed for an estimate; always on
         for a request of ``n > 1`` choices, whose shares are apportioned by their text).
+    :param keep_output: with ``collect_output``, the report carries the output even when
+        the stream gave its usage (off: the output is only read when an estimate needs it).
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
     :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
@@ -67,6 +69,7 @@ class StreamMeter:
         "_decoder",
         "_first_byte",
         "_first_content",
+        "_keep_output",
         "_last_content",
         "_native",
         "_pass_decoded",
@@ -98,6 +101,7 @@ class StreamMeter:
         injected: bool = False,
         content_encoding: str = "",
         collect_output: bool = False,
+        keep_output: bool = True,
         request_sent: float | None = None,
         secrets: tuple[str, ...] = (),
         api: str = "auto",
@@ -140,6 +144,7 @@ class StreamMeter:
         self._pass_decoded = pass_decoded
         # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
         several = request_body is not None and _count(request_body.get("n")) > 1
+        self._keep_output = keep_output or several
         self._tap = UsageTap(
             api, collect_output=collect_output or several, timeline=timeline, clock=self._native
         )
@@ -314,14 +319,16 @@ class StreamMeter:
         self.responses = self._tap.reports
         if len(self.responses) > 1:
             report = _combined(report, self.responses)
-        if report.usage is not None:
+        usage = report.usage
+        if usage is not None:
             reason = "usage read from the stream"
         else:
             who = "the client stopped reading: " if self.stopped_by_client else ""
             reason = f"no usage in the stream (status {report.status}, ended: {who}{self.ended_by})"
+        keep = self._keep_output or usage is None
         return report.replace(
-            attempts=(Attempt("stream", report.usage is not None, reason),),
-            output=self._tap.output(),
+            attempts=(Attempt("stream", usage is not None, reason),),
+            output=self._tap.output() if keep else None,
             warnings=report.warnings + tuple(self.warnings),
         )
 
@@ -382,8 +389,7 @@ class StreamMeter:
         report = apply_fallbacks(report, plan, retrieved, self.request_body)
         report = redact_report(report, self.secrets)
         timeline, problem = self._timeline(report)
-        if problem is not None:
-            report = report.replace(warnings=(*report.warnings, problem))
+        warnings = report.warnings if problem is None else (*report.warnings, problem)
         usage = report.usage
         timings = Timings(
             self.request_sent,
@@ -394,24 +400,30 @@ class StreamMeter:
             None if usage is None else usage.output_tokens,
             *timeline,
         )
-        report = self._priced(report.replace(timings=timings))
+        cost, choices, reason = self._priced(report)
+        report = report.replace(
+            warnings=warnings, timings=timings, cost=cost, choices=choices, cost_reason=reason
+        )
         if not self._recorded:
             self._recorded = True
             self._record(report)
         return report
 
-    def _priced(self, report: StreamReport) -> StreamReport:
+    def _priced(
+        self, report: StreamReport
+    ) -> tuple[Cost | None, tuple[ChoiceUsage, ...], str | None]:
+        """``(cost, choices, cost_reason)`` of the final report. Never raises."""
         if not self._price:
-            return report.replace(cost_reason="pricing is off")
+            return None, (), "pricing is off"
         # The request's wall-clock time picks the price in force then.
         when = time.time() - (time.monotonic() - self.request_sent)
         try:
             asked = requested_model(self.request_body)
-            priced, reason = price_report(report, requested_model=asked, when=when)
+            cost, choices, reason = price_parts(report, requested_model=asked, when=when)
         except Exception as exc:  # noqa: BLE001 - pricing never breaks metering
-            return report.replace(cost_reason=f"pricing failed: {type(exc).__name__}")
+            return None, (), f"pricing failed: {type(exc).__name__}"
         # The reason quotes model names, which come from the network.
-        return priced.replace(cost_reason=None if reason is None else redact(reason, self.secrets))
+        return cost, choices, None if reason is None else redact(reason, self.secrets)
 
     def _record(self, report: StreamReport) -> None:
         telemetry = self.telemetry
