@@ -41,6 +41,9 @@ logger = logging.getLogger("ssetally.sinks")
 DEFAULT_QUEUE_SIZE = 100_000
 #: Records written per batch.
 DEFAULT_BATCH_SIZE = 512
+#: Seconds the writer waits after a record for more to write with it: under load one wake-up
+#: and one write serve many records; a record reaches its destination this much later at most.
+DEFAULT_LINGER = 0.02
 _STOP = object()
 # Seconds of spool replay between two looks at the queue, so new records keep flowing.
 _REPLAY_SLICE = 1.0
@@ -118,9 +121,16 @@ class Sink:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
         limits: Limits = DEFAULT_LIMITS,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not 0 <= linger <= 1:
+            raise ValueError("linger must be between 0 and 1 second")
+        #: Seconds the writer waits after a record for more to batch with it.
+        self.linger = linger
+        #: Callers waiting in ``flush`` (the writer does not linger for them).
+        self._hurry = 0
         #: The destination as shown in messages (a URL without its password).
         self.target = target
         self.batch_size = batch_size
@@ -253,10 +263,15 @@ class Sink:
         """Wait until every queued record is settled (and with ``spool=True`` until the spool is
         empty as well); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: self._settled >= self._submitted and (not spool or not self.spool_depth),
-                timeout,
-            )
+            self._hurry += 1  # the writer stops lingering while someone waits
+            try:
+                return self._cond.wait_for(
+                    lambda: self._settled >= self._submitted
+                    and (not spool or not self.spool_depth),
+                    timeout,
+                )
+            finally:
+                self._hurry -= 1
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, try once more to replay the spool, then stop the writer thread. Idempotent."""
@@ -264,6 +279,7 @@ class Sink:
             if self._closed:
                 return
             self._closed = True
+            self._hurry += 1  # for good: nothing is worth waiting for once closing
             if timeout is not None:
                 self._close_deadline = time.monotonic() + timeout
         try:
@@ -310,6 +326,9 @@ class Sink:
                 batch = [self._queue.get(timeout=self._idle_timeout())]
             except queue.Empty:
                 batch = []
+            if batch and batch[0] is not _STOP and self.linger and not self._hurry:
+                # Not woken per record: the records of the next moment join this batch.
+                time.sleep(self.linger)
             while batch and len(batch) < self.batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
