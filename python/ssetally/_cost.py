@@ -16,6 +16,7 @@ genai-prices is imported on first use (about a third of a second to load its pri
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -48,6 +49,9 @@ _NAME_LIMIT = 120
 #: walks every model's match rules: ~0.4 ms a stream). Names come from the network: bounded.
 _MISSES: dict[tuple[str | None, str, str], str] = {}
 _MISSES_LIMIT = 1024
+#: Why a report's models (with its API and provider) have no price, for reports whose usage
+#: has both counts: an unpriced model (a self-hosted one, say) is not looked up per stream.
+_UNPRICED: dict[tuple[Any, ...], str | None] = {}
 _REASON_LIMIT = 300
 
 #: Provider names as other tools write them (OpenTelemetry ``gen_ai.provider.name``, gateway
@@ -448,12 +452,30 @@ def price_parts(
     """What ``price_report`` fills in: ``(cost, choices, reason)``. Never raises."""
     cost: Cost | None = None
     reason: str | None = "no model name to look a price up by"
-    for model in dict.fromkeys(m for m in (report.model, requested_model) if m):
-        cost, reason = cost_of(
-            report.usage, model=model, provider=provider, api=report.api, when=when
-        )
-        if cost is not None:
-            break
+    models = tuple(dict.fromkeys(m for m in (report.model, requested_model) if m))
+    usage = report.usage
+    counted = (
+        usage is not None
+        and _count(usage.input_tokens) is not None
+        and _count(usage.output_tokens) is not None
+    )
+    # Only once genai-prices is loaded, and per its version: a price list that changes (or
+    # goes) is looked up anew.
+    version = getattr(sys.modules.get("genai_prices"), "__version__", None)
+    key = (models, report.api, provider, version)
+    if counted and isinstance(version, str) and key in _UNPRICED:
+        reason = _UNPRICED[key]
+    else:
+        for model in models:
+            cost, reason = cost_of(usage, model=model, provider=provider, api=report.api, when=when)
+            if cost is not None:
+                break
+        version = getattr(sys.modules.get("genai_prices"), "__version__", None)
+        key = (models, report.api, provider, version)
+        if cost is None and counted and isinstance(version, str):
+            if len(_UNPRICED) >= _MISSES_LIMIT:
+                _UNPRICED.pop(next(iter(_UNPRICED)))  # the oldest: insertion order
+            _UNPRICED[key] = reason
     try:
         choices = choice_usages(report, cost, encoding=encoding)
     except Exception:  # noqa: BLE001 - per-choice shares are extra; never break metering
