@@ -105,11 +105,28 @@ def mentions(value: Any, secrets: Sequence[str]) -> bool:
     return isinstance(value, str) and mentions(str(value), secrets)
 
 
+def _echoed(report: StreamReport, secrets: tuple[str, ...]) -> bool:
+    """Whether a secret occurs in what ``redact_report`` redacts (and nowhere else is read)."""
+    texts = (report.response_id, report.model, report.finish_reason, report.incomplete_reason)
+    if any(text is not None and mentions(text, secrets) for text in texts):
+        return True
+    for usage in (report.usage, *report.step_usages):
+        if usage is not None and (mentions(usage.raw, secrets) or mentions(usage.note, secrets)):
+            return True
+    reasons = [attempt.reason for attempt in report.attempts]
+    return (
+        mentions(report.error, secrets)
+        or mentions(report.warnings, secrets)
+        or mentions(reasons, secrets)
+        or mentions(report.output, secrets)
+    )
+
+
 def redact_report(report: StreamReport, secrets: tuple[str, ...]) -> StreamReport:
     """The report with the request's credentials (``request_secrets``) replaced wherever the
     server, a proxy or an error message could have echoed them: error, warnings, attempt
     reasons, the provider's strings, usage objects and notes, and the reassembled output."""
-    if not secrets or not mentions(report, secrets):
+    if not secrets or not _echoed(report, secrets):
         # The common case: nothing echoed, nothing rebuilt.
         return report
 
