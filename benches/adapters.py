@@ -9,8 +9,8 @@ is not installed are absent from ``ADAPTERS``; ``MISSING`` says why.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 import ssetally

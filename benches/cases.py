@@ -12,10 +12,10 @@ checks against the corpus truth before the time counts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import adapters
 from corpus import Truth

@@ -34,9 +34,8 @@ import math
 import random
 import re
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 KINDS = ("chat", "chat-noobf", "responses", "responses-tools", "anthropic", "gemini")
 SEED = 20260801
@@ -92,7 +91,7 @@ class Truth:
 # --------------------------------------------------------------------------- events
 
 #: (event name or None, data) of one SSE event.
-Event = tuple[Optional[str], str]
+Event = tuple[str | None, str]
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 import soak_hostile as hostile  # the script's own directory

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import statistics
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ssetally
 from adapters import usage_tap_class

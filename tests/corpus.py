@@ -28,6 +28,7 @@ Variants: ``crlf=True`` turns every line ending into CRLF, ``keepalive=True`` pu
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -237,7 +238,7 @@ def boundary_chunking(data: bytes) -> list[bytes]:
         if b == 0x0D or b >= 0xC0  # CR, or the lead byte of a UTF-8 sequence
     ]
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def random_chunking(data: bytes, rng: random.Random) -> list[bytes]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loopback_http import TIMEOUT, QuietHandler, ThreadedServer
 from ssetally._gateway import ProxyConfig, ProxyServer

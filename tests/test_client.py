@@ -17,7 +17,7 @@ import time
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import anyio
 import httpx
@@ -59,7 +59,7 @@ WEATHER_TOOL: dict[str, Any] = {
     },
 }
 TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
-ExceptionTypes = Union[type[BaseException], tuple[type[BaseException], ...]]
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -15,7 +15,6 @@ import random
 import re
 import zlib
 from collections.abc import Sequence
-from typing import Optional
 
 import pytest
 import ssetally
@@ -43,7 +42,7 @@ from corpus import (
 FILES = corpus_files()
 STREAMS = [(f, v) for f in FILES for v in variants(f)]
 
-Ev = tuple[str, str, str, Optional[int]]
+Ev = tuple[str, str, str, int | None]
 
 
 def stream_id(param: tuple[CorpusFile, Variant]) -> str:

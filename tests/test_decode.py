@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -58,7 +59,7 @@ def encode(name: str, data: bytes) -> bytes:
 def decode(header: str, body: bytes, cuts: list[int] | None = None) -> bytes:
     d = ContentDecoder(header)
     edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts or [])})
-    out = b"".join(d.feed(body[a:b]) for a, b in zip(edges, edges[1:]))
+    out = b"".join(d.feed(body[a:b]) for a, b in itertools.pairwise(edges))
     d.finish()
     assert d.total_output == len(out)
     return out

@@ -37,11 +37,11 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import httpx
 import pytest
@@ -73,7 +73,7 @@ RETRIEVAL = RetrievalPolicy(
     deadline=5.0, first_delay=0.02, backoff=2.0, max_delay=0.5, max_server_errors=3
 )
 
-Raised = Union[type[BaseException], tuple[type[BaseException], ...]]
+Raised = type[BaseException] | tuple[type[BaseException], ...]
 
 # --------------------------------------------------------------------------- streams
 

@@ -129,7 +129,7 @@ class TestSlowloris:
                     if sock.recv(1024) == b"":
                         closed_after = time.monotonic() - start
                         break
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     closed_after = time.monotonic() - start
@@ -209,7 +209,7 @@ class TestBodies:
                             sock.sendall(bytes([byte]))
                             if sock.recv(65536, socket.MSG_PEEK):
                                 break
-                        except socket.timeout:
+                        except TimeoutError:
                             continue
                         except OSError:
                             break

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import json
 import logging
 import random
@@ -411,7 +412,7 @@ def test_every_type_at_once_one_per_thread() -> None:
         rng = random.Random(k)
         cuts = sorted(rng.sample(range(1, len(data)), 3))
         bounds = [0, *cuts, len(data)]
-        jobs.append([data[a:b] for a, b in zip(bounds, bounds[1:])])
+        jobs.append([data[a:b] for a, b in itertools.pairwise(bounds)])
     expected = [run_all(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(run_all, jobs * 2))

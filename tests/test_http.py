@@ -9,6 +9,7 @@ run both sync (``connect_sse``/``iter_sse``) and async (``aconnect_sse``/``aiter
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ def split_every(data: bytes, size: int) -> list[bytes]:
 
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def tricky_cuts(data: bytes) -> list[int]:

@@ -17,6 +17,7 @@ such member, lose only their usage-only chunk.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -384,7 +385,7 @@ blocks = st.lists(
 @given(data=blocks, cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
 def test_stripper_limit_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     for limit in (64, len(USAGE) - 1, 300, DEFAULT_MAX_EVENT_SIZE_BYTES):
         assert strip(chunks, max_event_size=limit) == strip([data], max_event_size=limit)
         assert strip(list(map(bytes, [[b] for b in data])), max_event_size=limit) == strip(

@@ -17,6 +17,7 @@ properties runs under cargo-fuzz (``rust/fuzz``).
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from hypothesis import HealthCheck, given, settings
@@ -104,7 +105,7 @@ limits = st.sampled_from([1, 8, 24, 64, 200, 16 * 1024 * 1024])
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at the given offsets (repeated offsets give empty chunks)."""
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 chunk_cuts = st.lists(st.integers(0, 10_000), max_size=30)

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import openai
@@ -63,7 +63,7 @@ WEATHER_TOOL: dict[str, Any] = {
 }
 
 # (event name or None, data) per SSE event.
-Event = tuple[Optional[str], str]
+Event = tuple[str | None, str]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ast
 import base64
+import itertools
 import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ DATA_DIR = Path(__file__).parent / "data"
 CASES: list[dict[str, Any]] = json.loads((DATA_DIR / "spec_cases.json").read_text(encoding="utf-8"))
 
 # One dispatched event as (event, data, id, retry).
-Ev = tuple[str, str, str, Optional[int]]
+Ev = tuple[str, str, str, int | None]
 
 U64_MAX = 2**64 - 1
 CHUNKINGS = ("as-given", "bytewise", "every-split-with-empty")
@@ -348,7 +349,7 @@ any_stream = st.one_of(st.binary(max_size=300), sse_ish_bytes)
 
 def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @st.composite

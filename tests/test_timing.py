@@ -12,6 +12,7 @@ tell the schedule from chunk counting.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import re
@@ -251,7 +252,7 @@ def check_exact(timings: ssetally.Timings, stream: str, k: int, arrivals: list[f
     assert timings.tpot is not None
     expected_tpot = (arrivals[-1] - arrivals[0]) / (k * EVENTS - 1)
     assert abs(timings.tpot - expected_tpot) <= EXACT / (k * EVENTS - 1)
-    gaps = sorted((b - a) / k for a, b in zip(arrivals, arrivals[1:]))
+    gaps = sorted((b - a) / k for a, b in itertools.pairwise(arrivals))
     # k equal per-token gaps per event: the median is the median gap's share.
     assert timings.itl_p50 is not None
     assert abs(timings.itl_p50 - statistics.median(gaps)) <= EXACT / k

@@ -27,6 +27,7 @@ Covered here:
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import random
 import re
@@ -35,12 +36,12 @@ import sys
 import threading
 import tracemalloc
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, TypedDict, cast
+from typing import Any, TypedDict, cast
 
 import pytest
 from corpus import (
@@ -956,7 +957,7 @@ def test_any_split_gives_the_same_reports(data: st.DataObject) -> None:
     raw = rebuild(f, crlf=crlf, keepalive=keepalive, done=done)
     cuts = sorted(set(data.draw(st.lists(st.integers(0, len(raw)), max_size=40), label="cuts")))
     bounds = [0, *cuts, len(raw)]
-    pieces = [raw[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [raw[a:b] for a, b in itertools.pairwise(bounds)]
     got = run(pieces)
     assert comparable(got) == whole_reports(f.name, crlf, keepalive, done)
     assert sum(r.bytes for r in got) == len(raw)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
@@ -16,7 +16,7 @@ from contextlib import (
     contextmanager,
 )
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._core import EventTooLargeError, ServerSentEvent, SSEDecoder
 from ._exceptions import SSEError, StreamTimeoutError

@@ -12,9 +12,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 from ._metering import StreamMeter, parse_json_object
 from ._report import Attempt, StreamReport
@@ -28,9 +36,9 @@ logger = logging.getLogger("ssetally")
 
 #: ``on_report(report)``: called once per stream. Exceptions are logged, never raised; an
 #: awaitable it returns (``ameter``) is run as a task on the running loop.
-OnStreamReport = Callable[[StreamReport], Optional[object]]
+OnStreamReport = Callable[[StreamReport], object | None]
 
-RequestBody = Union[Mapping[str, Any], bytes, str, None]
+RequestBody = Mapping[str, Any] | bytes | str | None
 
 #: Tasks running awaitables returned by report callbacks (kept alive until done).
 _callback_tasks: set[asyncio.Task[Any]] = set()

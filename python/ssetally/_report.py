@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
@@ -149,7 +150,7 @@ class Timings(NamedTuple):
         arrivals = self._arrivals()
         out = [
             (max(0.0, at - before) / tokens, tokens)
-            for (before, _), (at, tokens) in zip(arrivals, arrivals[1:])
+            for (before, _), (at, tokens) in itertools.pairwise(arrivals)
         ]
         out.sort()
         return out
@@ -161,7 +162,7 @@ class Timings(NamedTuple):
         (they came with TTFT)."""
         arrivals = self._arrivals()
         out: list[float] = []
-        for (before, _), (at, tokens) in zip(arrivals, arrivals[1:]):
+        for (before, _), (at, tokens) in itertools.pairwise(arrivals):
             out.extend([max(0.0, at - before) / tokens] * tokens)
         return tuple(out)
 

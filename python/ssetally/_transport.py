@@ -24,12 +24,12 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
@@ -85,7 +85,7 @@ logger = logging.getLogger("ssetally")
 #: ``on_report(report, request)``: called once per metered stream. ``request`` is the request
 #: the caller sent (an ``httpx.Request`` or ``httpx2.Request``). Its return value is ignored
 #: (the async transport awaits it when it is awaitable). Exceptions are logged, never raised.
-OnReport = Callable[[StreamReport, Any], Optional[object]]
+OnReport = Callable[[StreamReport, Any], object | None]
 
 
 def _log_report(report: StreamReport, request: Any) -> None:

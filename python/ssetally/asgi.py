@@ -22,8 +22,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Mapping, MutableMapping
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, NamedTuple, Protocol
 
 from ._gateway._headers import fingerprint
 from ._gateway._record import Exchange, build_record, now_iso
@@ -59,7 +59,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: ``on_report(report, scope)``: called once per metered response (the scope the app got).
 #: An awaitable it returns is run as a task. Exceptions are logged, never raised.
-OnReport = Callable[[StreamReport, Scope], Optional[object]]
+OnReport = Callable[[StreamReport, Scope], object | None]
 
 #: Bodies parsed inline; larger ones are parsed in a worker thread.
 _PARSE_INLINE_LIMIT = 256 * 1024

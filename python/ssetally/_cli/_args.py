@@ -5,7 +5,8 @@ several commands take."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._commands import COMMANDS
 

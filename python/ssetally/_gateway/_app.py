@@ -30,8 +30,8 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from .._metering import (
     JsonCapture,

@@ -6,8 +6,8 @@ the worker that answers sums them all, including those of workers that have exit
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from ._metrics import ProxyMetrics
 

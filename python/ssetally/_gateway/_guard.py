@@ -6,8 +6,8 @@ slowloris)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, MutableMapping
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 #: Percent-encoded bytes that would change how a path splits or ends, refused outright: the

@@ -4,8 +4,8 @@ and the proxy's own error answers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable, MutableMapping
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .._metering import StreamMeter

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, NamedTuple
 
 from .._metering import JsonCapture, StreamMeter
 from ._record import Exchange

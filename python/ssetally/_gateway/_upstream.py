@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import select
 import ssl
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._pools import UpstreamPool

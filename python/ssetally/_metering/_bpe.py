@@ -12,8 +12,9 @@ import gzip
 import hashlib
 import importlib
 import threading
+from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tiktoken import Encoding

@@ -9,7 +9,8 @@ import os
 import re
 import tempfile
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: A function that counts the tokens of a text.
 TokenCounter = Callable[[str], int]

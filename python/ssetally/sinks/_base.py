@@ -17,8 +17,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ._sanitize import DEFAULT_LIMITS, Limits, sanitize_record

@@ -3,7 +3,7 @@
 //! is native; `ssetally.sinks` sanitises what it refuses.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytesMethods, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
 
 /// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
 /// (its attributes of the same names).
@@ -115,9 +115,9 @@ fn clean_value(
 
 /// No NUL and no lone surrogate (text that does not encode as UTF-8).
 fn clean_text(text: &Bound<'_, PyString>) -> PyResult<bool> {
-    // One `bytes` object (`to_cow` would copy that again under the limited API).
-    Ok(match text.encode_utf8() {
-        Ok(bytes) => memchr::memchr(0, bytes.as_bytes()).is_none(),
+    // In place for ASCII text (CPython keeps a UTF-8 copy of other text).
+    Ok(match text.to_str() {
+        Ok(s) => memchr::memchr(0, s.as_bytes()).is_none(),
         Err(_) => false,
     })
 }
