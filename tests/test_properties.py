@@ -301,6 +301,23 @@ def test_stripper_chunk_invariance(data: bytes, cuts: list[int]) -> None:
         assert len(out) < len(data)
 
 
+@SETTINGS
+@given(data=st.one_of(arbitrary_bytes, stripper_streams), cuts=chunk_cuts)
+def test_stripper_feeding_a_tap_is_the_two_fed_apart(data: bytes, cuts: list[int]) -> None:
+    """``feed(data, tap=tap)``: the tap reads every byte as it came, the output is the same."""
+    chunks = cut(data, cuts)
+    stripper, apart = UsageChunkStripper(), UsageTap("auto", clock=True)
+    expected = [stripper.feed(c) for c in chunks]
+    for c in chunks:
+        apart.feed(c)
+    fused_stripper, fused = UsageChunkStripper(), UsageTap("auto", clock=True)
+    assert [fused_stripper.feed(c, tap=fused) for c in chunks] == expected
+    assert fused.bytes_fed == apart.bytes_fed == len(data)
+    assert (fused.first_output_at is None) == (apart.first_output_at is None)
+    assert fused.finish() == apart.finish()
+    assert fused_stripper.stripped == stripper.stripped
+
+
 def test_stripper_strips_something_in_the_generated_streams() -> None:
     """The stripping branch of the property above is reachable."""
     out, stripped = strip([b"data: x\n\n" + USAGE_CHUNK + b"\r\n\r\n" + b"data: [DONE]\n\n"])

@@ -177,9 +177,10 @@ class UsageChunkStripper:
     """
 
     def __new__(cls, *, max_event_size: int = 16777216) -> UsageChunkStripper: ...
-    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
-        """The bytes that can be forwarded now. Raises ``MemoryError`` (with nothing
-        consumed) when memory for the output could not be allocated."""
+    def feed(self, data: bytes | bytearray | memoryview, tap: UsageTap | None = None) -> bytes:
+        """The bytes that can be forwarded now; with ``tap``, the tap is fed ``data`` first, as
+        it came. Raises ``MemoryError`` (with nothing consumed) when memory for the output
+        could not be allocated."""
     def finish(self) -> bytes:
         """End of stream: whatever is still held back, unchanged."""
     stripped: Final[int]

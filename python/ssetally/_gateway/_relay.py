@@ -37,12 +37,11 @@ def _no_fault(exc: BaseException) -> None:
 
 
 def metering_of(meter: StreamMeter | JsonCapture | None) -> Metering | None:
-    """What the relay gives each chunk for ``meter``: the native tap itself when a chunk
-    needs nothing else (``StreamMeter.direct``), else the meter's ``feed``; a JSON answer's
-    capture; None for an answer not metered."""
+    """What the relay gives each chunk for ``meter``: one native call where it can
+    (``StreamMeter.relay_feed``), else the meter's ``feed``; a JSON answer's capture; None for
+    an answer not metered."""
     if isinstance(meter, StreamMeter):
-        direct = meter.direct()
-        return Metering(meter.feed if direct is None else direct.feed, meter.tap_failed)
+        return Metering(meter.relay_feed(), meter.relay_failed)
     if meter is not None:
         return Metering(meter.passing, _no_fault)
     return None

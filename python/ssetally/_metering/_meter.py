@@ -11,6 +11,7 @@ The front-ends (``connect_usage``, ``MeteringTransport``, the proxy, the ASGI mi
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -274,6 +275,26 @@ class StreamMeter:
             return None
         tap = self._tap
         return Direct(tap, tap.feed)
+
+    def relay_feed(self) -> Callable[[bytes], bytes | None]:
+        """What a relay calls per raw chunk: ``feed``, or when one native call does all that
+        ``feed`` does (an identity body, metering on, the default clock) the tap's ``feed``
+        (returns None: the chunk itself passes on) or, with usage injected, the stripper's
+        ``feed`` given the tap (returns what passes on). If it raises, ``relay_failed``."""
+        if not self.metering or not self._native or self._decoder is not None:
+            return self.feed
+        if self._stripper is None:
+            return self._tap.feed
+        return functools.partial(self._stripper.feed, tap=self._tap)
+
+    def relay_failed(self, exc: BaseException) -> None:
+        """``relay_feed``'s call raised: metering stops, and stripping with it (what the
+        stripper held is lost); the relay passes the chunks on as they come."""
+        self.tap_failed(exc)
+        if self._stripper is not None:
+            self._stripper = None
+            self.faults.append("strip")
+            self.warnings.append(f"usage stripping stopped: {type(exc).__name__}: {exc}")
 
     def tap_failed(self, exc: BaseException) -> None:
         """The tap raised on a chunk (not bytes, say): metering stops, the stream goes on."""

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
 use super::convert::{memory_error, text, to_bytes, Input};
+use super::tap::UsageTap;
 use super::EventTooLargeError;
 use crate::lines::LineSplitter;
 use crate::sse::DEFAULT_MAX_EVENT_SIZE;
@@ -195,14 +196,21 @@ impl UsageChunkStripper {
     /// consumed, when memory for the output cannot be had (unless a copy
     /// of a window of a large buffer that is not `bytes` fails between the
     /// two passes: then the chunk is consumed and lost, and said so).
+    /// With `tap`, the tap is fed `data` first, as it came (one call per
+    /// chunk for a relay that meters what it strips).
+    #[pyo3(signature = (data, tap=None))]
     fn feed<'py>(
         &mut self,
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
+        tap: Option<PyRefMut<'py, UsageTap>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         // The interpreter is kept (the stripper is fast, and a stripper
         // shared between threads then serialises its calls).
         let input = Input::new(data)?;
+        if let Some(mut tap) = tap {
+            tap.feed_input(py, &input)?;
+        }
         let held = self.inner.held();
         // Nothing held and nothing left out: the output is the input.
         let unchanged = |forwarded: usize, input: &Input<'_>| held == 0 && forwarded == input.len();

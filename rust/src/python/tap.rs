@@ -94,43 +94,7 @@ impl UsageTap {
     /// when chunks completed output-bearing events (and gives the timeline
     /// that reading).
     fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let input = Input::new(data)?;
-        if self.bytes_fed == 0 {
-            // A new stream: the last one's flag no longer applies.
-            self.finished_store = None;
-        }
-        let mut now = None;
-        if self.clock && !self.started {
-            self.started = true;
-            now = Some(monotonic(py)?);
-            self.first_read = now;
-            self.first_output = None;
-            self.last_output = None;
-        }
-        self.bytes_fed += input.len() as u64;
-        let before = if self.clock {
-            self.inner.delta_chunks()
-        } else {
-            0
-        };
-        let inner = &mut self.inner;
-        input.for_each(|piece| {
-            if piece.len() >= DETACH_THRESHOLD {
-                py.detach(|| inner.feed(piece));
-            } else {
-                inner.feed(piece);
-            }
-        })?;
-        if self.clock && self.inner.delta_chunks() != before {
-            let at = match now {
-                Some(at) => at,
-                None => monotonic(py)?,
-            };
-            self.first_output.get_or_insert(at);
-            self.last_output = Some(at);
-            self.inner.stamp(at);
-        }
-        Ok(())
+        self.feed_input(py, &Input::new(data)?)
     }
 
     /// `time.monotonic()` at the first `feed` of the stream (the last one
@@ -258,5 +222,48 @@ impl UsageTap {
     #[getter]
     fn api(&self) -> &'static str {
         self.inner.api().as_str()
+    }
+}
+
+impl UsageTap {
+    /// `feed` of bytes already taken in (shared with the stripper's
+    /// `feed(data, tap=...)`).
+    pub(super) fn feed_input(&mut self, py: Python<'_>, input: &Input<'_>) -> PyResult<()> {
+        if self.bytes_fed == 0 {
+            // A new stream: the last one's flag no longer applies.
+            self.finished_store = None;
+        }
+        let mut now = None;
+        if self.clock && !self.started {
+            self.started = true;
+            now = Some(monotonic(py)?);
+            self.first_read = now;
+            self.first_output = None;
+            self.last_output = None;
+        }
+        self.bytes_fed += input.len() as u64;
+        let before = if self.clock {
+            self.inner.delta_chunks()
+        } else {
+            0
+        };
+        let inner = &mut self.inner;
+        input.for_each(|piece| {
+            if piece.len() >= DETACH_THRESHOLD {
+                py.detach(|| inner.feed(piece));
+            } else {
+                inner.feed(piece);
+            }
+        })?;
+        if self.clock && self.inner.delta_chunks() != before {
+            let at = match now {
+                Some(at) => at,
+                None => monotonic(py)?,
+            };
+            self.first_output.get_or_insert(at);
+            self.last_output = Some(at);
+            self.inner.stamp(at);
+        }
+        Ok(())
     }
 }
