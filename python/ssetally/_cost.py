@@ -435,18 +435,15 @@ def price_report(
     The response's model is priced first (it names the exact version billed), then
     ``requested_model``. Never raises.
     """
-    cost, choices, reason = price_parts(
-        report, provider=provider, requested_model=requested_model, when=when, encoding=encoding
-    )
+    cost, choices, reason = price_parts(report, requested_model, when, provider, encoding)
     return report.replace(cost=cost, choices=choices), reason
 
 
 def price_parts(
     report: StreamReport,
-    *,
+    requested_model: str | None,
+    when: datetime | float | None,
     provider: str | None = None,
-    requested_model: str | None = None,
-    when: datetime | float | None = None,
     encoding: _Encoder | str | None = None,
 ) -> tuple[Cost | None, tuple[ChoiceUsage, ...], str | None]:
     """What ``price_report`` fills in: ``(cost, choices, reason)``. Never raises."""

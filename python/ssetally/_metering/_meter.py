@@ -440,7 +440,7 @@ class StreamMeter:
         when = time.time() - (time.monotonic() - self.request_sent)
         try:
             asked = requested_model(self.request_body)
-            cost, choices, reason = price_parts(report, requested_model=asked, when=when)
+            cost, choices, reason = price_parts(report, asked, when)
         except Exception as exc:  # noqa: BLE001 - pricing never breaks metering
             return None, (), f"pricing failed: {type(exc).__name__}"
         # The reason quotes model names, which come from the network.
