@@ -177,7 +177,7 @@ class MeteredStream(_Metered):
         try:
             if direct is not None:
                 # The hot loop: one native call per chunk (which reads the clock itself).
-                feed = direct.feed
+                feed = direct
                 for chunk in chunks:
                     try:
                         feed(chunk)
@@ -246,7 +246,7 @@ class AsyncMeteredStream(_Metered):
         try:
             if direct is not None:
                 # The hot loop, as in ``MeteredStream._run``.
-                feed = direct.feed
+                feed = direct
                 async for chunk in chunks:
                     try:
                         feed(chunk)

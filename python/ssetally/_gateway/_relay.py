@@ -28,10 +28,6 @@ class Metering(NamedTuple):
     failed: Callable[[BaseException], None]
 
 
-def _unmetered(chunk: bytes) -> None:
-    return None
-
-
 def _no_fault(exc: BaseException) -> None:
     return None
 
@@ -240,20 +236,11 @@ def _writer(
     then waits for it to drain, as its own ``send`` would)."""
     write = transport.write
     is_closing = transport.is_closing
-    feed = _unmetered if metering is None else metering.feed
 
     def relay(body: bytes) -> bool:
-        nonlocal feed
+        nonlocal metering
         x.upstream_bytes += len(body)
-        try:
-            out = feed(body)
-        except Exception as exc:  # noqa: BLE001 - metering never breaks the stream
-            feed = _unmetered
-            if metering is not None:
-                metering.failed(exc)
-            out = None
-        if out is None:
-            out = body
+        out, metering = _meter(metering, body)
         try:
             if out and not is_closing():
                 x.client_bytes += len(out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
@@ -28,14 +28,6 @@ from ._redact import redact, redact_report
 from ._request import requested_model
 from ._retrieval import RetrievalResult, retrieval_request, valid_response_id
 from ._timeline import TimelineFields, build_timeline
-
-
-class Direct(NamedTuple):
-    """What a front-end's own per-chunk loop calls (``StreamMeter.direct``): the native tap
-    and its ``feed``, which also reads the clock (``UsageTap(clock=True)``)."""
-
-    tap: UsageTap
-    feed: Callable[[Any], None]
 
 
 class StreamMeter:
@@ -259,29 +251,26 @@ class StreamMeter:
             self.warnings.append(self.undecodable)
             return b""
 
-    def direct(self) -> Direct | None:
+    def direct(self) -> Callable[[Any], None] | None:
         """For a front-end's own per-chunk loop, when a raw chunk needs nothing but the
-        native tap (identity body, no stripping, metering on, the default clock):
-        ``(tap, feed)``, else None (call ``feed`` above instead).
+        native tap (identity body, no stripping, metering on, the default clock): the tap's
+        ``feed``, else None (call ``feed`` above instead).
 
-        The loop calls ``feed(chunk)`` and passes the chunk itself on (the tap reads the
-        clock); if ``feed`` raises, ``tap_failed(exc)`` and no more feeds."""
-        if (
-            not self.metering
-            or not self._native
-            or self._decoder is not None
-            or self._stripper is not None
-        ):
-            return None
-        tap = self._tap
-        return Direct(tap, tap.feed)
+        The loop calls it with each chunk and passes the chunk itself on (the tap reads the
+        clock); if it raises, ``tap_failed(exc)`` and no more feeds."""
+        return self._tap.feed if self._one_call() and self._stripper is None else None
+
+    def _one_call(self) -> bool:
+        """Whether one native call per chunk does all that ``feed`` does: metering on, an
+        identity body, the default clock (which the tap reads itself)."""
+        return self.metering and self._native and self._decoder is None
 
     def relay_feed(self) -> Callable[[bytes], bytes | None]:
         """What a relay calls per raw chunk: ``feed``, or when one native call does all that
         ``feed`` does (an identity body, metering on, the default clock) the tap's ``feed``
         (returns None: the chunk itself passes on) or, with usage injected, the stripper's
         ``feed`` given the tap (returns what passes on). If it raises, ``relay_failed``."""
-        if not self.metering or not self._native or self._decoder is not None:
+        if not self._one_call():
             return self.feed
         if self._stripper is None:
             return self._tap.feed

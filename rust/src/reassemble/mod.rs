@@ -241,38 +241,23 @@ impl Output {
     }
 }
 
-/// Appends the JSON string body `raw`, its escapes decoded; None (with
-/// `dst` partly written) when it is not UTF-8, holds a surrogate escape (a
-/// pair or a lone one: left to the parser), or memory could not be had.
+/// Appends the JSON string body `raw`, its escapes decoded (by jiter, as
+/// the full parse would); None when it is not UTF-8, holds a lone
+/// surrogate escape (left to the parser's repair) or memory could not be
+/// had.
 fn unescape_into(dst: &mut String, raw: &[u8]) -> Option<()> {
     // Decoded text is never longer than its escaped form.
     dst.try_reserve(raw.len()).ok()?;
-    let mut rest = raw;
-    while let Some(at) = memchr::memchr(b'\\', rest) {
-        dst.push_str(std::str::from_utf8(&rest[..at]).ok()?);
-        let (c, len) = match *rest.get(at + 1)? {
-            b'"' => ('"', 2),
-            b'\\' => ('\\', 2),
-            b'/' => ('/', 2),
-            b'b' => ('\u{8}', 2),
-            b'f' => ('\u{c}', 2),
-            b'n' => ('\n', 2),
-            b'r' => ('\r', 2),
-            b't' => ('\t', 2),
-            b'u' => {
-                let hex = rest.get(at + 2..at + 6)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                (char::from_u32(code)?, 6)
-            }
-            _ => return None,
-        };
-        dst.push(c);
-        rest = &rest[at + len..];
+    if memchr::memchr(b'\\', raw).is_none() {
+        dst.push_str(std::str::from_utf8(raw).ok()?);
+        return Some(());
     }
-    dst.push_str(std::str::from_utf8(rest).ok()?);
+    let mut quoted = Vec::new();
+    quoted.try_reserve_exact(raw.len() + 2).ok()?;
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    dst.push_str(jiter::Jiter::new(&quoted).next_str().ok()?);
     Some(())
 }
 

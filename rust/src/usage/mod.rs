@@ -327,9 +327,7 @@ impl Collect {
             }
         }
     }
-}
 
-impl Collect {
     /// Appends the text of an event a template fast path read (`span`, in
     /// `bytes`), when events of that shape were seen to add their text to
     /// one choice and nothing else: the first event of each shape is parsed
