@@ -4,6 +4,7 @@
 
 mod buf;
 pub mod decode;
+pub mod json_out;
 pub mod lines;
 pub mod reassemble;
 pub mod sse;
