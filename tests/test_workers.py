@@ -496,3 +496,23 @@ def test_otel_with_two_workers_exports_spans_and_metrics_from_both(
     assert len(exporters) == 2
     assert all("gen_ai.client.token.usage" in names for names in exporters.values())
     assert set(exporters) == {instance for instance, _ in spans}
+
+
+def test_a_serving_process_is_readied_before_its_first_request() -> None:
+    # In a process of its own: gc.freeze() would hold this test process's garbage.
+    code = (
+        "import gc, sys\n"
+        "from ssetally._gateway import ProxyConfig\n"
+        "from ssetally._gateway._worker import settle\n"
+        "before = gc.get_freeze_count()\n"
+        "assert 'genai_prices' not in sys.modules\n"
+        "settle(ProxyConfig(upstream='http://127.0.0.1:9'))\n"
+        "print(before, gc.get_freeze_count(), 'genai_prices.data_snapshot' in sys.modules)\n"
+        "settle(ProxyConfig(upstream='http://127.0.0.1:9', cost=False))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen, priced = out.stdout.split()
+    assert before == "0" and int(frozen) > 10_000  # the start-up objects, prices among them
+    assert priced == "True"

@@ -19,7 +19,7 @@ from ._guard import with_header_timeout
 from ._listener import Listener
 from ._metrics import ProxyMetrics
 from ._pools import upstream_path
-from ._worker import Launch, LaunchOptions
+from ._worker import Launch, LaunchOptions, settle
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -108,7 +108,9 @@ def serve_proxy(
     (faster; ``auto`` picks it when installed) reduces them to their path, so they still go to
     the fixed upstream only. ``workers`` above 1 runs that many processes on the one port (see
     ``_supervisor``); each opens ``sink`` (then a string) with ``sink_options``; ``otel`` sets
-    up the OpenTelemetry SDK in each worker (one process: the caller sets it up).
+    up the OpenTelemetry SDK in each worker (one process: the caller sets it up). The
+    serving process is readied first (``_worker.settle``: the price list loaded, the start-up
+    objects frozen out of the garbage collector's passes).
     """
     import uvicorn
 
@@ -124,6 +126,7 @@ def serve_proxy(
         return
     print(line, file=sys.stderr, flush=True)
     app = MeteringProxy(config, settings.open_sink(sink) if isinstance(sink, str) else sink)
+    settle(config)
     try:
         uvicorn.Server(uvicorn_config(app, host, port, settings.log_level, settings.http)).run()
     except KeyboardInterrupt:

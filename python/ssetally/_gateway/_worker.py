@@ -8,6 +8,8 @@ gone.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import pickle
 import signal
@@ -21,7 +23,7 @@ from typing import Any, TypedDict
 from ..sinks import Sink, open_sink
 from ._config import ProxyConfig
 
-__all__ = ["WORKER_COMMAND", "Launch", "LaunchOptions", "WorkerSpec", "main"]
+__all__ = ["WORKER_COMMAND", "Launch", "LaunchOptions", "WorkerSpec", "main", "settle"]
 
 #: The code a worker process runs.
 WORKER_COMMAND = "from ssetally._gateway._worker import main; main()"
@@ -67,6 +69,25 @@ class WorkerSpec:
     launch: Launch = Launch()
     #: How the previous worker on this journal ended (``ended_by`` of its cut requests).
     predecessor: str | None = None
+
+
+def settle(config: ProxyConfig) -> None:
+    """Ready a serving process: load now what its first request would load (the price list
+    when pricing is on, ~0.1 s the first stream would wait; the OpenTelemetry API when
+    telemetry is on), then freeze the objects of start-up out of the garbage collector's
+    passes (``gc.freeze``), which then scan only what requests in flight hold."""
+    try:
+        if config.cost:
+            from genai_prices.data_snapshot import get_snapshot
+
+            get_snapshot()
+        if config.otel:
+            from .._telemetry import shared_telemetry
+
+            shared_telemetry()
+    except Exception:  # not loaded now: the first request loads it, or says why
+        logging.getLogger("ssetally.proxy").debug("readying the process failed", exc_info=True)
+    gc.freeze()
 
 
 def _watch_parent(parent: int) -> None:
@@ -119,6 +140,7 @@ def main() -> None:
     left.remove()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, launch.log_level, launch.http))
+    settle(spec.config)
     try:
         server.run(sockets=[sock])
     except (KeyboardInterrupt, SystemExit):
