@@ -328,6 +328,12 @@ class Telemetry:
                 TOKEN_BUCKETS,
             )
 
+    @property
+    def recording(self) -> bool:
+        """Whether ``record_stream`` records anything now (the API is installed, and for the
+        global providers an SDK is configured): callers skip building its arguments."""
+        return self.enabled and (not self._global or _sdk_configured(self._trace))
+
     def record_stream(
         self,
         report: StreamReport,
@@ -354,7 +360,7 @@ class Telemetry:
         seconds between output chunks; without them the report's mean chunk interval is
         recorded once.
         """
-        if not self.enabled or (self._global and not _sdk_configured(self._trace)):
+        if not self.recording:
             return
         try:
             self._record(
@@ -558,13 +564,20 @@ def _chunk_intervals(report: StreamReport, given: Sequence[float] | None) -> Seq
 
 
 def _sdk_configured(trace: Any) -> bool:
-    """True once an SDK provider was made global (the API's defaults are proxies of no-ops)."""
+    """True once an SDK provider was made global (the API's defaults are proxies of no-ops).
+    The API sets a global provider once and for all: a True answer is kept."""
+    global _sdk_seen
+    if _sdk_seen:
+        return True
     from opentelemetry import metrics
 
     tracer = type(trace.get_tracer_provider()).__name__
     meter = type(metrics.get_meter_provider()).__name__
-    return tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
+    _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
+    return _sdk_seen
 
+
+_sdk_seen = False
 
 #: The provider classes the OpenTelemetry API installs before any SDK is set up.
 _API_DEFAULTS = frozenset(

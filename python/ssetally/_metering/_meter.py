@@ -441,6 +441,8 @@ class StreamMeter:
             return
         if telemetry is True:
             telemetry = shared_telemetry()
+        if not telemetry.recording:
+            return
         status = self.http_status
         host, port = self.server
         telemetry.record_stream(
