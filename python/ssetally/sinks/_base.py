@@ -135,7 +135,11 @@ class Sink:
         self.target = target
         self.batch_size = batch_size
         self.limits = limits
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        # C-implemented and unbounded: ``write`` keeps the bound itself (``_taken``).
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue_size = queue_size
+        #: Records the writer took off the queue (only the writer adds to it).
+        self._taken = 0
         self._cond = threading.Condition()
         self._submitted = 0
         self._settled = 0
@@ -234,18 +238,13 @@ class Sink:
         if ahead is not None:
             ahead.add(record)
         with self._cond:
-            if self._closed:
+            if self._closed or self._submitted - self._taken >= self._queue_size:
                 self.dropped += 1
                 full = True
             else:
-                try:
-                    self._queue.put_nowait(record)
-                except queue.Full:
-                    self.dropped += 1
-                    full = True
-                else:
-                    self._submitted += 1
-                    full = False
+                self._queue.put(record)
+                self._submitted += 1
+                full = False
         if full and ahead is not None:
             ahead.settled([record])
         if full and not self._closed:
@@ -254,7 +253,7 @@ class Sink:
                 logger.error(
                     "ssetally sink: the %s sink queue is full (%d records), %d records dropped",
                     self.kind,
-                    self._queue.maxsize,
+                    self._queue_size,
                     count,
                 )
         return not full
@@ -282,11 +281,7 @@ class Sink:
             self._hurry += 1  # for good: nothing is worth waiting for once closing
             if timeout is not None:
                 self._close_deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            logger.error("ssetally sink: the %s sink did not take the stop request", self.kind)
-            return
+        self._queue.put(_STOP)  # never blocks: the queue's bound is kept by ``write``
         self._thread.join(timeout)
 
     @property
@@ -337,6 +332,7 @@ class Sink:
             if any(item is _STOP for item in batch):
                 stopping = True
                 batch = [item for item in batch if item is not _STOP]
+            self._taken += len(batch)
             if batch:
                 self._handle(batch)
             if self._spool is not None:
