@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,35 @@ def test_one_bad_record_never_takes_others_down(caplog: pytest.LogCaptureFixture
     assert sink.written == 49 and sink.failed == 1 and sink.pending == 0
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1 and "id-17" in refused[0].getMessage()
+
+
+class _Stuck(_Picky):
+    """Holds its first batch until ``release`` is set."""
+
+    kind = "stuck"
+
+    def _open(self) -> None:
+        super()._open()
+        self.taken = threading.Event()
+        self.release = threading.Event()
+
+    def _write_batch(self, records: list[dict[str, Any]]) -> None:
+        self.taken.set()
+        assert self.release.wait(TIMEOUT)
+        super()._write_batch(records)
+
+
+def test_a_full_queue_drops_past_its_bound_and_keeps_the_rest() -> None:
+    sink = _Stuck("stuck", queue_size=3, linger=0)
+    assert sink.write({"n": 0})
+    assert sink.taken.wait(TIMEOUT)  # the writer holds record 0: the queue is empty
+    assert [sink.write({"n": i}) for i in range(1, 6)] == [True, True, True, False, False]
+    assert sink.dropped == 2 and sink.pending == 4
+    sink.release.set()
+    assert sink.flush(TIMEOUT)
+    assert sink.write({"n": 6})  # room again once the writer took the queue
+    sink.close()
+    assert [r["n"] for r in sink.rows] == [0, 1, 2, 3, 6] and sink.dropped == 2
 
 
 def test_write_never_raises_and_counts() -> None:
