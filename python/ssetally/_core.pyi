@@ -20,8 +20,8 @@ __all__ = [
     "UsageChunkStripper",
     "UsageTap",
     "__version__",
+    "compact_json",
     "record_is_clean",
-    "record_json",
 ]
 __version__: str
 DEFAULT_MAX_EVENT_SIZE_BYTES: int
@@ -244,9 +244,9 @@ def record_is_clean(record: object, limits: Any) -> bool:
     ``items`` entries nested fewer than ``depth`` deep, at most ``nodes`` values and fewer
     than ``budget`` characters in all."""
 
-def record_json(record: object) -> str | None:
-    """The compact JSON text of ``record`` exactly as ``json.dumps(record,
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False)`` writes it, with U+0085,
-    U+2028 and U+2029 escaped (``\\uXXXX``); None for anything but exact dict (str keys),
-    list, str (no lone surrogates), int within signed 64 bits, finite float, bool and None,
-    nested at most 64 deep, which the caller's encoder handles."""
+def compact_json(value: object) -> str | None:
+    """The compact JSON text of ``value`` (a usage record, a request body) exactly as
+    ``json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)`` writes
+    it, with U+0085, U+2028 and U+2029 escaped (``\\uXXXX``); None for anything but exact
+    dict (str keys), list, str (no lone surrogates), int within signed 64 bits, finite float,
+    bool and None, nested at most 64 deep, which the caller's encoder handles."""

@@ -66,5 +66,5 @@ mod _core {
     use super::filters::{LineDecoder, UsageChunkStripper};
 
     #[pymodule_export]
-    use super::records::{record_is_clean, record_json};
+    use super::records::{compact_json, record_is_clean};
 }

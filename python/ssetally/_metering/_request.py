@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from .._core import compact_json
+
 #: Endpoints whose streams only carry usage when `stream_options.include_usage` is set.
 _USAGE_OPT_IN_PATHS = ("/chat/completions", "/completions")
 
@@ -87,11 +89,14 @@ def usage_request(method: str, path: str, body: Mapping[str, Any] | None) -> dic
 
 
 def encode_body(body: Mapping[str, Any], *, strict: bool = False) -> bytes:
-    """A JSON body as compact UTF-8 bytes (what the transport and the proxy send). Raises
+    """A JSON body as compact UTF-8 bytes (what the transport and the proxy send; U+0085,
+    U+2028 and U+2029 as ``\\u`` escapes, which mean the same to a JSON reader). Raises
     ``UnicodeEncodeError`` for a lone surrogate (a valid JSON escape with no UTF-8 form): the
     callers then send the request as it was. ``strict`` encodes as httpx encodes ``json=``:
     a NaN or an infinity (which ``json.loads`` accepts, JSON does not) raises ``ValueError``."""
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=not strict)
+    text = compact_json(body)  # the common body, natively (NaN, surrogates: json decides)
+    if text is None:
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=not strict)
     return text.encode("utf-8")
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from .._core import record_json
+from .._core import compact_json
 from ._base import FileSink
 
 __all__ = ["JsonlSink"]
@@ -25,7 +25,7 @@ _TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 def dumps(record: Any) -> str:
     """A sanitised record as compact strict JSON on one line (NaN refused: sanitising
     removed it), non-ASCII text written as is."""
-    text = record_json(record)  # the common record: plain types, written natively
+    text = compact_json(record)  # the common record: plain types, written natively
     if text is not None:
         return text
     # The ASCII encoder is several times faster per character. Without a ``\u`` escape in

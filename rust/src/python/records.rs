@@ -1,6 +1,6 @@
 //! What the sinks do with every record a gateway writes, natively: the
 //! check that it needs no sanitising (`record_is_clean`; `ssetally.sinks`
-//! sanitises what it refuses) and its JSON text (`record_json`).
+//! sanitises what it refuses) and its JSON text (`compact_json`).
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
@@ -124,21 +124,21 @@ fn clean_text(text: &Bound<'_, PyString>) -> PyResult<bool> {
     })
 }
 
-/// Deepest nesting `record_json` writes (sanitised records are far
-/// shallower); deeper is left to the Python encoder.
+/// Deepest nesting `compact_json` writes (records and request bodies are
+/// far shallower); deeper is left to the Python encoder.
 const MAX_JSON_DEPTH: usize = 64;
 
-/// The compact JSON text of `record` exactly as
-/// `json.dumps(record, ensure_ascii=False, separators=(",", ":"),
+/// The compact JSON text of `value` (a usage record, a request body)
+/// exactly as `json.dumps(value, ensure_ascii=False, separators=(",", ":"),
 /// allow_nan=False)` writes it, with U+0085, U+2028 and U+2029 escaped;
 /// None for anything but exact `dict` (with `str` keys), `list`, `str`
 /// (without lone surrogates), `int` within signed 64 bits, finite `float`,
 /// `bool` and `None`, nested at most 64 deep: the caller's encoder handles
 /// those.
 #[pyfunction]
-pub fn record_json(record: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+pub fn compact_json(value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
     let mut out = String::with_capacity(1536);
-    Ok(write_value(record, 0, &mut out)?.then_some(out))
+    Ok(write_value(value, 0, &mut out)?.then_some(out))
 }
 
 fn write_value(value: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> PyResult<bool> {

@@ -4,6 +4,8 @@
 
 use std::ops::Range;
 
+use memchr::memmem;
+
 use jiter::{Jiter, Peek};
 
 use crate::usage::deep;
@@ -21,6 +23,9 @@ pub(super) enum Verdict {
 
 /// Judges a complete block (raw bytes, its blank line excluded).
 pub(super) fn judge(block: &[u8]) -> Verdict {
+    if !may_name_usage(block) {
+        return Verdict::Keep; // the common chunk: no `usage` member, nothing parsed
+    }
     let mut values = data_values(block);
     let Some(first) = values.next() else {
         return Verdict::Keep;
@@ -40,6 +45,13 @@ pub(super) fn judge(block: &[u8]) -> Verdict {
         Some(Shape::NullUsage(span)) => raw_range(block, span).map_or(Verdict::Keep, Verdict::Cut),
         None => Verdict::Keep,
     }
+}
+
+/// Whether a `usage` key can be in `block`: spelled out, or written with a
+/// `\u` escape (the only other way JSON can spell a key). Both verdicts
+/// other than `Keep` need that key.
+fn may_name_usage(block: &[u8]) -> bool {
+    memmem::find(block, b"usage").is_some() || memmem::find(block, b"\\u").is_some()
 }
 
 /// The raw byte ranges of the `data` field values of a block, in order.

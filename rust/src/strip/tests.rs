@@ -202,3 +202,39 @@ fn a_count_on_a_copy_matches_the_feed() {
         }
     }
 }
+
+#[test]
+fn a_usage_key_spelled_with_escapes_is_still_found() {
+    // `\u0075sage` and `u\u0073age` are the key `usage`: the chunks are judged as if
+    // it were spelled out, not passed on because the literal is missing.
+    for key in [&b"\\u0075sage"[..], b"u\\u0073ag\\u0065"] {
+        let chunk = [
+            b"data: {\"choices\":[{\"delta\":{}}],\"".as_slice(),
+            key,
+            b"\":null}\n\n",
+        ]
+        .concat();
+        let only = [
+            b"data: {\"choices\":[],\"".as_slice(),
+            key,
+            b"\":{\"total_tokens\":3}}\n\n",
+        ]
+        .concat();
+        let (out, stripped) = run(&[&chunk, &only]);
+        assert_eq!(out, b"data: {\"choices\":[{\"delta\":{}}]}\n\n", "{key:?}");
+        assert_eq!(stripped, 1);
+    }
+}
+
+#[test]
+fn chunks_without_a_usage_key_are_forwarded_unparsed_and_unchanged() {
+    // No `usage` and no `\u`: kept whatever else the block holds (invalid JSON too).
+    let chunks: [&[u8]; 3] = [
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\\\"b\\n\"}}]}\n\n",
+        b"data: {\"choices\":[],\"use\":{}}\n\n",
+        b"data: {not json\n\n",
+    ];
+    for chunk in chunks {
+        assert_eq!(run(&[chunk]), (chunk.to_vec(), 0));
+    }
+}

@@ -1,4 +1,4 @@
-"""``record_json``, the native JSON text of the records the sinks write: exactly the text of
+"""``compact_json``, the native JSON text of the records the sinks write: exactly the text of
 Python's encoder (``ensure_ascii=False``, compact, NaN refused, the three line breaks of
 ``str.splitlines`` that JSON leaves raw escaped), or None where that encoder must decide."""
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ssetally._core import record_json
+from ssetally._core import compact_json
 from ssetally.sinks._jsonl import _LINE_BREAKS
 
 _TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -42,7 +42,7 @@ values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(value=values)
 def test_the_text_of_pythons_encoder(value: object) -> None:
-    text = record_json(value)
+    text = compact_json(value)
     assert text == python_text(value)
     assert json.loads(text) == value
     assert len(text.splitlines()) == 1  # one record, one line
@@ -51,8 +51,8 @@ def test_the_text_of_pythons_encoder(value: object) -> None:
 @settings(max_examples=200, deadline=None)
 @given(value=floats)
 def test_floats_as_repr(value: float) -> None:
-    assert record_json([value]) == f"[{value!r}]"
-    assert float(json.loads(record_json([value]))[0]) == value  # type: ignore[arg-type]
+    assert compact_json([value]) == f"[{value!r}]"
+    assert float(json.loads(compact_json([value]))[0]) == value  # type: ignore[arg-type]
 
 
 def test_a_usage_record() -> None:
@@ -64,7 +64,7 @@ def test_a_usage_record() -> None:
         "warnings": ["mod\u00e8le — “quoted”\n"],
         "choices": [],
     }
-    assert record_json(record) == python_text(record)
+    assert compact_json(record) == python_text(record)
 
 
 class _Color(enum.IntEnum):
@@ -95,15 +95,15 @@ class _Text(str):
     ],
 )
 def test_left_to_the_python_encoder(value: object) -> None:
-    assert record_json(value) is None
+    assert compact_json(value) is None
 
 
 def test_nesting_beyond_64_is_left_to_the_python_encoder() -> None:
     value: object = 1
     for _ in range(64):
         value = [value]
-    assert record_json(value) == "[" * 64 + "1" + "]" * 64
-    assert record_json([value]) is None
+    assert compact_json(value) == "[" * 64 + "1" + "]" * 64
+    assert compact_json([value]) is None
 
 
 def test_the_jsonl_sink_writes_the_same_lines(tmp_path: object) -> None:
