@@ -3,8 +3,9 @@
 //! chunk of an `include_usage` stream), or forward it unchanged.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
-use memchr::memmem;
+use memchr::memmem::Finder;
 
 use jiter::{Jiter, Peek};
 
@@ -51,7 +52,10 @@ pub(super) fn judge(block: &[u8]) -> Verdict {
 /// `\u` escape (the only other way JSON can spell a key). Both verdicts
 /// other than `Keep` need that key.
 fn may_name_usage(block: &[u8]) -> bool {
-    memmem::find(block, b"usage").is_some() || memmem::find(block, b"\\u").is_some()
+    // Built once: a searcher costs as much to set up as to run over a chunk.
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"usage"));
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    USAGE.find(block).is_some() || ESCAPE.find(block).is_some()
 }
 
 /// The raw byte ranges of the `data` field values of a block, in order.
