@@ -11,7 +11,6 @@ The front-ends (``connect_usage``, ``MeteringTransport``, the proxy, the ASGI mi
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -274,7 +273,9 @@ class StreamMeter:
             return self.feed
         if self._stripper is None:
             return self._tap.feed
-        return functools.partial(self._stripper.feed, tap=self._tap)
+        feed, tap = self._stripper.feed, self._tap
+        # Positional: a keyword argument would cost a dict per chunk.
+        return lambda data: feed(data, tap)
 
     def relay_failed(self, exc: BaseException) -> None:
         """``relay_feed``'s call raised: metering stops, and stripping with it (what the
