@@ -347,8 +347,15 @@ class StreamReport(NamedTuple):
         return out
 
     def replace(self, **changes: Any) -> StreamReport:
-        """A copy with some fields changed."""
-        return self._replace(**changes)
+        """A copy with some fields changed (``_replace``'s result, by field index: a report
+        is replaced several times a stream)."""
+        values = list(self)
+        try:
+            for name, value in changes.items():
+                values[_REPORT_INDEX[name]] = value
+        except KeyError:
+            raise ValueError(f"Got unexpected field names: {list(changes)!r}") from None
+        return tuple.__new__(type(self), values)
 
     def require_usage(self) -> Usage:
         """``usage``, never None: raises ``LookupError`` saying why when no usage could be had
@@ -419,6 +426,9 @@ def _plain_annotations(*classes: type) -> None:
 
 _plain_annotations(Usage, Attempt, Timings, Cost, ChoiceUsage, StreamReport)
 
+
+#: The position of each field of a report.
+_REPORT_INDEX = {name: i for i, name in enumerate(StreamReport._fields)}
 
 #: Builds a NamedTuple from a ready tuple of all its fields without a call per field.
 _new_tuple = tuple.__new__
