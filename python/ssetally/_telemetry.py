@@ -330,8 +330,7 @@ class Telemetry:
 
     @property
     def recording(self) -> bool:
-        """Whether ``record_stream`` records anything now (the API is installed, and for the
-        global providers an SDK is configured): callers skip building its arguments."""
+        """Whether ``record_stream`` records now (callers then skip building its arguments)."""
         return self.enabled and (not self._global or _sdk_configured(self._trace))
 
     def record_stream(
@@ -564,20 +563,16 @@ def _chunk_intervals(report: StreamReport, given: Sequence[float] | None) -> Seq
 
 
 def _sdk_configured(trace: Any) -> bool:
-    """True once an SDK provider was made global (the API's defaults are proxies of no-ops).
-    The API sets a global provider once and for all: a True answer is kept."""
+    """True once an SDK provider was made global (the API's defaults are proxies of no-ops);
+    the API sets a global provider once and for all, so a True answer is kept."""
     global _sdk_seen
-    if _sdk_seen:
-        return True
-    from opentelemetry import metrics
+    if not _sdk_seen:
+        from opentelemetry import metrics
 
-    tracer = type(trace.get_tracer_provider()).__name__
-    meter = type(metrics.get_meter_provider()).__name__
-    _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
+        tracer = type(trace.get_tracer_provider()).__name__
+        meter = type(metrics.get_meter_provider()).__name__
+        _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
     return _sdk_seen
-
-
-_sdk_seen = False
 
 #: The provider classes the OpenTelemetry API installs before any SDK is set up.
 _API_DEFAULTS = frozenset(
@@ -585,6 +580,7 @@ _API_DEFAULTS = frozenset(
 )
 
 _default: Telemetry | None = None
+_sdk_seen = False
 _default_lock = threading.Lock()
 
 
