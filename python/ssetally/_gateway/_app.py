@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .._metering import (
+    SECRET_HEADER_NAMES,
     JsonCapture,
     Plan,
     StreamMeter,
@@ -270,9 +271,10 @@ class MeteringProxy:
         query: bytes = scope.get("query_string", b"")
         if cfg.metering:
             x.key_fingerprint = fingerprint(headers, query, self.key_salt)
+            secret = {k: v for k, v in headers if k.lower() in SECRET_HEADER_NAMES}
             x.secrets = secrets_of(
-                {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
-                "?" + query.decode("latin-1"),
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in secret.items()},
+                "?" + query.decode("latin-1") if query else "",
             )
             x.subject = subject_of(headers, cfg.subject_header, x.secrets)
 

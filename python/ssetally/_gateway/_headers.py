@@ -33,6 +33,7 @@ HOP_BY_HOP = frozenset(
 REQUEST_DROP = frozenset({b"host", b"content-length", b"expect"})
 #: Credentials headers whose value is fingerprinted (never stored).
 KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+_KEY_NAMES = tuple(name.encode() for name in KEY_HEADERS)
 _PARSE_INLINE_LIMIT = 256 * 1024
 
 
@@ -61,10 +62,16 @@ def forward_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
 
 
 def fingerprint(headers: list[tuple[bytes, bytes]], query: bytes, salt: str) -> str | None:
-    for name in KEY_HEADERS:
-        value = header(headers, name.encode())
+    # One pass over the headers: the first field of each key header, then by precedence.
+    first: dict[bytes, bytes] = {}
+    for raw, raw_value in headers:
+        name = raw.lower()
+        if name in _KEY_NAMES and name not in first:
+            first[name] = raw_value
+    for name in _KEY_NAMES:
+        value = first.get(name)
         if value:
-            return key_fingerprint(value, salt)
+            return key_fingerprint(value.decode("latin-1"), salt)
     if b"key=" in query:
         for k, v in parse_qsl(query.decode("latin-1")):
             if k == "key":

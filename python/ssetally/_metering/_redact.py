@@ -17,6 +17,8 @@ _SECRET_HEADERS = (
     "x-goog-api-key",
     "cookie",
 )
+#: The same names as header field names on the wire (to pick them out of raw headers).
+SECRET_HEADER_NAMES = frozenset(name.encode() for name in _SECRET_HEADERS)
 #: Query parameters that carry credentials (Gemini's ``key``, Azure SAS ``sig``, ...).
 _SECRET_PARAMS = ("key", "api-key", "api_key", "apikey", "access_token", "token", "sig")
 #: Shorter values are left alone: redacting them would blank out ordinary words.
