@@ -4,12 +4,14 @@ Read-only attributes of the native objects are declared ``Final``: Python code c
 them, while the object itself updates them as it is fed.
 """
 
+from collections.abc import Callable
 from typing import Any, Final, final
 
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE_BYTES",
+    "BodyRelay",
     "ContentDecoder",
     "DecompressionBombError",
     "DecompressionError",
@@ -162,6 +164,35 @@ class UsageTap:
     delta_chunks: Final[int]
     response_id: Final[str | None]
     api: Final[str]
+
+@final
+class BodyRelay:
+    """Relays one answer's body chunks to a client transport: each chunk is metered, framed
+    as one HTTP/1.1 chunk and written in one native call. ``write`` and ``is_closing`` are
+    the transport's methods, ``flow`` has ``write_paused`` (past the transport's high-water
+    mark). ``feed``, when given, meters each chunk and returns what to pass on (None: the
+    chunk itself); should it raise an ``Exception``, ``failed`` is told it, the chunk passes
+    on and nothing more is fed."""
+
+    def __new__(
+        cls,
+        write: Callable[[bytes], object],
+        is_closing: Callable[[], bool],
+        flow: Any,
+        feed: Callable[[bytes], bytes | None] | None = None,
+        failed: Callable[[BaseException], object] | None = None,
+    ) -> BodyRelay: ...
+    def __call__(self, body: bytes) -> bool:
+        """Relay ``body``; True when the transport is past its high-water mark. A transport
+        that fails or is closing is not written to (the client's disconnect ends the
+        relay)."""
+    @property
+    def metering(self) -> bool:
+        """Whether chunks are still metered (``feed`` given and never failed)."""
+    upstream_bytes: Final[int]
+    """Body bytes received from the upstream."""
+    client_bytes: Final[int]
+    """Body bytes written to the client, without the chunk framing."""
 
 @final
 class UsageChunkStripper:

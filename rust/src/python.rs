@@ -8,6 +8,7 @@ mod convert;
 mod event;
 mod filters;
 mod records;
+mod relay;
 mod report;
 mod tap;
 
@@ -64,6 +65,9 @@ mod _core {
 
     #[pymodule_export]
     use super::filters::{LineDecoder, UsageChunkStripper};
+
+    #[pymodule_export]
+    use super::relay::BodyRelay;
 
     #[pymodule_export]
     use super::records::{compact_json, record_is_clean};

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
+from .._core import BodyRelay
 from .._metering import JsonCapture, StreamMeter
 from ._record import Exchange
 from ._upstream import UpstreamResponse
@@ -228,30 +229,6 @@ def direct_cycle(send: Send) -> Any:
     return cycle
 
 
-def _writer(
-    x: Exchange, metering: Metering | None, transport: Any, flow: Any
-) -> Callable[[bytes], bool]:
-    """The per-chunk relay run from the upstream parser's callback: meter, frame, write.
-    True when the client's transport is past its high-water mark (uvicorn's flow control
-    then waits for it to drain, as its own ``send`` would)."""
-    write = transport.write
-    is_closing = transport.is_closing
-
-    def relay(body: bytes) -> bool:
-        nonlocal metering
-        x.upstream_bytes += len(body)
-        out, metering = _meter(metering, body)
-        try:
-            if out and not is_closing():
-                x.client_bytes += len(out)
-                write(b"%x\r\n%b\r\n" % (len(out), out))
-            return bool(flow.write_paused)
-        except Exception:  # noqa: BLE001 - a closing client: its disconnect ends the relay
-            return False
-
-    return relay
-
-
 async def pump_direct(
     x: Exchange, metering: Metering | None, response: UpstreamResponse, cycle: Any
 ) -> None:
@@ -259,9 +236,12 @@ async def pump_direct(
     into the client's transport (chunked framing written here, the final chunk and keep-alive
     left to uvicorn): per chunk one parser callback, the meter's ``feed`` and one write, no
     task wake-up and no ASGI message. The task only waits for the end, a failure, or a
-    congested client (the upstream is not read while uvicorn's flow control is paused)."""
+    congested client (the upstream is not read while uvicorn's flow control is paused).
+    The per-chunk work is one native call (``BodyRelay``)."""
     conn = response.connection
-    relay = _writer(x, metering, cycle.transport, cycle.flow)
+    transport = cycle.transport
+    meter = () if metering is None else (metering.feed, metering.failed)
+    relay = BodyRelay(transport.write, transport.is_closing, cycle.flow, *meter)
     first = conn.divert(relay)
     try:
         if first:
@@ -278,6 +258,8 @@ async def pump_direct(
             break
     finally:
         conn.divert(None)
+        x.upstream_bytes += relay.upstream_bytes
+        x.client_bytes += relay.client_bytes
     x.ended_by = "eof"
 
 

@@ -1,0 +1,135 @@
+//! The proxy's per-chunk relay (`BodyRelay`): each body chunk the upstream
+//! parser hands over is metered, framed as one HTTP/1.1 chunk and written
+//! to the client's transport in one native call, with no Python frame.
+
+use std::io::Write;
+
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Relays one answer's body chunks to a client transport.
+///
+/// `write` and `is_closing` are the client transport's methods, `flow`
+/// the object whose `write_paused` says that the transport is past its
+/// high-water mark. `feed`, when given, meters each chunk and returns what
+/// to pass on (None: the chunk itself); should it raise an `Exception`,
+/// `failed` is told it, the chunk passes on and nothing more is fed.
+#[pyclass(module = "ssetally._core")]
+pub struct BodyRelay {
+    write: Py<PyAny>,
+    is_closing: Py<PyAny>,
+    flow: Py<PyAny>,
+    feed: Option<Py<PyAny>>,
+    failed: Option<Py<PyAny>>,
+    /// Body bytes received from the upstream.
+    #[pyo3(get)]
+    upstream_bytes: u64,
+    /// Body bytes written to the client (without the chunk framing).
+    #[pyo3(get)]
+    client_bytes: u64,
+}
+
+#[pymethods]
+impl BodyRelay {
+    #[new]
+    #[pyo3(
+        signature = (write, is_closing, flow, feed=None, failed=None),
+        text_signature = "(write, is_closing, flow, feed=None, failed=None)"
+    )]
+    fn new(
+        write: Py<PyAny>,
+        is_closing: Py<PyAny>,
+        flow: Py<PyAny>,
+        feed: Option<Py<PyAny>>,
+        failed: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            write,
+            is_closing,
+            flow,
+            feed,
+            failed,
+            upstream_bytes: 0,
+            client_bytes: 0,
+        }
+    }
+
+    /// Relays `body`; True when the client's transport is past its
+    /// high-water mark (the caller then stops reading the upstream). A
+    /// transport that fails or is closing is not written to: the client's
+    /// disconnect ends the relay.
+    fn __call__(&mut self, py: Python<'_>, body: Bound<'_, PyBytes>) -> PyResult<bool> {
+        self.upstream_bytes += body.as_bytes().len() as u64;
+        let out = self.meter(py, body)?;
+        let data = out.as_bytes();
+        if !data.is_empty() {
+            match self.is_closing.call1(py, ()).and_then(|c| c.is_truthy(py)) {
+                Ok(false) => {
+                    self.client_bytes += data.len() as u64;
+                    let framed = frame(py, data)?;
+                    if self.write.call1(py, (framed,)).is_err() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true) => {} // closing: its disconnect ends the relay
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(self
+            .flow
+            .getattr(py, "write_paused")
+            .and_then(|paused| paused.is_truthy(py))
+            .unwrap_or(false))
+    }
+
+    /// Whether chunks are still metered (`feed` given and never failed).
+    #[getter]
+    fn metering(&self) -> bool {
+        self.feed.is_some()
+    }
+}
+
+impl BodyRelay {
+    /// What passes on of `body`: `feed`'s bytes, or `body` itself.
+    fn meter<'py>(
+        &mut self,
+        py: Python<'py>,
+        body: Bound<'py, PyBytes>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let Some(feed) = &self.feed else {
+            return Ok(body);
+        };
+        let fault = match feed.call1(py, (&body,)) {
+            Ok(out) if out.is_none(py) => return Ok(body),
+            Ok(out) => match out.into_bound(py).cast_into::<PyBytes>() {
+                Ok(bytes) => return Ok(bytes),
+                Err(_) => PyTypeError::new_err("the metering feed returned neither bytes nor None"),
+            },
+            // Only an `Exception` stops metering; KeyboardInterrupt and kin go on up.
+            Err(err) if err.is_instance_of::<PyException>(py) => err,
+            Err(err) => return Err(err),
+        };
+        self.feed = None;
+        if let Some(failed) = self.failed.take() {
+            failed.call1(py, (fault.into_value(py),))?;
+        }
+        Ok(body)
+    }
+}
+
+/// `data` as one chunk of the chunked transfer coding: its length in hex,
+/// CRLF, the bytes, CRLF (one `bytes` object: one write).
+fn frame<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let mut head = [0u8; 20]; // 16 hex digits and CRLF at most
+    let mut cursor = &mut head[..];
+    // Cannot fail: 16 hex digits of a usize and 2 bytes fit in 20.
+    let _ = write!(cursor, "{:x}\r\n", data.len());
+    let head_len = 20 - cursor.len();
+    PyBytes::new_with(py, head_len + data.len() + 2, |buf| {
+        buf[..head_len].copy_from_slice(&head[..head_len]);
+        buf[head_len..head_len + data.len()].copy_from_slice(data);
+        buf[head_len + data.len()..].copy_from_slice(b"\r\n");
+        Ok(())
+    })
+}

@@ -1,0 +1,139 @@
+"""``BodyRelay``, the proxy's per-chunk relay: metered, framed as one HTTP/1.1 chunk and
+written in one native call. Checked against a recording transport: the framing at every
+length, what the metering feed returns (None, bytes, nothing), a feed that raises (metering
+stops, the chunk passes; a KeyboardInterrupt goes on up), a closing or failing transport,
+the high-water signal and the byte counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ssetally import UsageTap
+from ssetally._core import BodyRelay, UsageChunkStripper
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.fail: BaseException | None = None
+        self.write_paused = False  # the flow object too
+
+    def write(self, data: bytes) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def relay(t: Transport, *meter: Any) -> BodyRelay:
+    return BodyRelay(t.write, t.is_closing, t, *meter)
+
+
+def dechunk(frames: list[bytes]) -> bytes:
+    out = b""
+    for frame in frames:
+        size, _, rest = frame.partition(b"\r\n")
+        assert rest.endswith(b"\r\n") and int(size, 16) == len(rest) - 2
+        out += rest[:-2]
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 9, 15, 16, 255, 256, 4095, 65536, 1_000_001])
+def test_each_chunk_is_one_framed_write(size: int) -> None:
+    t = Transport()
+    r = relay(t)
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert r(body) is False
+    assert t.written == [b"%x\r\n%b\r\n" % (size, body)]
+    assert r.upstream_bytes == r.client_bytes == size and not r.metering
+
+
+def test_what_the_feed_returns_passes_on() -> None:
+    t = Transport()
+    fed: list[bytes] = []
+
+    def feed(data: bytes) -> bytes | None:
+        fed.append(data)
+        return {b"a": None, b"bb": b"B", b"ccc": b""}[data]
+
+    r = relay(t, feed, lambda exc: None)
+    for chunk in (b"a", b"bb", b"ccc"):
+        r(chunk)
+    assert fed == [b"a", b"bb", b"ccc"]
+    assert dechunk(t.written) == b"aB" and len(t.written) == 2  # nothing written for b""
+    assert r.upstream_bytes == 6 and r.client_bytes == 2 and r.metering
+
+
+@pytest.mark.parametrize("fault", [ValueError("bad"), MemoryError(), TypeError("x")])
+def test_a_failing_feed_stops_metering_and_the_chunks_pass(fault: Exception) -> None:
+    t = Transport()
+    calls: list[bytes] = []
+    told: list[BaseException] = []
+
+    def feed(data: bytes) -> bytes | None:
+        calls.append(data)
+        raise fault
+
+    r = relay(t, feed, told.append)
+    r(b"one")
+    r(b"two")
+    assert calls == [b"one"] and told == [fault] and not r.metering
+    assert dechunk(t.written) == b"onetwo"
+
+
+def test_a_feed_returning_another_type_is_a_fault() -> None:
+    t = Transport()
+    told: list[BaseException] = []
+    r = relay(t, lambda data: "text", told.append)
+    r(b"abc")
+    assert isinstance(told[0], TypeError) and dechunk(t.written) == b"abc"
+
+
+def test_a_keyboard_interrupt_in_the_feed_goes_on_up() -> None:
+    def feed(data: bytes) -> bytes | None:
+        raise KeyboardInterrupt
+
+    r = relay(Transport(), feed, lambda exc: None)
+    with pytest.raises(KeyboardInterrupt):
+        r(b"abc")
+
+
+def test_a_closing_or_failing_transport_is_not_written() -> None:
+    t = Transport()
+    r = relay(t)
+    t.closing = True
+    t.write_paused = True
+    assert r(b"abc") is True  # still says it is congested
+    t.closing = False
+    t.fail = ConnectionResetError()
+    assert r(b"def") is False
+    assert t.written == [] and r.upstream_bytes == 6
+
+
+def test_the_high_water_signal_is_the_flows() -> None:
+    t = Transport()
+    r = relay(t)
+    assert r(b"a") is False
+    t.write_paused = True
+    assert r(b"b") is True
+    assert dechunk(t.written) == b"ab"
+
+
+def test_with_a_stripper_feeding_a_tap() -> None:
+    t = Transport()
+    tap, stripper = UsageTap(), UsageChunkStripper()
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+        b'"total_tokens":4}}\n\ndata: [DONE]\n\n'
+    )
+    r = relay(t, lambda data: stripper.feed(data, tap), lambda exc: None)
+    for i in range(0, len(stream), 7):
+        r(stream[i : i + 7])
+    assert dechunk(t.written) == b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+    usage = tap.finish().usage
+    assert usage is not None and usage.total_tokens == 4
