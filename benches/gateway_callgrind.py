@@ -87,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             _control("-z", str(proxy.pid))
             level = Level("measured", args.connections)
             t0 = time.monotonic()
-            run(run_level(level, port, args.streams, stream_timeout=600, level_timeout=1800))
+            # As in gateway.py: with --inject-usage the client does not ask for usage itself,
+            # so the proxy injects the option and strips what it adds.
+            usage = "--inject-usage" not in args.flags.split()
+            run(
+                run_level(
+                    level, port, args.streams, usage=usage, stream_timeout=600, level_timeout=1800
+                )
+            )
             wall = time.monotonic() - t0
             _control("-d", str(proxy.pid))
             time.sleep(1)

@@ -7,6 +7,7 @@ mod content;
 mod convert;
 mod event;
 mod filters;
+mod json;
 mod records;
 mod relay;
 mod report;
@@ -70,5 +71,8 @@ mod _core {
     use super::relay::BodyRelay;
 
     #[pymodule_export]
-    use super::records::{compact_json, record_is_clean};
+    use super::json::compact_json;
+
+    #[pymodule_export]
+    use super::records::record_is_clean;
 }

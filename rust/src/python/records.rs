@@ -1,11 +1,9 @@
-//! What the sinks do with every record a gateway writes, natively: the
-//! check that it needs no sanitising (`record_is_clean`; `ssetally.sinks`
-//! sanitises what it refuses) and its JSON text (`compact_json`).
+//! The sinks' check that a usage record needs no sanitising
+//! (`record_is_clean`): it runs for every record a gateway writes, so it
+//! is native; `ssetally.sinks` sanitises what it refuses.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
-
-use crate::json_out::{push_float, push_str};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
 
 /// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
 /// (its attributes of the same names).
@@ -122,87 +120,4 @@ fn clean_text(text: &Bound<'_, PyString>) -> PyResult<bool> {
         Ok(s) => memchr::memchr(0, s.as_bytes()).is_none(),
         Err(_) => false,
     })
-}
-
-/// Deepest nesting `compact_json` writes (records and request bodies are
-/// far shallower); deeper is left to the Python encoder.
-const MAX_JSON_DEPTH: usize = 64;
-
-/// The compact JSON text of `value` (a usage record, a request body)
-/// exactly as `json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-/// allow_nan=False)` writes it, with U+0085, U+2028 and U+2029 escaped;
-/// None for anything but exact `dict` (with `str` keys), `list`, `str`
-/// (without lone surrogates), `int` within signed 64 bits, finite `float`,
-/// `bool` and `None`, nested at most 64 deep: the caller's encoder handles
-/// those.
-#[pyfunction]
-pub fn compact_json(value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
-    let mut out = String::with_capacity(1536);
-    Ok(write_value(value, 0, &mut out)?.then_some(out))
-}
-
-fn write_value(value: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> PyResult<bool> {
-    if value.is_none() {
-        out.push_str("null");
-        return Ok(true);
-    }
-    if let Ok(text) = value.cast_exact::<PyString>() {
-        let Ok(text) = text.to_str() else {
-            return Ok(false); // a lone surrogate
-        };
-        push_str(out, text);
-        return Ok(true);
-    }
-    if value.is_exact_instance_of::<PyBool>() {
-        out.push_str(if value.is_truthy()? { "true" } else { "false" });
-        return Ok(true);
-    }
-    if value.cast_exact::<PyInt>().is_ok() {
-        let Ok(number) = value.extract::<i64>() else {
-            return Ok(false);
-        };
-        out.push_str(&number.to_string());
-        return Ok(true);
-    }
-    if let Ok(number) = value.cast_exact::<PyFloat>() {
-        return Ok(push_float(out, number.value()));
-    }
-    if depth >= MAX_JSON_DEPTH {
-        return Ok(false);
-    }
-    if let Ok(dict) = value.cast_exact::<PyDict>() {
-        out.push('{');
-        for (i, (key, item)) in dict.iter().enumerate() {
-            let Ok(name) = key.cast_exact::<PyString>() else {
-                return Ok(false);
-            };
-            let Ok(name) = name.to_str() else {
-                return Ok(false);
-            };
-            if i > 0 {
-                out.push(',');
-            }
-            push_str(out, name);
-            out.push(':');
-            if !write_value(&item, depth + 1, out)? {
-                return Ok(false);
-            }
-        }
-        out.push('}');
-        return Ok(true);
-    }
-    if let Ok(list) = value.cast_exact::<PyList>() {
-        out.push('[');
-        for (i, item) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            if !write_value(&item, depth + 1, out)? {
-                return Ok(false);
-            }
-        }
-        out.push(']');
-        return Ok(true);
-    }
-    Ok(false)
 }
