@@ -354,7 +354,8 @@ class StreamReport(NamedTuple):
             for name, value in changes.items():
                 values[_REPORT_INDEX[name]] = value
         except KeyError:
-            raise ValueError(f"Got unexpected field names: {list(changes)!r}") from None
+            unexpected = [name for name in changes if name not in _REPORT_INDEX]
+            raise ValueError(f"Got unexpected field names: {unexpected!r}") from None
         return tuple.__new__(type(self), values)
 
     def require_usage(self) -> Usage:

@@ -39,8 +39,8 @@ from ._metering import (
     parse_json_object,
     redact_report,
     requested_model,
-    secrets_of,
     skipped,
+    wire_secrets,
 )
 from ._metering._fallback import needs_retrieval
 from ._mime import is_event_stream
@@ -309,7 +309,7 @@ class _Exchange:
         headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
         query: bytes = scope.get("query_string") or b""
         text_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
-        x.secrets = secrets_of(text_headers, "?" + query.decode("latin-1"))
+        x.secrets = wire_secrets(headers, query)
         x.key_fingerprint = fingerprint(headers, query, owner.key_salt)
         self.request_headers = text_headers
 

@@ -1,8 +1,9 @@
-//! JSON text as Python's `json` module writes it with `ensure_ascii=False`
-//! and compact separators, for the usage records a gateway writes: strings
-//! with the same escapes (plus U+0085, U+2028 and U+2029, which line-based
-//! readers would take for line breaks), floats as `repr` writes them. The
-//! bindings walk the record; the text of each value is made here.
+//! The crate's JSON text of strings and floats, as Python's `json` module
+//! writes them with `ensure_ascii=False`: strings with the same escapes
+//! (plus U+0085, U+2028 and U+2029, which line-based readers would take for
+//! line breaks), floats as `repr` writes them. Used for the usage records a
+//! gateway writes (the bindings walk the record) and the tool arguments
+//! reassembled from JSON values.
 
 use std::fmt::Write;
 
@@ -11,6 +12,12 @@ use std::fmt::Write;
 /// and U+2029 as `\uXXXX`, everything else as is.
 pub fn push_str(out: &mut String, text: &str) {
     out.push('"');
+    push_str_body(out, text);
+    out.push('"');
+}
+
+/// The escaped characters of `text` as a JSON string, without its quotes.
+pub fn push_str_body(out: &mut String, text: &str) {
     let bytes = text.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -52,10 +59,9 @@ pub fn push_str(out: &mut String, text: &str) {
         start = i;
     }
     out.push_str(&text[start..]);
-    out.push('"');
 }
 
-/// The bytes `push_str` looks at: controls, `"`, `\\`, and the lead bytes
+/// The bytes `push_str_body` looks at: controls, `"`, `\\`, and the lead bytes
 /// of U+0085 (0xc2) and of U+2028/U+2029 (0xe2).
 const ATTENTION: [bool; 256] = {
     let mut table = [false; 256];

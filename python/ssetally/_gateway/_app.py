@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .._metering import (
-    SECRET_HEADER_NAMES,
     JsonCapture,
     Plan,
     StreamMeter,
@@ -44,8 +43,8 @@ from .._metering import (
     parse_json_object,
     redact,
     requested_model,
-    secrets_of,
     skipped,
+    wire_secrets,
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
@@ -271,11 +270,7 @@ class MeteringProxy:
         query: bytes = scope.get("query_string", b"")
         if cfg.metering:
             x.key_fingerprint = fingerprint(headers, query, self.key_salt)
-            secret = {k: v for k, v in headers if k.lower() in SECRET_HEADER_NAMES}
-            x.secrets = secrets_of(
-                {k.decode("latin-1"): v.decode("latin-1") for k, v in secret.items()},
-                "?" + query.decode("latin-1") if query else "",
-            )
+            x.secrets = wire_secrets(headers, query)
             x.subject = subject_of(headers, cfg.subject_header, x.secrets)
 
         try:

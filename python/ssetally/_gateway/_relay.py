@@ -240,8 +240,7 @@ async def pump_direct(
     The per-chunk work is one native call (``BodyRelay``)."""
     conn = response.connection
     transport = cycle.transport
-    meter = () if metering is None else (metering.feed, metering.failed)
-    relay = BodyRelay(transport.write, transport.is_closing, cycle.flow, *meter)
+    relay = BodyRelay(transport.write, transport.is_closing, cycle.flow, *(metering or ()))
     first = conn.divert(relay)
     try:
         if first:

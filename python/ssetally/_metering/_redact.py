@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,7 +18,7 @@ _SECRET_HEADERS = (
     "cookie",
 )
 #: The same names as header field names on the wire (to pick them out of raw headers).
-SECRET_HEADER_NAMES = frozenset(name.encode() for name in _SECRET_HEADERS)
+_SECRET_FIELDS = frozenset(name.encode() for name in _SECRET_HEADERS)
 #: Query parameters that carry credentials (Gemini's ``key``, Azure SAS ``sig``, ...).
 _SECRET_PARAMS = ("key", "api-key", "api_key", "apikey", "access_token", "token", "sig")
 #: Shorter values are left alone: redacting them would blank out ordinary words.
@@ -48,6 +48,15 @@ def secrets_of(headers: Mapping[str, str], url: str = "") -> tuple[str, ...]:
             found.add(value)
     usable = (v for v in found if len(v) >= _MIN_SECRET_LENGTH)
     return tuple(sorted(usable, key=len, reverse=True))
+
+
+def wire_secrets(headers: Iterable[tuple[bytes, bytes]], query: bytes = b"") -> tuple[str, ...]:
+    """``secrets_of`` a request as an ASGI server hands it over: raw header fields and the raw
+    query string (only the credential fields are decoded)."""
+    fields = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k.lower() in _SECRET_FIELDS
+    }
+    return secrets_of(fields, "?" + query.decode("latin-1") if query else "")
 
 
 def request_secrets(request: Any) -> tuple[str, ...]:

@@ -4,8 +4,9 @@
 
 use jiter::JsonValue;
 
-use super::json_text::{json_text, write_str, write_str_body};
+use super::json_text::json_text;
 use super::{call_slot, get, index, items, obj, push, push_ident, set_reason, text, Obj, Output};
+use crate::json_out::{push_str, push_str_body};
 
 impl Output {
     /// Gemini candidates: text parts, thought parts and function calls,
@@ -178,7 +179,7 @@ impl GeminiArgs {
         let string = text(get(piece, "stringValue"));
         if self.open_string.as_ref() == Some(&path) {
             if let Some(s) = string {
-                write_str_body(s, out);
+                push_str_body(out, s);
                 if !continues {
                     out.push('"');
                     self.open_string = None;
@@ -192,7 +193,7 @@ impl GeminiArgs {
         let value = if let Some(s) = string {
             let mut v = String::new();
             v.push('"');
-            write_str_body(s, &mut v);
+            push_str_body(&mut v, s);
             if !continues {
                 v.push('"');
             }
@@ -253,7 +254,7 @@ impl GeminiArgs {
             out.push(',');
         }
         if let (Seg::Key(key), false) = (seg, array) {
-            write_str(key, out);
+            push_str(out, key);
             out.push(':');
         }
     }
