@@ -2,8 +2,8 @@
 //! writes them with `ensure_ascii=False`: strings with the same escapes
 //! (plus U+0085, U+2028 and U+2029, which line-based readers would take for
 //! line breaks), floats as `repr` writes them. Used for the usage records a
-//! gateway writes (the bindings walk the record) and the tool arguments
-//! reassembled from JSON values.
+//! gateway writes (the bindings walk the record); the tool arguments
+//! reassembled from JSON values take its strings.
 
 use std::fmt::Write;
 

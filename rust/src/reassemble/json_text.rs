@@ -3,7 +3,7 @@
 
 use jiter::JsonValue;
 
-use crate::json_out::{push_float, push_str};
+use crate::json_out::push_str;
 
 /// Serialises a parsed JSON value back to compact JSON text.
 pub(super) fn json_text(v: &JsonValue<'_>) -> String {
@@ -17,11 +17,7 @@ fn write_json(v: &JsonValue<'_>, out: &mut String) {
         JsonValue::Null => out.push_str("null"),
         JsonValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         JsonValue::Int(i) => out.push_str(&i.to_string()),
-        JsonValue::Float(f) => {
-            if !push_float(out, *f) {
-                out.push_str("null"); // not finite: strict JSON has no text for it
-            }
-        }
+        JsonValue::Float(f) => out.push_str(&f.to_string()),
         JsonValue::Str(s) => push_str(out, s),
         JsonValue::Array(a) => {
             out.push('[');
