@@ -19,10 +19,12 @@ __all__ = [
     "LineDecoder",
     "SSEDecoder",
     "ServerSentEvent",
+    "UpstreamBody",
     "UsageChunkStripper",
     "UsageTap",
     "__version__",
     "compact_json",
+    "head_end",
     "record_is_clean",
 ]
 __version__: str
@@ -193,6 +195,48 @@ class BodyRelay:
     """Body bytes received from the upstream."""
     client_bytes: Final[int]
     """Body bytes written to the client, without the chunk framing."""
+
+def head_end(data: bytes) -> int:
+    """Where the header section in ``data`` ends (the index past its blank line: CRLF CRLF,
+    or a bare LF in either place), or -1 when it does not yet."""
+
+@final
+class UpstreamBody:
+    """An upstream answer's body, read as the connection's asyncio protocol: each read is
+    transfer-decoded natively (chunked, ``Content-Length`` or to the close) and its body
+    bytes go to the diverted ``BodyRelay``, or to ``owner.on_body(chunk)`` while none is.
+    ``owner`` (the connection) is also given ``body_congested()`` (the relay's client is past
+    its high-water mark), ``body_done(stray)`` once the body ended (``stray``: bytes followed
+    it in the same read), ``body_failed(message)`` when it cannot be read, and the
+    transport's ``eof_received``, ``connection_lost``, ``pause_writing`` and
+    ``resume_writing``. ``bodyless`` for an answer to HEAD, a 204 or a 304; a chunked body's
+    trailer section holds at most ``max_trailer_bytes``, a chunk-size line 4,096 bytes.
+    Raises ``ValueError`` for a ``Content-Length`` that is not one number."""
+
+    def __new__(
+        cls,
+        owner: Any,
+        transfer_encoding: bytes | None,
+        content_length: bytes | None,
+        bodyless: bool,
+        max_trailer_bytes: int,
+    ) -> UpstreamBody: ...
+    def divert(self, relay: BodyRelay | None) -> None:
+        """Hand every body byte read from now on to ``relay`` (None: to ``owner.on_body``)."""
+    @property
+    def done(self) -> bool:
+        """The body has ended."""
+    framing: Final[str]
+    """How the body is delimited: ``chunked``, ``length`` or ``close``."""
+    def idle_seconds(self) -> float:
+        """Seconds since the last read."""
+    def data_received(self, data: bytes) -> None:
+        """One read of the connection."""
+    def eof_received(self) -> bool | None:
+        """The upstream closed its side."""
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
 
 @final
 class UsageChunkStripper:

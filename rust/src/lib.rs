@@ -4,6 +4,7 @@
 
 mod buf;
 pub mod decode;
+pub mod http1;
 pub mod json_out;
 pub mod lines;
 pub mod reassemble;

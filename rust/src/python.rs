@@ -3,6 +3,7 @@
 //! the conversions they share); the modules they wrap know nothing of
 //! Python.
 
+mod body;
 mod content;
 mod convert;
 mod event;
@@ -69,6 +70,9 @@ mod _core {
 
     #[pymodule_export]
     use super::relay::BodyRelay;
+
+    #[pymodule_export]
+    use super::body::{head_end, UpstreamBody};
 
     #[pymodule_export]
     use super::json::compact_json;

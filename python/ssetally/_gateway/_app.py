@@ -438,6 +438,8 @@ class MeteringProxy:
             for k, v in response.headers.raw
             if (name := k.lower()) not in HOP_BY_HOP and name not in hidden
         ]
+        if response.status_code in (204, 304):  # no body follows, whatever a length says
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"]
         if isinstance(meter, StreamMeter):
             out_headers = client_headers(meter, out_headers, x.warnings)
         await send(

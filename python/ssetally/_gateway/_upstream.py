@@ -19,6 +19,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core import BodyRelay, UpstreamBody, head_end
+
 if TYPE_CHECKING:
     from ._pools import UpstreamPool
 
@@ -140,9 +142,14 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        # The header section so far (split over reads) and its last bytes, for the search
+        # of its end; the bytes of every section read (interim ones too), for their bound.
+        self._head: list[bytes] = []
+        self._tail = b""
         self._head_bytes = 0
-        self._chunked = False
-        self._length = False
+        self._section_done = False
+        self._te: bytes | None = None
+        self._cl: bytes | None = None
         self._interim = False
         self._keep_alive = False
         self._chunks: list[bytes] = []
@@ -152,7 +159,10 @@ class Connection(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._write_ok: asyncio.Future[None] | None = None
-        self._relay: Callable[[bytes], bool] | None = None
+        #: The body being read: the transport's protocol until the body ends.
+        self._body: UpstreamBody | None = None
+        #: Body bytes go to a relay (``divert``), not to ``read()``.
+        self.diverted = False
 
     # -------------------------------------------------------------- transport events
 
@@ -168,30 +178,67 @@ class Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         self._last = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if self.complete:  # bytes after the answer (see on_message_begin): not reusable
-                self.close()
-            else:
+        self._read_head(data)
+
+    def _read_head(self, data: bytes) -> None:
+        """Give the parser whole header sections only (interim 1xx ones, then the
+        answer's); the body after the last is read natively by an ``UpstreamBody``."""
+        limit = self._pool.max_header_bytes
+        while data:
+            probe = self._tail + data
+            end = head_end(probe)
+            if end < 0:
+                self._head_bytes += len(data)
+                if self._head_bytes > limit:
+                    self._fail(UpstreamError(f"the upstream's header section passed {limit} bytes"))
+                    return
+                self._head.append(data)
+                self._tail = probe[-3:]
+                return
+            cut = end - len(self._tail)
+            self._head_bytes += cut
+            if self._head_bytes > limit:
+                self._fail(UpstreamError(f"the upstream's header section passed {limit} bytes"))
+                return
+            self._head.append(data[:cut])
+            section = b"".join(self._head)
+            self._head, self._tail, data = [], b"", data[cut:]
+            self._section_done = False
+            try:
+                self._parser.feed_data(section)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
                 self._fail(UpstreamError(f"malformed answer from the upstream: {exc}"))
+                return
+            if self.error is not None:
+                return
+            if not self._section_done:
+                self._fail(UpstreamError("malformed answer from the upstream: a header section"))
+                return
+            if self.headers_done:
+                self._start_body(data)
+                return
+
+    def _start_body(self, rest: bytes) -> None:
+        """The answer's header section was read: its body (from ``rest`` on) is read by an
+        ``UpstreamBody``, the transport's protocol until the body ends."""
+        bodyless = self.method == "HEAD" or self.status in (204, 304)
+        try:
+            body = UpstreamBody(self, self._te, self._cl, bodyless, self._pool.max_header_bytes)
+        except ValueError as exc:
+            self._fail(UpstreamError(f"malformed answer from the upstream: {exc}"))
             return
-        if not self.headers_done:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._pool.max_header_bytes:
-                self._fail(
-                    UpstreamError(
-                        f"the upstream's header section passed {self._pool.max_header_bytes} bytes"
-                    )
-                )
+        if body.done:
+            self.body_done(bool(rest))
+            return
+        self._body = body
+        if self.transport is not None:
+            self.transport.set_protocol(body)
+        if rest:
+            body.data_received(rest)
 
     def eof_received(self) -> bool | None:
         if self.active and not self.complete:
-            if self.headers_done and not self._chunked and not self._length:
-                self.complete = True  # a close-delimited body ends here
-                self._wake()
-            else:
-                self._fail(self._closed_early())
+            self._fail(self._closed_early())
         self.closed = True
         return None  # the transport closes itself
 
@@ -221,19 +268,16 @@ class Connection(asyncio.Protocol):
 
     # -------------------------------------------------------------- httptools callbacks
 
-    def on_message_begin(self) -> None:
-        if self.complete:  # a second answer in the same read: never relayed
-            raise _StrayBytes
-
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
-        if lower == b"transfer-encoding" and b"chunked" in value.lower():
-            self._chunked = True
+        if lower == b"transfer-encoding":
+            self._te = value if self._te is None else self._te + b", " + value
         elif lower == b"content-length":
-            self._length = True
+            self._cl = value if self._cl is None else self._cl + b", " + value
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._section_done = True
         status = int(self._parser.get_status_code())
         if 100 <= status < 200:
             if status == 101:
@@ -241,7 +285,7 @@ class Connection(asyncio.Protocol):
                 return
             self._interim = True  # 100 Continue and kin: the answer follows
             self.raw_headers = []
-            self._chunked = self._length = False
+            self._te = self._cl = None
             return
         self.status = status
         self.headers_done = True
@@ -249,23 +293,16 @@ class Connection(asyncio.Protocol):
         self._keep_alive = bool(self._parser.should_keep_alive()) and (
             self._parser.get_http_version() == "1.1"
         )
-        if self.method == "HEAD" or status in (204, 304):
-            self._length = True  # no body, whatever the headers say
-            if self.method == "HEAD":
-                self.complete = True
         self._wake()
 
+    def on_message_complete(self) -> None:
+        # Only an interim answer's: the parser never sees a body (UpstreamBody reads it).
+        self._interim = False
+
+    # -------------------------------------------------------------- UpstreamBody events
+
     def on_body(self, body: bytes) -> None:
-        if self.complete:  # a body after HEAD's header section
-            return
-        relay = self._relay
-        if relay is not None:
-            # Straight on from the parser's callback: no buffer, no wake-up per chunk.
-            if relay(body) and not self._paused and self.transport is not None:
-                self._paused = True
-                self.transport.pause_reading()
-                self._wake()
-            return
+        """Body bytes while no relay is diverted: buffered for ``read()``."""
         self._chunks.append(body)
         self._size += len(body)
         if self._size > HIGH_WATER and not self._paused and self.transport is not None:
@@ -273,12 +310,26 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
+    def body_congested(self) -> None:
+        """The diverted relay's client is past its high-water mark: stop reading."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+            self._wake()
+
+    def body_done(self, stray: bool) -> None:
+        """The body ended; ``stray``: bytes followed it (the connection is not reused)."""
         self.complete = True
+        body, self._body = self._body, None
+        if body is not None and self.transport is not None and not self.closed:
+            self.transport.set_protocol(self)
+        if stray:
+            self.close()
         self._wake()
+
+    def body_failed(self, message: str) -> None:
+        """The body cannot be read (broken framing, or closed before its end)."""
+        self._fail(UpstreamError(message))
 
     # -------------------------------------------------------------- the exchange
 
@@ -301,6 +352,8 @@ class Connection(asyncio.Protocol):
             return
         timeout = self._pool.read_timeout
         silent = self._loop.time() - self._last
+        if self._body is not None:  # reading the body: its own clock of the last read
+            silent = min(silent, self._body.idle_seconds())
         if self._paused:  # the proxy stopped reading: not the upstream's silence
             self._last = self._loop.time()
             silent = 0.0
@@ -363,12 +416,14 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         return data
 
-    def divert(self, relay: Callable[[bytes], bool] | None) -> bytes:
-        """Hand every body byte parsed from now on to ``relay``, from the protocol's own
-        callback, instead of buffering it for ``read()``; returns what was buffered before.
-        ``relay`` must not raise; it returns True when its client is congested: reading
-        then pauses until ``resume()``. None: back to buffering."""
-        self._relay = relay
+    def divert(self, relay: BodyRelay | None) -> bytes:
+        """Hand every body byte read from now on to ``relay``, from the native body reader,
+        instead of buffering it for ``read()``; returns what was buffered before. When the
+        relay's client is congested, reading pauses until ``resume()``. None: back to
+        buffering."""
+        self.diverted = relay is not None
+        if self._body is not None:
+            self._body.divert(relay)
         chunks = self._chunks
         self._chunks = []
         self._size = 0
@@ -395,7 +450,9 @@ class Connection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """End the exchange; True when the connection can carry another request."""
-        self._relay = None
+        self.diverted = False
+        if self._body is not None:
+            self._body.divert(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -438,10 +495,6 @@ class Connection(asyncio.Protocol):
 
 async def _ended() -> bytes:
     return b""
-
-
-class _StrayBytes(Exception):
-    """Raised from the parser to stop it at bytes past the answer."""
 
 
 class NotSent(Exception):

@@ -2,9 +2,8 @@
 //! parser hands over is metered, framed as one HTTP/1.1 chunk and written
 //! to the client's transport in one native call, with no Python frame.
 
-use std::io::Write;
-
 use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -60,11 +59,24 @@ impl BodyRelay {
     /// transport that fails or is closing is not written to: the client's
     /// disconnect ends the relay.
     fn __call__(&mut self, py: Python<'_>, body: Bound<'_, PyBytes>) -> PyResult<bool> {
+        self.relay(py, body)
+    }
+
+    /// Whether chunks are still metered (`feed` given and never failed).
+    #[getter]
+    fn metering(&self) -> bool {
+        self.feed.is_some()
+    }
+}
+
+impl BodyRelay {
+    /// `__call__`, for the native upstream body reader (no Python call).
+    pub(super) fn relay(&mut self, py: Python<'_>, body: Bound<'_, PyBytes>) -> PyResult<bool> {
         self.upstream_bytes += body.as_bytes().len() as u64;
         let out = self.meter(py, body)?;
         let data = out.as_bytes();
         if !data.is_empty() {
-            match self.is_closing.call1(py, ()).and_then(|c| c.is_truthy(py)) {
+            match self.is_closing.call0(py).and_then(|c| c.is_truthy(py)) {
                 Ok(false) => {
                     self.client_bytes += data.len() as u64;
                     let framed = frame(py, data)?;
@@ -78,19 +90,11 @@ impl BodyRelay {
         }
         Ok(self
             .flow
-            .getattr(py, "write_paused")
+            .getattr(py, intern!(py, "write_paused"))
             .and_then(|paused| paused.is_truthy(py))
             .unwrap_or(false))
     }
 
-    /// Whether chunks are still metered (`feed` given and never failed).
-    #[getter]
-    fn metering(&self) -> bool {
-        self.feed.is_some()
-    }
-}
-
-impl BodyRelay {
     /// What passes on of `body`: `feed`'s bytes, or `body` itself.
     fn meter<'py>(
         &mut self,
@@ -121,15 +125,26 @@ impl BodyRelay {
 /// `data` as one chunk of the chunked transfer coding: its length in hex,
 /// CRLF, the bytes, CRLF (one `bytes` object: one write).
 fn frame<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    let mut head = [0u8; 20]; // 16 hex digits and CRLF at most
-    let mut cursor = &mut head[..];
-    // Cannot fail: 16 hex digits of a usize and 2 bytes fit in 20.
-    let _ = write!(cursor, "{:x}\r\n", data.len());
-    let head_len = 20 - cursor.len();
-    PyBytes::new_with(py, head_len + data.len() + 2, |buf| {
-        buf[..head_len].copy_from_slice(&head[..head_len]);
-        buf[head_len..head_len + data.len()].copy_from_slice(data);
-        buf[head_len + data.len()..].copy_from_slice(b"\r\n");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The length's hex digits, most significant first, then CRLF (no
+    // formatter: this runs per chunk).
+    let mut head = [0u8; 18]; // 16 hex digits of a u64 and CRLF
+    let mut n = data.len() as u64;
+    let mut start = 16;
+    loop {
+        start -= 1;
+        head[start] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    head[16..].copy_from_slice(b"\r\n");
+    let head = &head[start..];
+    PyBytes::new_with(py, head.len() + data.len() + 2, |buf| {
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..head.len() + data.len()].copy_from_slice(data);
+        buf[head.len() + data.len()..].copy_from_slice(b"\r\n");
         Ok(())
     })
 }
