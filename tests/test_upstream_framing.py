@@ -194,7 +194,7 @@ def test_broken_chunked_framing_cuts_the_stream(tmp_path: Path, framing: bytes, 
     up = Scripted([[answer, framing], [fine]])
     sink = tmp_path / "u.jsonl"
     with proxy_of(up, sink, max_header_bytes=2048) as c:
-        status, got, error = post(c)
+        _status, got, error = post(c)
         # What was relayed before the fault stays relayed; nothing after it is.
         assert error is not None and got in (SSE[:60], SSE[:60] + b"hello")
         assert post(c) == (200, SSE, None)  # on a new connection: the broken one is dropped
@@ -214,7 +214,7 @@ def test_a_close_mid_body_cuts_the_stream(tmp_path: Path, frame: str) -> None:
     up = Scripted([[answer, None]])
     sink = tmp_path / "u.jsonl"
     with proxy_of(up, sink) as c:
-        status, got, error = post(c)
+        _status, got, error = post(c)
         assert error is not None and SSE.startswith(got) and len(got) < len(SSE)
     (rec,) = settled(sink, 1)
     assert "closed the connection mid-body" in rec["ended_by"]
