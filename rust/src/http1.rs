@@ -197,29 +197,16 @@ impl BodyDecoder {
                     emit(&input[i..]);
                     return Ok(input.len());
                 }
-                State::Length(left) => {
+                State::Length(left) | State::Data(left) => {
                     let take =
                         usize::try_from(left).map_or(input.len() - i, |l| l.min(input.len() - i));
                     let n = take as u64;
-                    self.state = if n == left {
-                        State::Done
-                    } else {
-                        State::Length(left - n)
-                    };
-                    let go = emit(&input[i..i + take]);
-                    i += take;
-                    if !go {
-                        return Ok(i);
-                    }
-                }
-                State::Data(left) => {
-                    let take =
-                        usize::try_from(left).map_or(input.len() - i, |l| l.min(input.len() - i));
-                    let n = take as u64;
-                    self.state = if n == left {
-                        State::DataCr
-                    } else {
-                        State::Data(left - n)
+                    let data = matches!(self.state, State::Data(_));
+                    self.state = match (n == left, data) {
+                        (true, false) => State::Done,
+                        (true, true) => State::DataCr,
+                        (false, false) => State::Length(left - n),
+                        (false, true) => State::Data(left - n),
                     };
                     let go = emit(&input[i..i + take]);
                     i += take;
