@@ -125,20 +125,10 @@ class Upstream:
         drop_next = False
         try:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        return
-                    buf += piece
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                headers = _headers(head)
-                length = int(headers.get("content-length", "0"))
-                while len(buf) < length:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        return
-                    buf += piece
-                buf = buf[length:]
+                request = read_request(conn, buf)
+                if request is None:
+                    return
+                head, headers, buf = request
                 with self.lock:
                     self.requests[index] += 1
                     self.heads.append(head)
@@ -182,6 +172,27 @@ class Upstream:
         if frame == "chunked":
             conn.sendall(b"0\r\n\r\n")
         return frame != "close"
+
+
+def read_request(
+    conn: socket.socket | ssl.SSLSocket, buf: bytes
+) -> tuple[bytes, dict[str, str], bytes] | None:
+    """The next request on ``conn`` (``buf``: what was read past the previous one): its head,
+    its header fields and the bytes read past its body; None when the peer closed first."""
+    while b"\r\n\r\n" not in buf:
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        buf += piece
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    headers = _headers(head)
+    length = int(headers.get("content-length", "0"))
+    while len(buf) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        buf += piece
+    return head, headers, buf[length:]
 
 
 def _headers(head: bytes) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_upstream import records
+from http_upstream import read_request, records
 from ssetally._core import UpstreamBody, head_end
 from ssetally._gateway import ProxyConfig, ProxyServer
 
@@ -68,20 +68,10 @@ class Scripted:
         data = b""
         with conn:
             while self.replies:
-                while b"\r\n\r\n" not in data:
-                    more = conn.recv(65536)
-                    if not more:
-                        return
-                    data += more
-                head, data = data.split(b"\r\n\r\n", 1)
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(data) < length:
-                    data += conn.recv(65536)
-                data = data[length:]
+                request = read_request(conn, data)
+                if request is None:
+                    return
+                data = request[2]
                 reply = self.replies.pop(0)
                 for piece in reply:
                     if piece is None:

@@ -106,10 +106,10 @@ impl Framing {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// In a chunk-size line: `digits` hex digits read so far, then (after
-    /// the size) white space or an extension.
+    /// In a chunk-size line: `sized` once a hex digit was read, `ext` in
+    /// the white space or extension after the size.
     Size {
-        digits: u8,
+        sized: bool,
         ext: bool,
     },
     /// After the size line's CR.
@@ -153,7 +153,7 @@ impl BodyDecoder {
     pub fn new(framing: Framing, max_trailers: usize) -> Self {
         let state = match framing {
             Framing::Chunked => State::Size {
-                digits: 0,
+                sized: false,
                 ext: false,
             },
             Framing::Length(0) => State::Done,
@@ -238,28 +238,25 @@ impl BodyDecoder {
     /// One byte of chunked framing (a size line, a data CRLF, a trailer).
     fn framing_byte(&mut self, b: u8) -> Result<(), BodyError> {
         self.state = match self.state {
-            State::Size { digits, ext } => {
+            State::Size { sized, ext } => {
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE {
                     return self.fail("a chunk-size line is too long");
                 }
                 match (b, ext) {
-                    (b'\r', _) if digits > 0 => State::SizeLf,
+                    (b'\r', _) if sized => State::SizeLf,
                     (b'\n', _) => return self.fail("a chunk-size line does not end in CRLF"),
                     (_, true) if b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0x80 => {
-                        State::Size { digits, ext }
+                        State::Size { sized, ext }
                     }
-                    (b';' | b' ' | b'\t', false) if digits > 0 => State::Size { digits, ext: true },
+                    (b';' | b' ' | b'\t', false) if sized => State::Size { sized, ext: true },
                     (_, false) if b.is_ascii_hexdigit() => {
                         if self.size > u64::MAX >> 4 {
                             return self.fail("a chunk size is too large");
                         }
                         let d = (b as char).to_digit(16).map_or(0, u64::from);
                         self.size = self.size << 4 | d;
-                        State::Size {
-                            digits: digits.saturating_add(1),
-                            ext,
-                        }
+                        State::Size { sized: true, ext }
                     }
                     _ => return self.fail("a chunk-size line is malformed"),
                 }
@@ -278,7 +275,7 @@ impl BodyDecoder {
             }
             State::DataCr if b == b'\r' => State::DataLf,
             State::DataLf if b == b'\n' => State::Size {
-                digits: 0,
+                sized: false,
                 ext: false,
             },
             State::DataCr | State::DataLf => {

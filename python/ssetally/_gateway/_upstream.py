@@ -187,18 +187,14 @@ class Connection(asyncio.Protocol):
         while data:
             probe = self._tail + data
             end = head_end(probe)
-            if end < 0:
-                self._head_bytes += len(data)
-                if self._head_bytes > limit:
-                    self._fail(UpstreamError(f"the upstream's header section passed {limit} bytes"))
-                    return
-                self._head.append(data)
-                self._tail = probe[-3:]
-                return
-            cut = end - len(self._tail)
+            cut = len(data) if end < 0 else end - len(self._tail)
             self._head_bytes += cut
             if self._head_bytes > limit:
                 self._fail(UpstreamError(f"the upstream's header section passed {limit} bytes"))
+                return
+            if end < 0:
+                self._head.append(data)
+                self._tail = probe[-3:]
                 return
             self._head.append(data[:cut])
             section = b"".join(self._head)

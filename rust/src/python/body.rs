@@ -88,7 +88,7 @@ impl UpstreamBody {
         self.relay = relay;
     }
 
-    /// The body has ended (`body_done` was given).
+    /// The body has ended (its last byte was read).
     #[getter]
     fn done(&self) -> bool {
         self.decoder.is_done()
@@ -107,9 +107,12 @@ impl UpstreamBody {
         if self.ended {
             return Ok(());
         }
-        let owner = self.owner(py)?;
+        // Borrowed, not cloned: this runs per read.
+        let Some(owner) = self.owner.as_ref() else {
+            return Err(cleared());
+        };
         let bytes = data.as_bytes();
-        let relay = self.relay.as_ref().map(|r| r.clone_ref(py));
+        let relay = self.relay.as_ref();
         let mut fault: Option<PyErr> = None;
         let read = self.decoder.decode(bytes, |body| {
             // The whole read is the body's (a Content-Length or close-
@@ -119,7 +122,7 @@ impl UpstreamBody {
             } else {
                 super::convert::to_bytes(py, body)
             };
-            let step = chunk.and_then(|chunk| match &relay {
+            let step = chunk.and_then(|chunk| match relay {
                 Some(relay) => {
                     let congested = relay
                         .try_borrow_mut(py)
@@ -216,6 +219,10 @@ impl UpstreamBody {
         self.owner
             .as_ref()
             .map(|o| o.clone_ref(py))
-            .ok_or_else(|| PyRuntimeError::new_err("the upstream body was cleared"))
+            .ok_or_else(cleared)
     }
+}
+
+fn cleared() -> PyErr {
+    PyRuntimeError::new_err("the upstream body was cleared")
 }
