@@ -5,7 +5,7 @@ them, while the object itself updates them as it is fed.
 """
 
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -17,6 +17,8 @@ __all__ = [
     "DecompressionError",
     "EventTooLargeError",
     "LineDecoder",
+    "MAX_HELD_BYTES",
+    "MAX_HELD_READS",
     "SSEDecoder",
     "ServerSentEvent",
     "UpstreamBody",
@@ -29,6 +31,9 @@ __all__ = [
 ]
 __version__: str
 DEFAULT_MAX_EVENT_SIZE_BYTES: int
+#: Raw bytes, and reads, a ``UsageTap(collect_output="lazy")`` holds of a stream.
+MAX_HELD_BYTES: int
+MAX_HELD_READS: int
 
 class EventTooLargeError(ValueError):
     """An event exceeded the decoder's ``max_event_size`` and was discarded.
@@ -111,10 +116,17 @@ class UsageTap:
         api: str = "auto",
         *,
         max_event_size: int = 16777216,
-        collect_output: bool = False,
+        collect_output: bool | Literal["lazy"] | None = False,
         timeline: bool = False,
         clock: bool = False,
-    ) -> Self: ...
+    ) -> Self:
+        """``collect_output``: True reassembles the output as it comes; ``"lazy"`` only where
+        it is needed for an estimate: the stream's raw reads are held (up to
+        ``MAX_HELD_BYTES`` bytes in ``MAX_HELD_READS`` reads, past which it collects as it
+        comes) and read again at ``finish_raw`` when some response gave no usage, with the
+        reports and output of ``True``; the output is None until then, and after it when
+        every response gave its usage (with a timeline, it is ``True``). Anything else
+        raises ``ValueError``."""
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Tap one chunk of the stream. Never raises on any bytes. An event over
         ``max_event_size`` is discarded (never buffered beyond the limit) and counted in

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from . import _core
 from ._report import Attempt, StreamReport, report_from_core
@@ -32,7 +32,11 @@ class UsageTap(_core.UsageTap):
     (``bytes`` is read without a copy). ``api="auto"`` detects the API from the first event;
     an unknown name raises ``ValueError``. Bad input never raises: it is counted and flagged in
     the report. ``collect_output=True`` also reassembles the streamed text and tool calls
-    (``output()``), which parses every event and costs more. ``timeline=True`` logs each
+    (``output()``), which parses every event and costs more; ``collect_output="lazy"`` does
+    so only where an estimate needs it, when some response of the stream gave no usage: it
+    holds the stream's reads (``MAX_HELD_BYTES``, 256 KiB, in at most ``MAX_HELD_READS``
+    reads; past them it collects as it comes) and reads them again at ``finish()``, so that
+    ``output()`` is None until the end, and after it when every response gave its usage. ``timeline=True`` logs each
     output-bearing event (its text, the running usage after it) for ``Timings.timeline``:
     call ``stamp(time.monotonic())`` after each ``feed`` to give its events their arrival
     time, and read the log with ``timeline_raw()``; off by default, when it costs nothing.
@@ -52,7 +56,7 @@ class UsageTap(_core.UsageTap):
         api: str = "auto",
         *,
         max_event_size: int = _core.DEFAULT_MAX_EVENT_SIZE_BYTES,
-        collect_output: bool = False,
+        collect_output: bool | Literal["lazy"] = False,
         timeline: bool = False,
         clock: bool = False,
     ) -> None:

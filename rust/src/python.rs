@@ -51,6 +51,12 @@ mod _core {
     const DEFAULT_MAX_EVENT_SIZE_BYTES: usize = DEFAULT_MAX_EVENT_SIZE;
 
     #[pymodule_export]
+    const MAX_HELD_BYTES: usize = crate::usage::MAX_HELD_BYTES;
+
+    #[pymodule_export]
+    const MAX_HELD_READS: usize = crate::usage::MAX_HELD_READS;
+
+    #[pymodule_export]
     use super::EventTooLargeError;
 
     #[pymodule_export]

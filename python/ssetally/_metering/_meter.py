@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
@@ -41,7 +41,8 @@ class StreamMeter:
     :param collect_output: reassemble the output text (needed for an estimate; always on
         for a request of ``n > 1`` choices, whose shares are apportioned by their text).
     :param keep_output: with ``collect_output``, the report carries the output even when
-        the stream gave its usage (off: the output is only read when an estimate needs it).
+        the stream gave its usage (off: the output is only read when an estimate needs it,
+        from the stream's reads held by the tap: ``UsageTap(collect_output="lazy")``).
     :param request_sent: the monotonic clock reading when the request was sent (default: now).
     :param secrets: the request's credentials, redacted from the final report.
     :param api: the API the stream speaks (``UsageTap``'s ``api``; ``auto`` detects it).
@@ -137,9 +138,10 @@ class StreamMeter:
         # Per-choice shares of an n > 1 stream are apportioned by each choice's text.
         several = request_body is not None and _count(request_body.get("n")) > 1
         self._keep_output = keep_output or several
-        self._tap = UsageTap(
-            api, collect_output=collect_output or several, timeline=timeline, clock=self._native
-        )
+        collect: bool | Literal["lazy"] = collect_output or several
+        if collect and not self._keep_output:
+            collect = "lazy"  # read only if the stream gives no usage
+        self._tap = UsageTap(api, collect_output=collect, timeline=timeline, clock=self._native)
         #: Each read that carried output gives the tap its clock reading (``timeline``), unless
         #: the tap reads the clock itself.
         self._stamps = timeline and not self._native

@@ -4,7 +4,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use super::convert::{Input, DETACH_THRESHOLD};
@@ -46,17 +46,47 @@ fn monotonic(py: Python<'_>) -> PyResult<f64> {
         .extract()
 }
 
+/// What `collect_output` asks for.
+enum Collection {
+    Off,
+    Always,
+    /// `"lazy"`: only where a response has no usage.
+    Lazy,
+}
+
+fn collection(value: Option<&Bound<'_, PyAny>>) -> PyResult<Collection> {
+    let Some(value) = value else {
+        return Ok(Collection::Off);
+    };
+    if let Ok(flag) = value.cast::<PyBool>() {
+        return Ok(if flag.is_true() {
+            Collection::Always
+        } else {
+            Collection::Off
+        });
+    }
+    if value
+        .cast::<PyString>()
+        .is_ok_and(|s| s.to_str().is_ok_and(|s| s == "lazy"))
+    {
+        return Ok(Collection::Lazy);
+    }
+    Err(PyValueError::new_err(
+        "collect_output must be True, False or \"lazy\"",
+    ))
+}
+
 #[pymethods]
 impl UsageTap {
     #[new]
     #[pyo3(
-        signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=false, timeline=false, clock=false),
+        signature = (api="auto", *, max_event_size=DEFAULT_MAX_EVENT_SIZE, collect_output=None, timeline=false, clock=false),
         text_signature = "(api='auto', *, max_event_size=16777216, collect_output=False, timeline=False, clock=False)"
     )]
     fn new(
         api: &str,
         max_event_size: usize,
-        collect_output: bool,
+        collect_output: Option<&Bound<'_, PyAny>>,
         timeline: bool,
         clock: bool,
     ) -> PyResult<Self> {
@@ -71,9 +101,11 @@ impl UsageTap {
             retry_only_events: false,
         };
         let mut inner = CoreTap::new(hint, config);
-        if collect_output {
-            inner = inner.collecting_output();
-        }
+        inner = match collection(collect_output)? {
+            Collection::Off => inner,
+            Collection::Always => inner.collecting_output(),
+            Collection::Lazy => inner.collecting_output_lazily(),
+        };
         if timeline {
             inner = inner.with_timeline();
         }

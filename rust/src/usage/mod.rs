@@ -29,6 +29,7 @@ mod gemini;
 mod gemini_template;
 mod interactions;
 mod json;
+mod lazy;
 mod merge;
 mod normalize;
 mod responses;
@@ -41,12 +42,14 @@ mod timeline;
 mod types;
 
 pub use builder::MAX_STEP_USAGES;
+pub use lazy::{MAX_HELD_BYTES, MAX_HELD_READS};
 pub use tap::MAX_REPORTS;
 pub use timeline::{Timeline, TimelineEntry, MAX_TIMELINE_EVENTS, MAX_TIMELINE_TEXT};
 pub use types::{Api, ApiHint, Report, Status, UnknownApiHint, Usage};
 
 use crate::reassemble::Output;
 use crate::sse::{Decoder, DecoderConfig, Dispatch, EventRef};
+use lazy::{Held, Reads};
 use tap::Tap;
 use template::TextSpan;
 
@@ -70,6 +73,11 @@ pub struct UsageTap {
     tap: Tap,
     /// Reassembled output, one per response, when the caller asked for it.
     output: Option<Collect>,
+    /// The raw bytes held for a collection at the end, when the caller asked
+    /// for the output only where usage is missing.
+    held: Option<Box<Held>>,
+    /// The hint given, for a replay of the held bytes.
+    hint: ApiHint,
     /// The per-event timing log, when the caller asked for it.
     timeline: Option<Box<Timeline>>,
     /// `finish` was called: the output stays readable until the next stream
@@ -85,6 +93,8 @@ impl UsageTap {
             decoder: Decoder::new(config),
             tap,
             output: None,
+            held: None,
+            hint: api,
             timeline: None,
             finished: false,
         }
@@ -95,6 +105,24 @@ impl UsageTap {
     #[must_use]
     pub fn collecting_output(mut self) -> Self {
         self.output = Some(Collect::default());
+        self
+    }
+
+    /// Reassemble the output only where it is needed for an estimate: when
+    /// some response of the stream came without usage. The stream's raw
+    /// bytes are held (up to [`MAX_HELD_BYTES`]) and read again by a
+    /// collecting tap at [`UsageTap::finish`]; a longer stream is collected
+    /// as it comes once it passes the bound. Reports and output are those of
+    /// [`UsageTap::collecting_output`], but the output is None until the
+    /// stream ends, and after it when every response gave its usage. Not
+    /// with a timeline (a timeline's tap collects as it comes).
+    #[must_use]
+    pub fn collecting_output_lazily(mut self) -> Self {
+        if self.timeline.is_none() {
+            self.held = Some(Box::default());
+        } else {
+            self.output = Some(Collect::default());
+        }
         self
     }
 
@@ -111,6 +139,9 @@ impl UsageTap {
     #[must_use]
     pub fn with_timeline(mut self) -> Self {
         self.timeline = Some(Box::default());
+        if self.held.take().is_some() {
+            self.output = Some(Collect::default());
+        }
         self
     }
 
@@ -166,6 +197,16 @@ impl UsageTap {
             if let Some(t) = self.timeline.as_mut() {
                 **t = Timeline::default();
             }
+            if let Some(held) = self.held.as_mut() {
+                held.reset();
+                self.output = None;
+            }
+        }
+        if let Some(held) = self.held.as_mut() {
+            if held.holding() && !held.hold(chunk) {
+                let reads = held.spill();
+                self.take_state_of(self.replayed(&reads));
+            }
         }
         let Self {
             decoder,
@@ -198,7 +239,27 @@ impl UsageTap {
     /// [`Decoder::retained_capacity`]).
     #[must_use]
     pub fn retained_capacity(&self) -> usize {
-        self.decoder.retained_capacity()
+        self.decoder.retained_capacity() + self.held.as_ref().map_or(0, |h| h.capacity())
+    }
+
+    /// A collecting tap that read `reads` from the start of a stream.
+    fn replayed(&self, reads: &Reads) -> Self {
+        let mut eager = Self::new(self.hint, self.decoder.config().clone()).collecting_output();
+        #[cfg(test)]
+        {
+            eager.tap.slow_only = self.tap.slow_only;
+        }
+        for read in reads.each() {
+            eager.feed(read);
+        }
+        eager
+    }
+
+    /// Goes on from where `other` is: its framing, reports and output.
+    fn take_state_of(&mut self, other: Self) {
+        self.decoder = other.decoder;
+        self.tap = other.tap;
+        self.output = other.output;
     }
 
     /// Ends the stream: one report per response seen, in order, and always
@@ -211,6 +272,29 @@ impl UsageTap {
     /// close right after it exist), with a warning; an unfinished line that
     /// is not valid JSON is counted as invalid.
     pub fn finish(&mut self) -> Vec<Report> {
+        let reports = self.finish_read();
+        let Some(held) = self.held.as_mut() else {
+            return reports;
+        };
+        if reports.iter().all(|r| r.usage.is_some()) {
+            // Collected as it came past the bound, or not at all: not needed.
+            held.reset();
+            self.output = None;
+            return reports;
+        }
+        if !held.holding() {
+            return reports;
+        }
+        // Usage is missing: the output is read from the held bytes after all.
+        let reads = held.spill();
+        let mut eager = self.replayed(&reads);
+        let reports = eager.finish();
+        self.take_state_of(eager);
+        reports
+    }
+
+    /// [`UsageTap::finish`] of the bytes read so far (no replay).
+    fn finish_read(&mut self) -> Vec<Report> {
         self.finished = true;
         let Self {
             decoder,

@@ -6,6 +6,7 @@
 //! learned-shape paths against the slow path on hostile text).
 
 mod fast_paths;
+mod lazy;
 mod regressions;
 mod robustness;
 
