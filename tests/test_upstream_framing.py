@@ -227,3 +227,50 @@ def test_a_close_delimited_body_and_bodyless_answers(tmp_path: Path) -> None:
     recs = settled(sink, 3)
     assert [r["http_status"] for r in recs] == [204, 200, 200]
     assert recs[2]["status"] == "completed" and recs[2]["bytes"]["client"] == len(SSE)
+
+
+def raw_chunks(url: str) -> list[bytes]:
+    """The data of each HTTP chunk of one streamed answer, read off the wire."""
+    host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
+    body = httpx.Request("POST", url + "/v1/chat/completions", json=BODY)
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+    head += "content-type: application/json\r\n"
+    head += f"content-length: {len(body.read())}\r\nconnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:
+        s.sendall(head.encode() + body.read())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    rest = data.partition(b"\r\n\r\n")[2]
+    out = []
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return out
+        out.append(rest[:n])
+        rest = rest[n + 2 :]
+
+
+@pytest.mark.parametrize("size", [7, 40, 1000])
+def test_the_chunks_of_one_read_leave_in_one_write(tmp_path: Path, size: int) -> None:
+    """Upstream chunks that arrive in one read reach the client as one chunk (one write,
+    one meter call): the client gets the same bytes in fewer pieces; reads that come apart
+    stay apart (nothing waits for a later read)."""
+    together = HEAD + b"transfer-encoding: chunked\r\n\r\n" + chunked(SSE, size)
+    apart = HEAD + b"transfer-encoding: chunked\r\n\r\n"
+    parts = [chunked(SSE[i : i + 40], 40)[: -len(b"0\r\n\r\n")] for i in range(0, len(SSE), 40)]
+    up = Scripted([[together], [apart, *parts, b"0\r\n\r\n"]])
+    sink = tmp_path / "u.jsonl"
+    config = ProxyConfig(upstream=up.origin, otel=False, estimate=False)
+    with ProxyServer(config, f"jsonl:{sink}") as proxy:
+        one = raw_chunks(proxy.url)
+        several = raw_chunks(proxy.url)
+        assert proxy.flush(TIMEOUT)
+    up.close()
+    assert b"".join(one) == SSE and b"".join(several) == SSE
+    assert len(one) == 1  # one read of the upstream: one chunk to the client
+    # A read each (3 ms apart): a chunk each as they came, unless two met in one read.
+    assert 2 <= len(several) <= len(parts)
+    recs = settled(sink, 2)
+    assert [(r["status"], r["bytes"]["client"]) for r in recs] == [("completed", len(SSE))] * 2

@@ -11,14 +11,14 @@ from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE_BYTES",
+    "MAX_HELD_BYTES",
+    "MAX_HELD_READS",
     "BodyRelay",
     "ContentDecoder",
     "DecompressionBombError",
     "DecompressionError",
     "EventTooLargeError",
     "LineDecoder",
-    "MAX_HELD_BYTES",
-    "MAX_HELD_READS",
     "SSEDecoder",
     "ServerSentEvent",
     "UpstreamBody",

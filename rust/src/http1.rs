@@ -183,10 +183,10 @@ impl BodyDecoder {
     /// # Errors
     /// Bytes that break the chunked framing, or a chunk-size line or
     /// trailer section past its bound; the decoder then stays failed.
-    pub fn decode(
+    pub fn decode<'a>(
         &mut self,
-        input: &[u8],
-        mut emit: impl FnMut(&[u8]) -> bool,
+        input: &'a [u8],
+        mut emit: impl FnMut(&'a [u8]) -> bool,
     ) -> Result<usize, BodyError> {
         let mut i = 0;
         while i < input.len() {

@@ -112,17 +112,30 @@ impl UpstreamBody {
             return Err(cleared());
         };
         let bytes = data.as_bytes();
-        let relay = self.relay.as_ref();
-        let mut fault: Option<PyErr> = None;
+        // The read's body bytes are handed on in one piece, whatever chunks
+        // of the upstream they came in: one meter call and one write to the
+        // client per read, as the upstream's own writes coalesced.
+        let mut first: Option<&[u8]> = None;
+        let mut more: Vec<&[u8]> = Vec::new();
         let read = self.decoder.decode(bytes, |body| {
-            // The whole read is the body's (a Content-Length or close-
-            // delimited body): handed on as it is, without a copy.
-            let chunk = if body.len() == bytes.len() {
-                Ok(data.clone())
+            if !body.is_empty() {
+                if first.is_none() {
+                    first = Some(body);
+                } else {
+                    more.push(body);
+                }
+            }
+            true
+        });
+        if let Some(body) = first {
+            let chunk = if more.is_empty() && body.len() == bytes.len() {
+                data.clone() // the whole read: handed on without a copy
+            } else if more.is_empty() {
+                super::convert::to_bytes(py, body)?
             } else {
-                super::convert::to_bytes(py, body)
+                joined(py, body, &more)?
             };
-            let step = chunk.and_then(|chunk| match relay {
+            match self.relay.as_ref() {
                 Some(relay) => {
                     let congested = relay
                         .try_borrow_mut(py)
@@ -131,22 +144,11 @@ impl UpstreamBody {
                     if congested {
                         owner.call_method0(py, intern!(py, "body_congested"))?;
                     }
-                    Ok(())
                 }
-                None => owner
-                    .call_method1(py, intern!(py, "on_body"), (chunk,))
-                    .map(drop),
-            });
-            match step {
-                Ok(()) => true,
-                Err(err) => {
-                    fault = Some(err);
-                    false
+                None => {
+                    owner.call_method1(py, intern!(py, "on_body"), (chunk,))?;
                 }
             }
-        });
-        if let Some(err) = fault {
-            return Err(err);
         }
         match read {
             Err(err) => {
@@ -221,6 +223,20 @@ impl UpstreamBody {
             .map(|o| o.clone_ref(py))
             .ok_or_else(cleared)
     }
+}
+
+/// `first` and `more` as one `bytes` object.
+fn joined<'py>(py: Python<'py>, first: &[u8], more: &[&[u8]]) -> PyResult<Bound<'py, PyBytes>> {
+    let len = more.iter().fold(first.len(), |n, piece| n + piece.len());
+    PyBytes::new_with(py, len, |buf| {
+        buf[..first.len()].copy_from_slice(first);
+        let mut at = first.len();
+        for piece in more {
+            buf[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        Ok(())
+    })
 }
 
 fn cleared() -> PyErr {
