@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sinks import Sink
-from ._journal import read_journal
+from ._journal import dump_line, read_journal
 from ._record import Exchange, build_record
 
 __all__ = ["Leftovers", "RecordLog", "cut_record", "replay"]
@@ -106,7 +106,7 @@ class RecordLog:
     def add(self, record: Mapping[str, Any]) -> None:
         record_id = str(record.get("record_id"))
         try:
-            line = json.dumps(record, separators=(",", ":"), default=str).encode("utf-8")
+            line = dump_line(record)
         except (TypeError, ValueError, RecursionError) as exc:  # the sink sanitises it anyway
             logger.error("ssetally proxy: record %s not kept in the record log: %s", record_id, exc)
             return

@@ -22,9 +22,10 @@ import os
 import struct
 from typing import Any
 
+from .._core import compact_json
 from ._record import Exchange
 
-__all__ = ["SLOT", "Journal", "in_flight_entry", "read_journal"]
+__all__ = ["SLOT", "Journal", "dump_line", "in_flight_entry", "read_journal"]
 
 logger = logging.getLogger("ssetally.proxy")
 
@@ -32,6 +33,15 @@ logger = logging.getLogger("ssetally.proxy")
 SLOT = 512
 _LENGTH = struct.Struct("<I")
 _ESSENTIAL = ("request_id", "time", "start", "method")
+
+
+def dump_line(value: Any) -> bytes:
+    """``value`` (an entry, a record) as compact JSON in UTF-8, on one line: natively for plain
+    types, else by ``json`` (anything else written as its text, lone surrogates escaped)."""
+    text = compact_json(value)
+    if text is None:
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    return text.encode("utf-8")
 
 
 class Journal:
@@ -52,7 +62,7 @@ class Journal:
         self.overflow = 0
 
     def _put(self, slot: int, entry: dict[str, Any]) -> None:
-        data = json.dumps(entry, separators=(",", ":"), default=str).encode("utf-8")
+        data = dump_line(entry)
         if len(data) > SLOT - _LENGTH.size:
             data = json.dumps({k: entry.get(k) for k in _ESSENTIAL}).encode("utf-8")
         base = slot * SLOT
