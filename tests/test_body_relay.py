@@ -137,3 +137,47 @@ def test_with_a_stripper_feeding_a_tap() -> None:
     assert dechunk(t.written) == b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
     usage = tap.finish().usage
     assert usage is not None and usage.total_tokens == 4
+
+
+STREAM = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+    b'"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\ndata: [DONE]\n\n'
+)
+
+
+@pytest.mark.parametrize("clock", [False, True])
+def test_a_taps_own_feed_is_called_natively_with_the_same_result(clock: bool) -> None:
+    """A tap's own ``feed`` is called without a Python call per chunk: the tap reads what
+    it would have read through the call, and the chunks pass on as they came."""
+    native, called = UsageTap(clock=clock), UsageTap(clock=clock)
+    t, u = Transport(), Transport()
+    r = relay(t, native.feed, lambda exc: None)
+    s = relay(u, lambda data: called.feed(data), lambda exc: None)
+    for i in range(0, len(STREAM), 5):
+        assert r(STREAM[i : i + 5]) is False
+        s(STREAM[i : i + 5])
+    assert t.written == u.written and dechunk(t.written) == STREAM
+    assert native.bytes_fed == called.bytes_fed == len(STREAM)
+    assert native.delta_chunks == called.delta_chunks == 1
+    assert native.finish() == called.finish()
+    assert (native.first_output_at is not None) is clock and r.metering
+
+
+def test_a_feed_a_subclass_overrides_is_called() -> None:
+    seen: list[bytes] = []
+
+    class Counting(UsageTap):
+        def feed(self, data: bytes) -> None:  # type: ignore[override]
+            seen.append(data)
+            super().feed(data)
+
+    tap = Counting()
+    t = Transport()
+    r = relay(t, tap.feed, lambda exc: None)
+    r(STREAM)
+    assert seen == [STREAM] and dechunk(t.written) == STREAM
+    usage = tap.finish().usage
+    assert usage is not None and usage.total_tokens == 4
+

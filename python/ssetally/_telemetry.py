@@ -276,6 +276,7 @@ class Telemetry:
         from ._core import __version__
 
         self._trace = trace
+        self._metrics = metrics
         self._tracer = trace.get_tracer("ssetally", __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter("ssetally", __version__, meter_provider=meter_provider)
         self._duration = _histogram(
@@ -331,7 +332,7 @@ class Telemetry:
     @property
     def recording(self) -> bool:
         """Whether ``record_stream`` records now (callers then skip building its arguments)."""
-        return self.enabled and (not self._global or _sdk_configured(self._trace))
+        return self.enabled and (not self._global or _sdk_configured(self._trace, self._metrics))
 
     def record_stream(
         self,
@@ -562,13 +563,12 @@ def _chunk_intervals(report: StreamReport, given: Sequence[float] | None) -> Seq
     return (max(timings.last_content - timings.first_content, 0.0) / (chunks - 1),)
 
 
-def _sdk_configured(trace: Any) -> bool:
+def _sdk_configured(trace: Any, metrics: Any) -> bool:
     """True once an SDK provider was made global (the API's defaults are proxies of no-ops);
-    the API sets a global provider once and for all, so a True answer is kept."""
+    the API sets a global provider once and for all, so a True answer is kept. (The modules
+    are given: an import statement per stream runs importlib's Python code.)"""
     global _sdk_seen
     if not _sdk_seen:
-        from opentelemetry import metrics
-
         tracer = type(trace.get_tracer_provider()).__name__
         meter = type(metrics.get_meter_provider()).__name__
         _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS

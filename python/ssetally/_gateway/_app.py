@@ -29,7 +29,6 @@ import asyncio
 import logging
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -64,7 +63,7 @@ from ._headers import (
 from ._journal import Journal, in_flight_entry
 from ._metrics import ProxyMetrics
 from ._pools import UpstreamPool, lean_pool, stack_client, upstream_path
-from ._record import Exchange, build_record, now_iso, subject_of
+from ._record import Exchange, build_record, new_request_id, now_iso, subject_of
 from ._relay import (
     UpstreamAborted,
     Watchdog,
@@ -235,7 +234,7 @@ class MeteringProxy:
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         x = Exchange(
-            request_id=uuid.uuid4().hex,
+            request_id=new_request_id(),
             time=now_iso(),
             start=time.monotonic(),
             method=scope["method"],

@@ -6,6 +6,7 @@ slowloris)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -13,6 +14,8 @@ from urllib.parse import unquote_to_bytes
 #: Percent-encoded bytes that would change how a path splits or ends, refused outright: the
 #: upstream may decode them into a separator (``%2f``, ``%5c``) or a terminator (``%00``).
 _AMBIGUOUS = (b"%2f", b"%5c", b"%00")
+#: Bytes no request path may hold raw: controls, space and DEL.
+_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
 
 
 class Refused(Exception):
@@ -36,7 +39,7 @@ def normalize_path(raw_path: bytes) -> bytes:
     lowered = raw_path.lower()
     if b"\\" in raw_path or any(seq in lowered for seq in _AMBIGUOUS):
         raise Refused(400, "the request path holds an encoded separator or a backslash")
-    if any(b < 0x21 or b == 0x7F for b in raw_path):
+    if _CONTROL.search(raw_path) is not None:
         raise Refused(400, "the request path holds a control character or a space")
     segments = raw_path[1:].split(b"/")
     out: list[bytes] = []

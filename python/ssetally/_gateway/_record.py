@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import unicodedata
 from collections.abc import Iterable
@@ -18,7 +19,24 @@ MAX_SUBJECT_LENGTH = 256
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The time now in UTC, ISO 8601 to the millisecond (``2026-01-02T03:04:05.678Z``); the
+    text up to the second is made once a second."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, text)
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+
+
+#: The last second ``now_iso`` wrote, and its text.
+_second: tuple[int, str] = (-1, "")
+
+
+def new_request_id() -> str:
+    """A request's id: 128 random bits in hex (unique across workers and instances)."""
+    return os.urandom(16).hex()
 
 
 @dataclass

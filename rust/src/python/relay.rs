@@ -5,7 +5,10 @@
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyCFunction};
+
+use super::convert::Input;
+use super::tap::UsageTap;
 
 /// Relays one answer's body chunks to a client transport.
 ///
@@ -20,6 +23,9 @@ pub struct BodyRelay {
     is_closing: Py<PyAny>,
     flow: Py<PyAny>,
     feed: Option<Py<PyAny>>,
+    /// The tap whose own `feed` is `feed`: called natively (no Python call
+    /// per chunk).
+    tap: Option<Py<UsageTap>>,
     failed: Option<Py<PyAny>>,
     /// Body bytes received from the upstream.
     #[pyo3(get)]
@@ -37,17 +43,20 @@ impl BodyRelay {
         text_signature = "(write, is_closing, flow, feed=None, failed=None)"
     )]
     fn new(
+        py: Python<'_>,
         write: Py<PyAny>,
         is_closing: Py<PyAny>,
         flow: Py<PyAny>,
         feed: Option<Py<PyAny>>,
         failed: Option<Py<PyAny>>,
     ) -> Self {
+        let tap = feed.as_ref().and_then(|feed| tap_of(feed.bind(py)));
         Self {
             write,
             is_closing,
             flow,
             feed,
+            tap,
             failed,
             upstream_bytes: 0,
             client_bytes: 0,
@@ -104,7 +113,16 @@ impl BodyRelay {
         let Some(feed) = &self.feed else {
             return Ok(body);
         };
-        let fault = match feed.call1(py, (&body,)) {
+        let called = match &self.tap {
+            Some(tap) => match tap.try_borrow_mut(py) {
+                Ok(mut tap) => tap
+                    .feed_input(py, &Input::InPlace(body.clone()))
+                    .map(|()| py.None()),
+                Err(err) => Err(err.into()),
+            },
+            None => feed.call1(py, (&body,)),
+        };
+        let fault = match called {
             Ok(out) if out.is_none(py) => return Ok(body),
             Ok(out) => match out.into_bound(py).cast_into::<PyBytes>() {
                 Ok(bytes) => return Ok(bytes),
@@ -115,11 +133,31 @@ impl BodyRelay {
             Err(err) => return Err(err),
         };
         self.feed = None;
+        self.tap = None;
         if let Some(failed) = self.failed.take() {
             failed.call1(py, (fault.into_value(py),))?;
         }
         Ok(body)
     }
+}
+
+/// The tap `feed` is the own `feed` method of (a subclass that keeps it),
+/// else None.
+fn tap_of(feed: &Bound<'_, PyAny>) -> Option<Py<UsageTap>> {
+    if !feed.is_instance_of::<PyCFunction>() {
+        return None;
+    }
+    let owner = feed.getattr(intern!(feed.py(), "__self__")).ok()?;
+    let tap = owner.cast::<UsageTap>().ok()?;
+    let name = intern!(feed.py(), "feed");
+    let own = feed.py().get_type::<UsageTap>().getattr(name).ok()?;
+    let found = owner.get_type().getattr(name).ok()?;
+    let same_name = feed
+        .getattr(intern!(feed.py(), "__name__"))
+        .ok()?
+        .eq(name)
+        .ok()?;
+    (same_name && found.is(&own)).then(|| tap.clone().unbind())
 }
 
 /// `data` as one chunk of the chunked transfer coding: its length in hex,

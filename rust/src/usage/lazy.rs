@@ -16,6 +16,11 @@ pub const MAX_HELD_BYTES: usize = 256 * 1024;
 /// the response that is current when it begins); past them, the same.
 pub const MAX_HELD_READS: usize = 4096;
 
+/// What a stream's first read reserves, of bytes and of reads: a few
+/// reallocations less for the common answer of some tens of KiB.
+const FIRST_BYTES: usize = 32 * 1024;
+const FIRST_READS: usize = 128;
+
 /// The bytes of the current stream, while they are held.
 #[derive(Debug, Default)]
 pub(super) struct Held {
@@ -39,12 +44,19 @@ impl Held {
         if len > MAX_HELD_BYTES || self.ends.len() >= MAX_HELD_READS {
             return false;
         }
-        if self.ends.len() == self.ends.capacity() && self.ends.try_reserve(16).is_err() {
+        if self.ends.len() == self.ends.capacity()
+            && self
+                .ends
+                .try_reserve(self.ends.len().max(FIRST_READS))
+                .is_err()
+        {
             return false;
         }
         if self.bytes.capacity() < len {
-            // Doubling, but never past the bound.
-            let want = len.max(self.bytes.capacity() * 2).min(MAX_HELD_BYTES);
+            // Doubling from a size most answers fit in, never past the bound.
+            let want = len
+                .max(self.bytes.capacity() * 2)
+                .clamp(FIRST_BYTES, MAX_HELD_BYTES);
             if self
                 .bytes
                 .try_reserve_exact(want - self.bytes.len())
