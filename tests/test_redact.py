@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from ssetally import Attempt, StreamReport, Usage
-from ssetally._metering._redact import REDACTED, redact_report
+from ssetally._core import mentions as native_mentions
+from ssetally._metering._redact import REDACTED, _walk, mentions, redact_report
 
 SECRET = "sk-live-0123456789abcdef"
 OTHER = "Bearer-token-xyz-98765"
@@ -62,3 +63,39 @@ def test_a_report_that_echoes_nothing_is_returned_as_it_is(place: str) -> None:
     report = PLACES[place]("harmless text")
     assert redact_report(report, (OTHER, SECRET)) is report
     assert redact_report(report, ()) is report
+
+
+class _Text(str):
+    pass
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    pass
+
+
+#: Values of every kind the walk meets, each holding the secret or not.
+VALUES: list[Any] = [
+    None, 1, 2.5, True, "", "plain", SECRET, f"x{SECRET}y", "\u00e9\u65e5" + SECRET,
+    [1, [2, [3, SECRET]]], (None, "a"), {"k": SECRET}, {SECRET: 1}, {"k": {"j": ("a", "b")}},
+    Attempt("stream", True, SECRET), _usage(raw={"a": [1, {"b": SECRET}]}),
+    _Text(SECRET), _Text("no"), _Mapping(k=SECRET), _Mapping(k="no"), "\ud800" + SECRET,
+    "\ud800", object(), 10**30, float("nan"), [[[[[[[[[[[[[[SECRET]]]]]]]]]]]]]],
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=range(len(VALUES)))
+@pytest.mark.parametrize("secrets", [(SECRET,), (OTHER, SECRET), (OTHER,), ("",)])
+def test_the_native_walk_finds_what_the_python_walk_finds(
+    value: Any, secrets: tuple[str, ...]
+) -> None:
+    """``_core.mentions`` reads plain values and hands the rest back (None); either way
+    ``mentions`` answers as the Python walk does."""
+    expected = _walk(value, secrets)
+    native = native_mentions(value, secrets)
+    assert native in (expected, None)
+    assert mentions(value, secrets) is expected
+    assert mentions([value, "tail"], secrets) is (expected or any(s in "tail" for s in secrets))
+    deep: Any = value
+    for _ in range(70):  # past the native depth: the Python walk takes over
+        deep = [deep]
+    assert mentions(deep, secrets) is expected

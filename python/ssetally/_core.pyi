@@ -4,7 +4,7 @@ Read-only attributes of the native objects are declared ``Final``: Python code c
 them, while the object itself updates them as it is fed.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, final
 
 from typing_extensions import Self, disjoint_base
@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "compact_json",
     "head_end",
+    "mentions",
     "record_is_clean",
 ]
 __version__: str
@@ -337,3 +338,10 @@ def compact_json(value: object) -> str | None:
     it, with U+0085, U+2028 and U+2029 escaped (``\\uXXXX``); None for anything but exact
     dict (str keys), list, str (no lone surrogates), int within signed 64 bits, finite float,
     bool and None, nested at most 64 deep, which the caller's encoder handles."""
+
+def mentions(value: object, secrets: Sequence[str]) -> bool | None:
+    """Whether any of ``secrets`` occurs in ``value``: in an exact ``str``, in the keys and
+    values of an exact ``dict``, in the items of a ``list`` or ``tuple`` (named tuples too),
+    at any depth up to 64; ``int``, ``float``, ``bool`` and ``None`` hold none. None when
+    ``value`` holds anything else (a ``str`` subclass, another mapping, a lone surrogate),
+    which the caller then reads itself."""

@@ -12,6 +12,7 @@ mod json;
 mod records;
 mod relay;
 mod report;
+mod secrets;
 mod tap;
 
 use pyo3::create_exception;
@@ -85,4 +86,7 @@ mod _core {
 
     #[pymodule_export]
     use super::records::record_is_clean;
+
+    #[pymodule_export]
+    use super::secrets::mentions;
 }

@@ -43,7 +43,6 @@ from .._metering import (
     redact,
     requested_model,
     skipped,
-    wire_secrets,
 )
 from .._mime import is_event_stream
 from .._report import StreamReport
@@ -53,9 +52,9 @@ from ._exposition import run_lifespan, serve_metrics
 from ._guard import BodyBudget, Refused, framing_error, normalize_path, read_body
 from ._headers import (
     HOP_BY_HOP,
+    Credentials,
     client_headers,
     connection_tokens,
-    fingerprint,
     forward_headers,
     header,
     send_error,
@@ -157,6 +156,7 @@ class MeteringProxy:
             self.metrics.watch(sink)
         #: The salt of this proxy's key fingerprints (``--key-salt``, or the sink's own).
         self.key_salt = key_salt(config.key_salt, sink)
+        self._credentials = Credentials(self.key_salt)
         #: Records handed to the sink so far.
         self.records_emitted = 0
         #: Requests being proxied now.
@@ -268,8 +268,7 @@ class MeteringProxy:
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         query: bytes = scope.get("query_string", b"")
         if cfg.metering:
-            x.key_fingerprint = fingerprint(headers, query, self.key_salt)
-            x.secrets = wire_secrets(headers, query)
+            x.key_fingerprint, x.secrets = self._credentials(headers, query)
             x.subject = subject_of(headers, cfg.subject_header, x.secrets)
 
         try:

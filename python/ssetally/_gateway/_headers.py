@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .._metering import StreamMeter
+from .._metering import SECRET_FIELDS, StreamMeter, wire_secrets
 from ._config import key_fingerprint
 
 Message = MutableMapping[str, Any]
@@ -77,6 +77,35 @@ def fingerprint(headers: list[tuple[bytes, bytes]], query: bytes, salt: str) -> 
             if k == "key":
                 return key_fingerprint(v, salt)
     return None
+
+
+#: Header fields either ``fingerprint`` or ``wire_secrets`` reads (lower case).
+_CREDENTIAL_FIELDS = frozenset({*_KEY_NAMES, *SECRET_FIELDS})
+
+
+class Credentials:
+    """The key fingerprint and the secrets of a request (``fingerprint``, ``wire_secrets``),
+    worked out once per distinct set of credential fields and query: a gateway sees the same
+    few keys on request after request, and hashing and splitting them is a good part of a
+    short stream's cost. At most ``limit`` are kept (the oldest go first)."""
+
+    def __init__(self, salt: str, limit: int = 4096) -> None:
+        self._salt = salt
+        self._limit = limit
+        self._known: dict[tuple[Any, ...], tuple[str | None, tuple[str, ...]]] = {}
+
+    def __call__(
+        self, headers: list[tuple[bytes, bytes]], query: bytes
+    ) -> tuple[str | None, tuple[str, ...]]:
+        fields = tuple((k, v) for k, v in headers if k.lower() in _CREDENTIAL_FIELDS)
+        key = (query, *fields)
+        known = self._known.get(key)
+        if known is None:
+            known = (fingerprint(headers, query, self._salt), wire_secrets(headers, query))
+            if len(self._known) >= self._limit:
+                del self._known[next(iter(self._known))]
+            self._known[key] = known
+        return known
 
 
 async def send_error(

@@ -10,7 +10,14 @@ Layers, lowest first: ``_request`` (the request body, usage injection), ``_redac
 from ._answer import JsonCapture, report_of_json_body
 from ._fallback import NOTHING, Plan, skipped
 from ._meter import StreamMeter
-from ._redact import redact, redact_report, request_secrets, secrets_of, wire_secrets
+from ._redact import (
+    SECRET_FIELDS,
+    redact,
+    redact_report,
+    request_secrets,
+    secrets_of,
+    wire_secrets,
+)
 from ._request import (
     Injection,
     encode_body,
@@ -26,6 +33,7 @@ from ._run import arun_fallbacks, run_fallbacks
 
 __all__ = [
     "NOTHING",
+    "SECRET_FIELDS",
     "Injection",
     "JsonCapture",
     "Plan",

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .._core import mentions as native_mentions
 from .._report import Attempt, StreamReport, Usage
 
 #: Request headers whose values are credentials: never repeated in reports or errors.
@@ -18,7 +19,7 @@ _SECRET_HEADERS = (
     "cookie",
 )
 #: The same names as header field names on the wire (to pick them out of raw headers).
-_SECRET_FIELDS = frozenset(name.encode() for name in _SECRET_HEADERS)
+SECRET_FIELDS = frozenset(name.encode() for name in _SECRET_HEADERS)
 #: Query parameters that carry credentials (Gemini's ``key``, Azure SAS ``sig``, ...).
 _SECRET_PARAMS = ("key", "api-key", "api_key", "apikey", "access_token", "token", "sig")
 #: Shorter values are left alone: redacting them would blank out ordinary words.
@@ -54,7 +55,7 @@ def wire_secrets(headers: Iterable[tuple[bytes, bytes]], query: bytes = b"") -> 
     """``secrets_of`` a request as an ASGI server hands it over: raw header fields and the raw
     query string (only the credential fields are decoded)."""
     fields = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k.lower() in _SECRET_FIELDS
+        k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k.lower() in SECRET_FIELDS
     }
     return secrets_of(fields, "?" + query.decode("latin-1") if query else "")
 
@@ -94,7 +95,15 @@ def redact(value: Any, secrets: Sequence[str]) -> Any:
 
 
 def mentions(value: Any, secrets: Sequence[str]) -> bool:
-    """Whether any secret occurs in ``value`` (what ``redact`` reads), building nothing."""
+    """Whether any secret occurs in ``value`` (what ``redact`` reads), building nothing:
+    natively for plain values (``_core.mentions``), else by walking it here."""
+    if not secrets:
+        return False
+    found = native_mentions(value, secrets)
+    return found if found is not None else _walk(value, secrets)
+
+
+def _walk(value: Any, secrets: Sequence[str]) -> bool:
     kind = type(value)
     if kind is str:
         for secret in secrets:
@@ -105,32 +114,33 @@ def mentions(value: Any, secrets: Sequence[str]) -> bool:
         return False
     if kind is dict or (kind is not list and isinstance(value, Mapping)):
         for key, item in value.items():
-            if mentions(key, secrets) or mentions(item, secrets):
+            if _walk(key, secrets) or _walk(item, secrets):
                 return True
         return False
     if kind is list or isinstance(value, tuple):  # a report's NamedTuples too
         for item in value:
-            if mentions(item, secrets):
+            if _walk(item, secrets):
                 return True
         return False
-    return isinstance(value, str) and mentions(str(value), secrets)
+    return isinstance(value, str) and _walk(str(value), secrets)
 
 
 def _echoed(report: StreamReport, secrets: tuple[str, ...]) -> bool:
-    """Whether a secret occurs in what ``redact_report`` redacts (and nowhere else is read)."""
-    texts = (report.response_id, report.model, report.finish_reason, report.incomplete_reason)
-    if any(text is not None and mentions(text, secrets) for text in texts):
-        return True
-    for usage in (report.usage, *report.step_usages):
-        if usage is not None and (mentions(usage.raw, secrets) or mentions(usage.note, secrets)):
-            return True
-    reasons = [attempt.reason for attempt in report.attempts]
-    return (
-        mentions(report.error, secrets)
-        or mentions(report.warnings, secrets)
-        or mentions(reasons, secrets)
-        or mentions(report.output, secrets)
+    """Whether a secret occurs in what ``redact_report`` redacts (and nowhere else is read):
+    one walk over all of it."""
+    usages = [(u.raw, u.note) for u in (report.usage, *report.step_usages) if u is not None]
+    parts = (
+        report.response_id,
+        report.model,
+        report.finish_reason,
+        report.incomplete_reason,
+        report.error,
+        report.warnings,
+        [attempt.reason for attempt in report.attempts],
+        report.output,
+        usages,
     )
+    return mentions(parts, secrets)
 
 
 def redact_report(report: StreamReport, secrets: tuple[str, ...]) -> StreamReport:
