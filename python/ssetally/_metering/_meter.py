@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -488,12 +489,24 @@ def _server_of(request: Any) -> tuple[str | None, int | None]:
     try:
         url = request.url
         if isinstance(url, str):
-            parts = urlsplit(url)
-            host, port, scheme = parts.hostname, parts.port, parts.scheme
-        else:
-            host, port, scheme = url.host, url.port, url.scheme
+            return _server_of_text(url)
+        host, port, scheme = url.host, url.port, url.scheme
     except Exception:  # noqa: BLE001 - a request without a usable url has no server
         return None, None
+    return _server(host, port, scheme)
+
+
+@lru_cache(maxsize=256)
+def _server_of_text(url: str) -> tuple[str | None, int | None]:
+    """``_server_of`` a URL string (a gateway sends to the same few, again and again)."""
+    try:
+        parts = urlsplit(url)
+        return _server(parts.hostname, parts.port, parts.scheme)
+    except ValueError:  # a port out of range, say
+        return None, None
+
+
+def _server(host: Any, port: Any, scheme: str) -> tuple[str | None, int | None]:
     if port is None:
         port = {"https": 443, "http": 80}.get(scheme)
     return (host if isinstance(host, str) and host else None), (
