@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._pricing import calc as calc_price
+from ._pricing import genai
 from ._report import ChoiceUsage, Cost, StreamReport, Usage
 
 if TYPE_CHECKING:
@@ -163,10 +164,9 @@ def _price_usage(usage: Usage, input_tokens: int, output_tokens: int) -> dict[st
 
 def _part(model_price: ModelPrice, keys: Sequence[str], count: int, tier_input: int) -> Decimal:
     """The cost of ``count`` tokens at the first of ``keys`` the model has a price for."""
-    from genai_prices.types import calc_unit_price
-
     if not count:
         return Decimal(0)
+    calc_unit_price = genai().calc_unit_price
     for key in keys:
         price = getattr(model_price, key, None)
         if price is not None:
@@ -179,10 +179,9 @@ def _cache_parts(
 ) -> tuple[Decimal, Decimal]:
     """Cache-read and cache-write parts of the input cost, priced as genai-prices prices them:
     at the cache rate where the model has one, at the input rate where it does not."""
-    from genai_prices.types import TieredPrices
-
     prices = calc.model_price
-    tiered = any(isinstance(v, TieredPrices) for v in vars(prices).values())
+    tiered_prices = genai().TieredPrices
+    tiered = any(isinstance(v, tiered_prices) for v in vars(prices).values())
     tier_input = input_tokens if tiered else 0
     cached = _count(usage.cached_input_tokens) or 0
     writes = _count(usage.cache_write_tokens) or 0

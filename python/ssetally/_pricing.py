@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["KEYS", "calc"]
+__all__ = ["KEYS", "calc", "genai"]
 
 #: The token counts a priced usage may carry (genai-prices' names).
 KEYS = (
@@ -42,16 +44,32 @@ _FORMS: dict[int, tuple[Any, _Form | None]] = {}
 _FORMS_LIMIT = 4096  # price lists come from the package's data, not the network
 
 
+@cache
+def genai() -> SimpleNamespace:
+    """The genai-prices names priced with, imported on first use (an import statement per
+    call runs importlib's Python code). Raises ``ImportError`` as the import does."""
+    from genai_prices import Usage, calc_price
+    from genai_prices.data_snapshot import get_snapshot
+    from genai_prices.types import PriceCalculation, TieredPrices, calc_unit_price
+
+    return SimpleNamespace(
+        Usage=Usage,
+        calc_price=calc_price,
+        get_snapshot=get_snapshot,
+        PriceCalculation=PriceCalculation,
+        TieredPrices=TieredPrices,
+        calc_unit_price=calc_unit_price,
+    )
+
+
 def calc(
     values: dict[str, int], model_ref: str, provider_id: str | None, when: datetime | None
 ) -> Any:
     """``genai_prices.calc_price(Usage(**values), model_ref, provider_id=...,
     genai_request_timestamp=when)``, the same ``PriceCalculation``; raises ``LookupError`` when
     the model has no price, as it does."""
-    from genai_prices import Usage, calc_price
-    from genai_prices.data_snapshot import get_snapshot
-
-    snapshot = get_snapshot()
+    gp = genai()
+    snapshot = gp.get_snapshot()
     provider, model = snapshot.find_provider_model(model_ref, None, provider_id, None)
     stamp = when or datetime.now(tz=timezone.utc)
     model_price = model.get_prices(stamp)
@@ -59,12 +77,10 @@ def calc(
     counts = tuple(values.get(k, 0) for k in KEYS)
     priced = None if form is None else _apply(form, counts)
     if priced is None:
-        return calc_price(
-            Usage(**values), model_ref, provider_id=provider_id, genai_request_timestamp=when
+        return gp.calc_price(
+            gp.Usage(**values), model_ref, provider_id=provider_id, genai_request_timestamp=when
         )
-    from genai_prices.types import PriceCalculation
-
-    return PriceCalculation(
+    return gp.PriceCalculation(
         input_price=priced[0],
         output_price=priced[1],
         total_price=priced[2],
@@ -76,8 +92,7 @@ def calc(
 
 
 def _apply(form: _Form, counts: tuple[int, ...]) -> tuple[Decimal, Decimal, Decimal] | None:
-    from genai_prices.types import calc_unit_price
-
+    calc_unit_price = genai().calc_unit_price
     input_price = Decimal(0)
     output_price = Decimal(0)
     total_price = Decimal(0)
