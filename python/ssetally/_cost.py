@@ -170,7 +170,8 @@ def _part(model_price: ModelPrice, keys: Sequence[str], count: int, tier_input: 
     for key in keys:
         price = getattr(model_price, key, None)
         if price is not None:
-            return calc_unit_price(price, count, tier_input, 1_000_000)
+            cost: Decimal = calc_unit_price(price, count, tier_input, 1_000_000)
+            return cost
     return Decimal(0)
 
 
