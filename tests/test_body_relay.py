@@ -181,3 +181,33 @@ def test_a_feed_a_subclass_overrides_is_called() -> None:
     usage = tap.finish().usage
     assert usage is not None and usage.total_tokens == 4
 
+
+
+def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> None:
+    """``strip=(stripper, tap)`` does what ``feed=lambda data: stripper.feed(data, tap)``
+    does, without the Python call: the same bytes pass, the tap reads the same."""
+    injected = STREAM.replace(b'"finish_reason":null}]}', b'"finish_reason":null}],"usage":null}')
+    out: dict[str, tuple[bytes, Any]] = {}
+    for how in ("native", "called"):
+        t = Transport()
+        tap, stripper = UsageTap(), UsageChunkStripper()
+        feed = lambda data: stripper.feed(data, tap)  # noqa: E731
+        r = relay(t, feed, lambda exc: None, (stripper, tap) if how == "native" else None)
+        for i in range(0, len(injected), 9):
+            r(injected[i : i + 9])
+        out[how] = (dechunk(t.written) + stripper.finish(), tap.finish())
+        assert stripper.stripped == 1 and r.metering
+    assert out["native"] == out["called"]
+    assert b'"usage"' not in out["native"][0]
+    usage = out["native"][1].usage
+    assert usage is not None and usage.total_tokens == 4
+
+
+
+def test_strip_must_be_a_stripper_and_a_tap() -> None:
+    t = Transport()
+    with pytest.raises(TypeError):
+        relay(t, lambda data: None, lambda exc: None, (UsageTap(), UsageChunkStripper()))
+    # Without a feed there is nothing to meter: strip is not used.
+    r = BodyRelay(t.write, t.is_closing, t, None, None, (UsageChunkStripper(), UsageTap()))
+    assert r(STREAM) is False and dechunk(t.written) == STREAM and not r.metering

@@ -10,8 +10,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
-from .._core import BodyRelay
+from .._core import BodyRelay, UsageChunkStripper
 from .._metering import JsonCapture, StreamMeter
+from .._tap import UsageTap
 from ._record import Exchange
 from ._upstream import UpstreamResponse
 
@@ -23,10 +24,12 @@ Send = Callable[[Message], Awaitable[None]]
 class Metering(NamedTuple):
     """What the relay gives each chunk: ``feed`` returns the bytes to pass on (None: the
     chunk itself, as the native tap does); should it raise, ``failed(exc)`` is told, the
-    chunk passes on and nothing more is fed."""
+    chunk passes on and nothing more is fed. ``strip``: the stripper and tap whose
+    ``stripper.feed(chunk, tap)`` is what ``feed`` does, for the native relay to call."""
 
     feed: Callable[[bytes], bytes | None]
     failed: Callable[[BaseException], None]
+    strip: tuple[UsageChunkStripper, UsageTap] | None = None
 
 
 def _no_fault(exc: BaseException) -> None:
@@ -38,7 +41,7 @@ def metering_of(meter: StreamMeter | JsonCapture | None) -> Metering | None:
     (``StreamMeter.relay_feed``), else the meter's ``feed``; a JSON answer's capture; None for
     an answer not metered."""
     if isinstance(meter, StreamMeter):
-        return Metering(meter.relay_feed(), meter.relay_failed)
+        return Metering(meter.relay_feed(), meter.relay_failed, meter.relay_strip())
     if meter is not None:
         return Metering(meter.passing, _no_fault)
     return None

@@ -280,6 +280,14 @@ class StreamMeter:
         # Positional: a keyword argument would cost a dict per chunk.
         return lambda data: feed(data, tap)
 
+    def relay_strip(self) -> tuple[UsageChunkStripper, UsageTap] | None:
+        """With usage injected and ``relay_feed`` one native call: the stripper and the tap it
+        feeds (``stripper.feed(chunk, tap)``, what ``relay_feed`` returns), for a native relay
+        that calls them itself; else None."""
+        if self._stripper is None or not self._one_call():
+            return None
+        return self._stripper, self._tap
+
     def relay_failed(self, exc: BaseException) -> None:
         """``relay_feed``'s call raised: metering stops, and stripping with it (what the
         stripper held is lost); the relay passes the chunks on as they come."""

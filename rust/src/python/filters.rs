@@ -199,7 +199,7 @@ impl UsageChunkStripper {
     /// With `tap`, the tap is fed `data` first, as it came (one call per
     /// chunk for a relay that meters what it strips).
     #[pyo3(signature = (data, tap=None))]
-    fn feed<'py>(
+    pub(super) fn feed<'py>(
         &mut self,
         py: Python<'py>,
         data: &Bound<'py, PyAny>,

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction};
 
 use super::convert::Input;
+use super::filters::UsageChunkStripper;
 use super::tap::UsageTap;
 
 /// Relays one answer's body chunks to a client transport.
@@ -16,7 +17,10 @@ use super::tap::UsageTap;
 /// the object whose `write_paused` says that the transport is past its
 /// high-water mark. `feed`, when given, meters each chunk and returns what
 /// to pass on (None: the chunk itself); should it raise an `Exception`,
-/// `failed` is told it, the chunk passes on and nothing more is fed.
+/// `failed` is told it, the chunk passes on and nothing more is fed. A
+/// tap's own `feed` is called natively; so is `strip`, a stripper and the
+/// tap it feeds (`stripper.feed(chunk, tap)`), which then does what `feed`
+/// would.
 #[pyclass(module = "ssetally._core")]
 pub struct BodyRelay {
     write: Py<PyAny>,
@@ -26,6 +30,8 @@ pub struct BodyRelay {
     /// The tap whose own `feed` is `feed`: called natively (no Python call
     /// per chunk).
     tap: Option<Py<UsageTap>>,
+    /// The stripper and its tap that do what `feed` does, natively.
+    strip: Option<(Py<UsageChunkStripper>, Py<UsageTap>)>,
     failed: Option<Py<PyAny>>,
     /// Body bytes received from the upstream.
     #[pyo3(get)]
@@ -39,8 +45,8 @@ pub struct BodyRelay {
 impl BodyRelay {
     #[new]
     #[pyo3(
-        signature = (write, is_closing, flow, feed=None, failed=None),
-        text_signature = "(write, is_closing, flow, feed=None, failed=None)"
+        signature = (write, is_closing, flow, feed=None, failed=None, strip=None),
+        text_signature = "(write, is_closing, flow, feed=None, failed=None, strip=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -49,14 +55,17 @@ impl BodyRelay {
         flow: Py<PyAny>,
         feed: Option<Py<PyAny>>,
         failed: Option<Py<PyAny>>,
+        strip: Option<(Py<UsageChunkStripper>, Py<UsageTap>)>,
     ) -> Self {
         let tap = feed.as_ref().and_then(|feed| tap_of(feed.bind(py)));
+        let strip = strip.filter(|_| feed.is_some());
         Self {
             write,
             is_closing,
             flow,
             feed,
             tap,
+            strip,
             failed,
             upstream_bytes: 0,
             client_bytes: 0,
@@ -113,14 +122,17 @@ impl BodyRelay {
         let Some(feed) = &self.feed else {
             return Ok(body);
         };
-        let called = match &self.tap {
-            Some(tap) => match tap.try_borrow_mut(py) {
+        let called = if let Some((stripper, tap)) = &self.strip {
+            strip_natively(py, stripper, tap, &body)
+        } else if let Some(tap) = &self.tap {
+            match tap.try_borrow_mut(py) {
                 Ok(mut tap) => tap
                     .feed_input(py, &Input::InPlace(body.clone()))
                     .map(|()| py.None()),
                 Err(err) => Err(err.into()),
-            },
-            None => feed.call1(py, (&body,)),
+            }
+        } else {
+            feed.call1(py, (&body,))
         };
         let fault = match called {
             Ok(out) if out.is_none(py) => return Ok(body),
@@ -134,11 +146,27 @@ impl BodyRelay {
         };
         self.feed = None;
         self.tap = None;
+        self.strip = None;
         if let Some(failed) = self.failed.take() {
             failed.call1(py, (fault.into_value(py),))?;
         }
         Ok(body)
     }
+}
+
+/// `stripper.feed(body, tap)`, with no Python call.
+fn strip_natively(
+    py: Python<'_>,
+    stripper: &Py<UsageChunkStripper>,
+    tap: &Py<UsageTap>,
+    body: &Bound<'_, PyBytes>,
+) -> PyResult<Py<PyAny>> {
+    let mut stripper = stripper.try_borrow_mut(py)?;
+    let tap = tap.try_borrow_mut(py)?;
+    Ok(stripper
+        .feed(py, body.as_any(), Some(tap))?
+        .into_any()
+        .unbind())
 }
 
 /// The tap `feed` is the own `feed` method of (a subclass that keeps it),
