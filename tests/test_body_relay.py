@@ -6,6 +6,7 @@ the high-water signal and the byte counts."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -191,7 +192,7 @@ def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> No
     for how in ("native", "called"):
         t = Transport()
         tap, stripper = UsageTap(), UsageChunkStripper()
-        feed = lambda data: stripper.feed(data, tap)  # noqa: E731
+        feed = partial(stripper.feed, tap=tap)
         r = relay(t, feed, lambda exc: None, (stripper, tap) if how == "native" else None)
         for i in range(0, len(injected), 9):
             r(injected[i : i + 9])
