@@ -423,7 +423,9 @@ def test_what_workers_killed_at_stop_left_is_kept_by_the_supervisor(
                 pg.resume()
         finally:
             sup.stop()
-    assert count() == 4
+    # An INSERT a worker had sent before the database paused may still commit when it
+    # resumes (the server reads it from its socket then): between none and all of them.
+    assert 4 <= count() <= n + 4
     later = PostgresSink(url, spool_dir=spool)  # a proxy started again on that spool
     try:
         assert later.flush(60, spool=True)
