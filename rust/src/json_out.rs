@@ -10,6 +10,27 @@ use std::fmt::Write;
 /// Appends `text` as a JSON string: `"` and `\` escaped, control
 /// characters as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00XX`, U+0085, U+2028
 /// and U+2029 as `\uXXXX`, everything else as is.
+/// `value` in decimal, as JSON (and Python) write an integer: no allocation.
+pub fn push_int(out: &mut String, value: i64) {
+    let mut digits = [0u8; 20]; // i64::MIN has 19 digits
+    let mut n = value.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push('-');
+    }
+    for &d in &digits[start..] {
+        out.push(char::from(d));
+    }
+}
+
 pub fn push_str(out: &mut String, text: &str) {
     out.push('"');
     push_str_body(out, text);
@@ -173,6 +194,27 @@ mod tests {
         let mut out = String::new();
         push_str(&mut out, text);
         out
+    }
+
+    #[test]
+    fn integers_as_their_decimal_text() {
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            1234567890,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::json_out::{push_float, push_str};
+use crate::json_out::{push_float, push_int, push_str};
 
 /// Deepest nesting `compact_json` writes (records and request bodies are
 /// far shallower); deeper is left to the Python encoder.
@@ -44,7 +44,7 @@ fn write_value(value: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> PyRe
         let Ok(number) = value.extract::<i64>() else {
             return Ok(false);
         };
-        out.push_str(&number.to_string());
+        push_int(out, number);
         return Ok(true);
     }
     if let Ok(number) = value.cast_exact::<PyFloat>() {
