@@ -1,6 +1,8 @@
 //! The usage extractor of `ssetally._core`: `UsageTap`, the native base of
 //! `ssetally.UsageTap`.
 
+use std::time::Instant;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -33,17 +35,20 @@ pub struct UsageTap {
     last_output: Option<f64>,
 }
 
-/// `time.monotonic()`, called natively: no Python frame, and the very
-/// clock the Python side reads (every reading comparable with its own).
+/// `time.monotonic()`, read natively: Python's clock is read once, and then
+/// advanced by `Instant`, which reads the same clock (`CLOCK_MONOTONIC` on
+/// Linux) without a Python call. `Instant` is read first, so a reading is
+/// never earlier than one Python took before it (at most the cost of one
+/// Python clock call later than the clock).
 fn monotonic(py: Python<'_>) -> PyResult<f64> {
-    static MONOTONIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    MONOTONIC
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("time")?.getattr("monotonic")?.unbind())
-        })?
-        .bind(py)
-        .call0()?
-        .extract()
+    static BASE: PyOnceLock<(Instant, f64)> = PyOnceLock::new();
+    let (then, at) = BASE.get_or_try_init(py, || {
+        let clock = py.import("time")?.getattr("monotonic")?;
+        let then = Instant::now();
+        let at: f64 = clock.call0()?.extract()?;
+        Ok::<_, PyErr>((then, at))
+    })?;
+    Ok(at + then.elapsed().as_secs_f64())
 }
 
 /// What `collect_output` asks for.
