@@ -177,6 +177,35 @@ def test_a_client_disconnect_closes_the_upstream_connection(tmp_path: Path) -> N
     assert up.connections == 2
 
 
+@pytest.mark.parametrize("frame", ["chunked", "length"])
+def test_a_client_leaving_a_silent_stream_is_seen_at_once(tmp_path: Path, frame: str) -> None:
+    """A client that leaves while the upstream is silent (a model thinking) is seen when it
+    leaves, not when the next chunk comes: the stream is cut and recorded at once, and the
+    upstream connection closed."""
+    sink = tmp_path / "u.jsonl"
+    with Upstream() as up, proxied(up.origin, sink) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
+            body = httpx.Request("POST", "http://x/", json=BODY).read()
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\nx-chunks: 2\r\nx-delay-ms: 3000\r\n"
+                b"x-frame: %s\r\ncontent-length: %d\r\n\r\n%s" % (frame.encode(), len(body), body)
+            )
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        left = time.monotonic()
+        while not records(sink) and time.monotonic() < left + TIMEOUT:
+            time.sleep(0.02)
+        seen = time.monotonic() - left
+        (rec,) = settled(proxy, sink, 1)
+        assert seen < 2.0, seen  # not at the next chunk, 3 s on
+        assert rec["ended_by"] == "client disconnected" and rec["status"] == "cancelled"
+        assert rec["bytes"]["client"] == 0
+        deadline = time.monotonic() + TIMEOUT
+        while up.cut_by_client == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert up.cut_by_client == 1
+
+
 def test_an_oversized_upstream_header_section_is_refused(tmp_path: Path) -> None:
     sink = tmp_path / "u.jsonl"
     listener = socket.create_server(("127.0.0.1", 0))

@@ -72,7 +72,7 @@ from ._relay import (
     pump_lean,
     pump_stack,
     quiet_abort,
-    watch_disconnect,
+    watch_client,
 )
 from ._salt import key_salt
 from ._trace import trace_failed_request
@@ -447,18 +447,17 @@ class MeteringProxy:
         self._journal(x)
 
         task = asyncio.current_task()
-        watch = asyncio.ensure_future(watch_disconnect(receive, x, task))
+        cycle = direct_cycle(send) if isinstance(response, UpstreamResponse) else None
+        watch = watch_client(x, task, cycle, receive)
         timer = Watchdog(x, meter, task, self.config.idle_timeout, self.config.stream_deadline)
         aborted: BaseException | None = None
         finished = False
         metering = metering_of(meter)
         try:
-            if isinstance(response, UpstreamResponse):
-                cycle = direct_cycle(send)
-                if cycle is not None:
-                    await pump_direct(x, metering, response, cycle)
-                else:
-                    await pump_lean(x, metering, response, send)
+            if cycle is not None:
+                await pump_direct(x, metering, response, cycle)
+            elif isinstance(response, UpstreamResponse):
+                await pump_lean(x, metering, response, send)
             else:
                 await pump_stack(x, metering, response, send)
             tail = meter.held() if isinstance(meter, StreamMeter) else b""

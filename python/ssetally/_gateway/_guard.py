@@ -161,13 +161,38 @@ async def _read_body(
             return parts
 
 
+#: The attribute of a uvicorn request cycle that may hold a callable: the proxy's protocol
+#: calls it when the cycle's client connection is lost (``on_client_lost``).
+CLIENT_LOST = "ssetally_client_lost"
+
+
+def on_client_lost(cycle: Any, callback: Callable[[], None] | None) -> bool:
+    """Have ``callback()`` called when the client of uvicorn's request ``cycle`` goes away
+    (None: no more), with no task waiting on ``receive()``; False, and nothing set, when the
+    connection's protocol is not the proxy's own (``with_header_timeout``), which alone does
+    it. Called at once when the client is gone already."""
+    try:
+        protocol = cycle.transport.get_protocol()
+    except AttributeError:
+        return False
+    if not getattr(protocol, "reports_client_lost", False):
+        return False
+    setattr(cycle, CLIENT_LOST, callback)
+    if callback is not None and getattr(cycle, "disconnected", False):
+        callback()
+    return True
+
+
 def with_header_timeout(base: type[Any], seconds: float) -> type[Any]:
     """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) that closes a
     connection whose request header section has not arrived within ``seconds`` of its first
     byte (or of the connection): a client sending a byte a second cannot hold it open.
-    Keep-alive idleness between requests stays uvicorn's ``timeout_keep_alive``."""
+    Keep-alive idleness between requests stays uvicorn's ``timeout_keep_alive``. When the
+    connection is lost it also calls its request cycle's ``on_client_lost`` callback."""
 
     class HeaderDeadline(base):  # type: ignore[misc]
+        reports_client_lost = True
+
         def connection_made(self, transport: asyncio.Transport) -> None:
             self._header_timer: asyncio.TimerHandle | None = None
             self._known_cycle: Any = None
@@ -186,7 +211,11 @@ def with_header_timeout(base: type[Any], seconds: float) -> type[Any]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            cycle = getattr(self, "cycle", None)
             super().connection_lost(exc)
+            callback = getattr(cycle, CLIENT_LOST, None)
+            if callback is not None:
+                callback()
 
         def _awaiting_headers(self) -> bool:
             cycle = getattr(self, "cycle", None)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from .._core import BodyRelay, UsageChunkStripper
 from .._metering import JsonCapture, StreamMeter
 from .._tap import UsageTap
+from ._guard import on_client_lost
 from ._record import Exchange
 from ._upstream import UpstreamResponse
 
@@ -115,14 +116,45 @@ class Sender:
         self._task.cancel()
 
 
+def client_gone(x: Exchange, task: asyncio.Task[Any] | None) -> None:
+    """The client went away: cancel the relay (not when the relay has finished)."""
+    if x.outcome is None and task is not None:
+        x.ended_by = "client disconnected"
+        task.cancel()
+
+
+class Watch(NamedTuple):
+    """How the relay learns that its client went away: a task reading ``receive()``, or
+    the callback the proxy's own protocol calls on ``cycle`` (``on_client_lost``)."""
+
+    task: asyncio.Future[Any] | None
+    cycle: Any
+
+    def cancel(self) -> None:
+        """The relay ended: no more watching."""
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            on_client_lost(self.cycle, None)
+
+
+def watch_client(
+    x: Exchange, task: asyncio.Task[Any] | None, cycle: Any, receive: Receive
+) -> Watch:
+    """Have ``client_gone`` called when the client goes away: by the protocol's callback for
+    a ``direct_cycle`` of the proxy's own server (no task per stream), else by a task."""
+    if cycle is not None and on_client_lost(cycle, lambda: client_gone(x, task)):
+        return Watch(None, cycle)
+    return Watch(asyncio.ensure_future(watch_disconnect(receive, x, task)), None)
+
+
 async def watch_disconnect(receive: Receive, x: Exchange, task: asyncio.Task[Any] | None) -> None:
-    """Cancel the relay when the client goes away (not when the relay has finished)."""
+    """``client_gone`` once ``receive()`` says the client went away (where the server's
+    protocol cannot call back, ``on_client_lost``)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if x.outcome is None and task is not None:
-                x.ended_by = "client disconnected"
-                task.cancel()
+            client_gone(x, task)
             return
 
 
