@@ -151,17 +151,22 @@ def test_a_get_sent_on_a_connection_that_then_closes_is_retried_once(tmp_path: P
     assert up.requests == [2, 1], up.requests
 
 
+def stream_and_leave(proxy: ProxyServer, *headers: bytes) -> None:
+    """Ask for a stream (``headers`` for the test upstream), read the answer's head, leave."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
+        body = httpx.Request("POST", "http://x/", json=BODY).read()
+        extra = b"".join(h + b"\r\n" for h in headers)
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"%scontent-length: %d\r\n\r\n%s" % (extra, len(body), body)
+        )
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 def test_a_client_disconnect_closes_the_upstream_connection(tmp_path: Path) -> None:
     sink = tmp_path / "u.jsonl"
     with Upstream() as up, proxied(up.origin, sink) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
-            body = httpx.Request("POST", "http://x/", json=BODY).read()
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                b"content-type: application/json\r\nx-chunks: 50\r\nx-delay-ms: 50\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        stream_and_leave(proxy, b"x-chunks: 50", b"x-delay-ms: 50")
         (rec,) = settled(proxy, sink, 1)
         assert rec["ended_by"] == "client disconnected"
         assert rec["status"] == "cancelled"
@@ -184,14 +189,7 @@ def test_a_client_leaving_a_silent_stream_is_seen_at_once(tmp_path: Path, frame:
     upstream connection closed."""
     sink = tmp_path / "u.jsonl"
     with Upstream() as up, proxied(up.origin, sink) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as s:
-            body = httpx.Request("POST", "http://x/", json=BODY).read()
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                b"content-type: application/json\r\nx-chunks: 2\r\nx-delay-ms: 3000\r\n"
-                b"x-frame: %s\r\ncontent-length: %d\r\n\r\n%s" % (frame.encode(), len(body), body)
-            )
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        stream_and_leave(proxy, b"x-chunks: 2", b"x-delay-ms: 3000", b"x-frame: " + frame.encode())
         left = time.monotonic()
         while not records(sink) and time.monotonic() < left + TIMEOUT:
             time.sleep(0.02)

@@ -90,6 +90,14 @@ def test_sanitize_regressions() -> None:
     assert record["model"] == "\ud800"  # the caller's record is not changed
 
 
+def test_an_empty_key_is_replaced_and_noted() -> None:
+    """An empty key becomes U+FFFD, and the record says so (nested keys too)."""
+    out = sanitize_record({"": 1, "usage": {"": 2, "input_tokens": 3}})
+    assert out["\ufffd"] == 1 and out["usage"] == {"\ufffd": 2, "input_tokens": 3}
+    assert "<key>: empty key replaced" in out["sanitized"]
+    assert "usage.<key>: empty key replaced" in out["sanitized"]
+
+
 def test_sanitize_budget_and_clean_records() -> None:
     clean = {"time": "t", "usage": {"input_tokens": 3}, "warnings": ["w"], "x": None}
     assert sanitize_record(clean) == clean

@@ -158,7 +158,12 @@ class _Walk:
                 key = str(key)
             except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the record
                 key = f"<{type(key).__name__}>"
-        return self.text(key, f"{path}.<key>" if path else "<key>", self.limits.key) or "\ufffd"
+        where = f"{path}.<key>" if path else "<key>"
+        text = self.text(key, where, self.limits.key)
+        if not text:  # an empty key (or one the budget emptied) is not a usable column name
+            self.note(where, "empty key replaced")
+            return "\ufffd"
+        return text
 
 
 def _is_clean(record: Mapping[str, Any], limits: Limits) -> bool:
