@@ -3,7 +3,7 @@
 use serde_json::Value;
 use ssetally::reassemble::Output;
 use ssetally::sse::DecoderConfig;
-use ssetally::usage::{ApiHint, Report, Usage, UsageTap};
+use ssetally::usage::{ApiHint, Report, Usage, UsageTap, MAX_HELD_BYTES, MAX_HELD_READS};
 
 use super::{chunks, clean_json, Input, Seen};
 
@@ -49,6 +49,38 @@ fn tap_run(
     let reports = tap.finish();
     let output = tap.take_output();
     (reports, output)
+}
+
+/// A lazily collecting tap over the same reads: the reports of the eager
+/// one, its output where a response has no usage, none where all have; its
+/// memory within the bound of the bytes it holds.
+fn check_lazy(
+    hint: ApiHint,
+    config: &DecoderConfig,
+    split: &[&[u8]],
+    eager: &[Report],
+    eager_out: Option<&Output>,
+) {
+    let mut tap = UsageTap::new(hint, config.clone()).collecting_output_lazily();
+    let bound = super::capacity_bound(config.max_event_size) + MAX_HELD_BYTES + 4 * MAX_HELD_READS;
+    for chunk in split {
+        tap.feed(chunk);
+        assert!(tap.retained_capacity() <= bound, "lazy tap holds too much");
+    }
+    let reports = tap.finish();
+    assert_eq!(
+        comparable(&reports),
+        comparable(eager),
+        "lazy: other reports"
+    );
+    if reports.iter().any(|r| r.usage.is_none()) {
+        assert_eq!(tap.output(), eager_out, "lazy: other output");
+    } else {
+        assert!(
+            tap.output().is_none(),
+            "lazy: output kept though usage came"
+        );
+    }
 }
 
 fn check_report(report: &Report, hint: ApiHint) {
@@ -97,6 +129,9 @@ fn check_tap(
     );
     assert_eq!(whole_out, cut_out, "tap: chunking changed the output");
     assert_eq!(collect, whole_out.is_some());
+    if collect {
+        check_lazy(hint, config, split, &cut, cut_out.as_ref());
+    }
     for r in &whole {
         check_report(r, hint);
     }
