@@ -150,11 +150,11 @@ STREAM = (
 
 @pytest.mark.parametrize("clock", [False, True])
 def test_a_taps_own_feed_is_called_natively_with_the_same_result(clock: bool) -> None:
-    """A tap's own ``feed`` is called without a Python call per chunk: the tap reads what
-    it would have read through the call, and the chunks pass on as they came."""
+    """``native=tap`` feeds the tap without a Python call per chunk: the tap reads what it
+    would have read through the call, and the chunks pass on as they came."""
     native, called = UsageTap(clock=clock), UsageTap(clock=clock)
     t, u = Transport(), Transport()
-    r = relay(t, native.feed, lambda exc: None)
+    r = relay(t, native.feed, lambda exc: None, native)
     s = relay(u, lambda data: called.feed(data), lambda exc: None)
     for i in range(0, len(STREAM), 5):
         assert r(STREAM[i : i + 5]) is False
@@ -185,7 +185,7 @@ def test_a_feed_a_subclass_overrides_is_called() -> None:
 
 
 def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> None:
-    """``strip=(stripper, tap)`` does what ``feed=lambda data: stripper.feed(data, tap)``
+    """``native=(stripper, tap)`` does what ``feed=lambda data: stripper.feed(data, tap)``
     does, without the Python call: the same bytes pass, the tap reads the same."""
     injected = STREAM.replace(b'"finish_reason":null}]}', b'"finish_reason":null}],"usage":null}')
     out: dict[str, tuple[bytes, Any]] = {}
@@ -205,7 +205,7 @@ def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> No
 
 
 
-def test_strip_must_be_a_stripper_and_a_tap() -> None:
+def test_native_must_be_a_tap_or_a_stripper_and_a_tap() -> None:
     t = Transport()
     with pytest.raises(TypeError):
         relay(t, lambda data: None, lambda exc: None, (UsageTap(), UsageChunkStripper()))

@@ -187,9 +187,9 @@ class BodyRelay:
     the transport's methods, ``flow`` has ``write_paused`` (past the transport's high-water
     mark). ``feed``, when given, meters each chunk and returns what to pass on (None: the
     chunk itself); should it raise an ``Exception``, ``failed`` is told it, the chunk passes
-    on and nothing more is fed. A tap's own ``feed`` is called with no Python call per
-    chunk; so is ``strip`` (a stripper and the tap it feeds, with ``feed`` given): each chunk
-    goes through ``stripper.feed(chunk, tap)`` instead of ``feed``, which must do the same."""
+    on and nothing more is fed. ``native`` (with ``feed``) does what ``feed`` does with no
+    Python call per chunk: a tap (``tap.feed(chunk)``) or a stripper and the tap it feeds
+    (``stripper.feed(chunk, tap)``)."""
 
     def __new__(
         cls,
@@ -198,7 +198,7 @@ class BodyRelay:
         flow: Any,
         feed: Callable[[bytes], bytes | None] | None = None,
         failed: Callable[[BaseException], object] | None = None,
-        strip: tuple[UsageChunkStripper, UsageTap] | None = None,
+        native: UsageTap | tuple[UsageChunkStripper, UsageTap] | None = None,
     ) -> BodyRelay: ...
     def __call__(self, body: bytes) -> bool:
         """Relay ``body``; True when the transport is past its high-water mark. A transport

@@ -182,11 +182,12 @@ async def _read_body(
 CLIENT_LOST = "ssetally_client_lost"
 
 
-def on_client_lost(cycle: Any, callback: Callable[[], None] | None) -> bool:
-    """Have ``callback()`` called when the client of uvicorn's request ``cycle`` goes away
-    (None: no more), with no task waiting on ``receive()``; False, and nothing set, when the
-    connection's protocol is not the proxy's own (``with_header_timeout``), which alone does
-    it. Called at once when the client is gone already."""
+def on_client_lost(cycle: Any, callback: Callable[[], None]) -> bool:
+    """Have ``callback()`` called when the client of uvicorn's request ``cycle`` goes away,
+    with no task waiting on ``receive()`` (``CLIENT_LOST`` set to None: no more); False, and
+    nothing set, when the connection's protocol is not the proxy's own
+    (``with_header_timeout``), which alone does it. Called at once when the client is gone
+    already."""
     try:
         protocol = cycle.transport.get_protocol()
     except AttributeError:
@@ -194,7 +195,7 @@ def on_client_lost(cycle: Any, callback: Callable[[], None] | None) -> bool:
     if not getattr(protocol, "reports_client_lost", False):
         return False
     setattr(cycle, CLIENT_LOST, callback)
-    if callback is not None and getattr(cycle, "disconnected", False):
+    if getattr(cycle, "disconnected", False):
         callback()
     return True
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from .._core import BodyRelay, UsageChunkStripper
 from .._metering import JsonCapture, StreamMeter
 from .._tap import UsageTap
-from ._guard import on_client_lost
+from ._guard import CLIENT_LOST, on_client_lost
 from ._record import Exchange
 from ._upstream import UpstreamResponse
 
@@ -25,12 +25,12 @@ Send = Callable[[Message], Awaitable[None]]
 class Metering(NamedTuple):
     """What the relay gives each chunk: ``feed`` returns the bytes to pass on (None: the
     chunk itself, as the native tap does); should it raise, ``failed(exc)`` is told, the
-    chunk passes on and nothing more is fed. ``strip``: the stripper and tap whose
-    ``stripper.feed(chunk, tap)`` is what ``feed`` does, for the native relay to call."""
+    chunk passes on and nothing more is fed. ``native``: what ``feed`` does, for the native
+    relay to call itself (``StreamMeter.relay_native``)."""
 
     feed: Callable[[bytes], bytes | None]
     failed: Callable[[BaseException], None]
-    strip: tuple[UsageChunkStripper, UsageTap] | None = None
+    native: UsageTap | tuple[UsageChunkStripper, UsageTap] | None = None
 
 
 def _no_fault(exc: BaseException) -> None:
@@ -42,7 +42,7 @@ def metering_of(meter: StreamMeter | JsonCapture | None) -> Metering | None:
     (``StreamMeter.relay_feed``), else the meter's ``feed``; a JSON answer's capture; None for
     an answer not metered."""
     if isinstance(meter, StreamMeter):
-        return Metering(meter.relay_feed(), meter.relay_failed, meter.relay_strip())
+        return Metering(meter.relay_feed(), meter.relay_failed, meter.relay_native())
     if meter is not None:
         return Metering(meter.passing, _no_fault)
     return None
@@ -135,7 +135,7 @@ class Watch(NamedTuple):
         if self.task is not None:
             self.task.cancel()
         else:
-            on_client_lost(self.cycle, None)
+            setattr(self.cycle, CLIENT_LOST, None)
 
 
 def watch_client(

@@ -280,13 +280,14 @@ class StreamMeter:
         # Positional: a keyword argument would cost a dict per chunk.
         return lambda data: feed(data, tap)
 
-    def relay_strip(self) -> tuple[UsageChunkStripper, UsageTap] | None:
-        """With usage injected and ``relay_feed`` one native call: the stripper and the tap it
-        feeds (``stripper.feed(chunk, tap)``, what ``relay_feed`` returns), for a native relay
-        that calls them itself; else None."""
-        if self._stripper is None or not self._one_call():
+    def relay_native(self) -> UsageTap | tuple[UsageChunkStripper, UsageTap] | None:
+        """What ``relay_feed``'s one native call is, for a native relay that makes it itself
+        (no Python call per chunk): the tap (its ``feed``) or, with usage injected, the
+        stripper and the tap it feeds (``stripper.feed(chunk, tap)``); None when ``relay_feed``
+        is ``feed``."""
+        if not self._one_call():
             return None
-        return self._stripper, self._tap
+        return self._tap if self._stripper is None else (self._stripper, self._tap)
 
     def relay_failed(self, exc: BaseException) -> None:
         """``relay_feed``'s call raised: metering stops, and stripping with it (what the

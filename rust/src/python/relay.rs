@@ -5,7 +5,7 @@
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCFunction};
+use pyo3::types::PyBytes;
 
 use super::convert::Input;
 use super::filters::UsageChunkStripper;
@@ -17,21 +17,26 @@ use super::tap::UsageTap;
 /// the object whose `write_paused` says that the transport is past its
 /// high-water mark. `feed`, when given, meters each chunk and returns what
 /// to pass on (None: the chunk itself); should it raise an `Exception`,
-/// `failed` is told it, the chunk passes on and nothing more is fed. A
-/// tap's own `feed` is called natively; so is `strip`, a stripper and the
-/// tap it feeds (`stripper.feed(chunk, tap)`), which then does what `feed`
-/// would.
+/// `failed` is told it, the chunk passes on and nothing more is fed.
+/// `native` does what `feed` does with no Python call: a tap (its `feed`)
+/// or a stripper and the tap it feeds (`stripper.feed(chunk, tap)`).
+/// What a relay's `feed` does, done natively.
+#[derive(FromPyObject)]
+enum Native {
+    /// `tap.feed(chunk)`: the chunk itself passes on.
+    Tap(Py<UsageTap>),
+    /// `stripper.feed(chunk, tap)`: what it returns passes on.
+    Strip(Py<UsageChunkStripper>, Py<UsageTap>),
+}
+
 #[pyclass(module = "ssetally._core")]
 pub struct BodyRelay {
     write: Py<PyAny>,
     is_closing: Py<PyAny>,
     flow: Py<PyAny>,
     feed: Option<Py<PyAny>>,
-    /// The tap whose own `feed` is `feed`: called natively (no Python call
-    /// per chunk).
-    tap: Option<Py<UsageTap>>,
-    /// The stripper and its tap that do what `feed` does, natively.
-    strip: Option<(Py<UsageChunkStripper>, Py<UsageTap>)>,
+    /// What `feed` does, called natively (no Python call per chunk).
+    native: Option<Native>,
     failed: Option<Py<PyAny>>,
     /// Body bytes received from the upstream.
     #[pyo3(get)]
@@ -45,27 +50,24 @@ pub struct BodyRelay {
 impl BodyRelay {
     #[new]
     #[pyo3(
-        signature = (write, is_closing, flow, feed=None, failed=None, strip=None),
-        text_signature = "(write, is_closing, flow, feed=None, failed=None, strip=None)"
+        signature = (write, is_closing, flow, feed=None, failed=None, native=None),
+        text_signature = "(write, is_closing, flow, feed=None, failed=None, native=None)"
     )]
     fn new(
-        py: Python<'_>,
         write: Py<PyAny>,
         is_closing: Py<PyAny>,
         flow: Py<PyAny>,
         feed: Option<Py<PyAny>>,
         failed: Option<Py<PyAny>>,
-        strip: Option<(Py<UsageChunkStripper>, Py<UsageTap>)>,
+        native: Option<Native>,
     ) -> Self {
-        let tap = feed.as_ref().and_then(|feed| tap_of(feed.bind(py)));
-        let strip = strip.filter(|_| feed.is_some());
+        let native = native.filter(|_| feed.is_some());
         Self {
             write,
             is_closing,
             flow,
             feed,
-            tap,
-            strip,
+            native,
             failed,
             upstream_bytes: 0,
             client_bytes: 0,
@@ -122,17 +124,14 @@ impl BodyRelay {
         let Some(feed) = &self.feed else {
             return Ok(body);
         };
-        let called = if let Some((stripper, tap)) = &self.strip {
-            strip_natively(py, stripper, tap, &body)
-        } else if let Some(tap) = &self.tap {
-            match tap.try_borrow_mut(py) {
-                Ok(mut tap) => tap
-                    .feed_input(py, &Input::InPlace(body.clone()))
-                    .map(|()| py.None()),
-                Err(err) => Err(err.into()),
-            }
-        } else {
-            feed.call1(py, (&body,))
+        let called = match &self.native {
+            Some(Native::Tap(tap)) => tap
+                .try_borrow_mut(py)
+                .map_err(PyErr::from)
+                .and_then(|mut tap| tap.feed_input(py, &Input::InPlace(body.clone())))
+                .map(|()| py.None()),
+            Some(Native::Strip(stripper, tap)) => strip_natively(py, stripper, tap, &body),
+            None => feed.call1(py, (&body,)),
         };
         let fault = match called {
             Ok(out) if out.is_none(py) => return Ok(body),
@@ -145,8 +144,7 @@ impl BodyRelay {
             Err(err) => return Err(err),
         };
         self.feed = None;
-        self.tap = None;
-        self.strip = None;
+        self.native = None;
         if let Some(failed) = self.failed.take() {
             failed.call1(py, (fault.into_value(py),))?;
         }
@@ -167,25 +165,6 @@ fn strip_natively(
         .feed(py, body.as_any(), Some(tap))?
         .into_any()
         .unbind())
-}
-
-/// The tap `feed` is the own `feed` method of (a subclass that keeps it),
-/// else None.
-fn tap_of(feed: &Bound<'_, PyAny>) -> Option<Py<UsageTap>> {
-    if !feed.is_instance_of::<PyCFunction>() {
-        return None;
-    }
-    let owner = feed.getattr(intern!(feed.py(), "__self__")).ok()?;
-    let tap = owner.cast::<UsageTap>().ok()?;
-    let name = intern!(feed.py(), "feed");
-    let own = feed.py().get_type::<UsageTap>().getattr(name).ok()?;
-    let found = owner.get_type().getattr(name).ok()?;
-    let same_name = feed
-        .getattr(intern!(feed.py(), "__name__"))
-        .ok()?
-        .eq(name)
-        .ok()?;
-    (same_name && found.is(&own)).then(|| tap.clone().unbind())
 }
 
 /// `data` as one chunk of the chunked transfer coding: its length in hex,
