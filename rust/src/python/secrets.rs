@@ -48,26 +48,28 @@ fn walk(
     if depth >= MAX_DEPTH {
         return Ok(None);
     }
+    let depth = depth + 1;
     if let Ok(dict) = value.cast_exact::<PyDict>() {
-        for (key, item) in dict.iter() {
-            for part in [key, item] {
-                match walk(&part, finders, depth + 1)? {
-                    Some(false) => {}
-                    decided => return Ok(decided),
-                }
-            }
-        }
-        return Ok(Some(false));
+        return walk_all(dict.iter().flat_map(|(k, v)| [k, v]), finders, depth);
     }
-    let items = if let Ok(list) = value.cast_exact::<PyList>() {
-        list.as_sequence().clone()
-    } else if let Ok(tuple) = value.cast::<PyTuple>() {
-        tuple.as_sequence().clone()
-    } else {
-        return Ok(None);
-    };
-    for item in items.try_iter()? {
-        match walk(&item?, finders, depth + 1)? {
+    if let Ok(list) = value.cast_exact::<PyList>() {
+        return walk_all(list.iter(), finders, depth);
+    }
+    if let Ok(tuple) = value.cast::<PyTuple>() {
+        return walk_all(tuple.iter(), finders, depth);
+    }
+    Ok(None)
+}
+
+/// `walk` of each of `items` until one decides (a secret found, or a value
+/// not read).
+fn walk_all<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    finders: &[memmem::Finder<'_>],
+    depth: usize,
+) -> PyResult<Option<bool>> {
+    for item in items {
+        match walk(&item, finders, depth)? {
             Some(false) => {}
             decided => return Ok(decided),
         }
