@@ -135,7 +135,9 @@ def test_with_a_stripper_feeding_a_tap() -> None:
     r = relay(t, lambda data: stripper.feed(data, tap), lambda exc: None)
     for i in range(0, len(stream), 7):
         r(stream[i : i + 7])
-    assert dechunk(t.written) == b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+    assert (
+        dechunk(t.written) == b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+    )
     usage = tap.finish().usage
     assert usage is not None and usage.total_tokens == 4
 
@@ -183,7 +185,6 @@ def test_a_feed_a_subclass_overrides_is_called() -> None:
     assert usage is not None and usage.total_tokens == 4
 
 
-
 def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> None:
     """``native=(stripper, tap)`` does what ``feed=lambda data: stripper.feed(data, tap)``
     does, without the Python call: the same bytes pass, the tap reads the same."""
@@ -202,7 +203,6 @@ def test_a_stripper_and_its_tap_are_called_natively_with_the_same_result() -> No
     assert b'"usage"' not in out["native"][0]
     usage = out["native"][1].usage
     assert usage is not None and usage.total_tokens == 4
-
 
 
 def test_native_must_be_a_tap_or_a_stripper_and_a_tap() -> None:

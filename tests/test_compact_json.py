@@ -24,11 +24,15 @@ def python_text(value: object) -> str:
 
 # Every kind of character that an encoder treats apart: controls, quote, backslash, DEL,
 # the line breaks, their neighbours, the BMP's top, astral characters.
-_SPECIAL = "\x00\x01\x08\x09\x0a\x0c\x0d\x1f \"\\/\x7f\x80\x84\x85\x86\u2027\u2028\u2029\u202a\ufeff\uffff\U0001f600"
-texts = st.text(alphabet=st.one_of(st.sampled_from(_SPECIAL), st.characters(exclude_categories=("Cs",))))
+_SPECIAL = '\x00\x01\x08\x09\x0a\x0c\x0d\x1f "\\/\x7f\x80\x84\x85\x86\u2027\u2028\u2029\u202a\ufeff\uffff\U0001f600'
+texts = st.text(
+    alphabet=st.one_of(st.sampled_from(_SPECIAL), st.characters(exclude_categories=("Cs",)))
+)
 floats = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([0.0, -0.0, 1e-5, 1e-4, 9.999e-5, 1e15, 1e16, 1e17, 5e-324, sys.float_info.max]),
+    st.sampled_from(
+        [0.0, -0.0, 1e-5, 1e-4, 9.999e-5, 1e15, 1e16, 1e17, 5e-324, sys.float_info.max]
+    ),
 )
 ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1, 0]))
 scalars = st.one_of(st.none(), st.booleans(), ints, floats, texts)

@@ -13,7 +13,10 @@ CASES: list[tuple[list[tuple[bytes, bytes]], bytes]] = [
     ([(b"host", b"h")], b""),
     ([(b"authorization", b"Bearer sk-live-0123456789")], b""),
     ([(b"Authorization", b"Bearer sk-live-0123456789"), (b"x-other", b"1")], b"a=1"),
-    ([(b"x-api-key", b"sk-ant-abcdefghij"), (b"authorization", b"Basic dXNlcjpwYXNzd29yZA==")], b""),
+    (
+        [(b"x-api-key", b"sk-ant-abcdefghij"), (b"authorization", b"Basic dXNlcjpwYXNzd29yZA==")],
+        b"",
+    ),
     ([(b"api-key", b"azure-key-12345678"), (b"api-key", b"second-key-12345678")], b""),
     ([(b"cookie", b"session=abcdefghijk; theme=dark")], b""),
     ([(b"host", b"h")], b"key=AIzaSyExampleKey123&alt=sse"),
@@ -45,5 +48,8 @@ def test_at_most_limit_are_kept() -> None:
     for i in range(100):
         key = b"Bearer sk-key-%08d" % i
         got = credentials([(b"authorization", key)], b"")
-        assert got == (fingerprint([(b"authorization", key)], b"", "salt"), wire_secrets([(b"authorization", key)], b""))
+        assert got == (
+            fingerprint([(b"authorization", key)], b"", "salt"),
+            wire_secrets([(b"authorization", key)], b""),
+        )
     assert len(credentials._known) == 8

@@ -41,9 +41,12 @@ def test_requests_iter_content_identity_and_usage(server: ReplayServer) -> None:
 
 def test_requests_streaming_live(server: ReplayServer) -> None:
     body = {**CHAT, "stream_options": {"include_usage": True}}
-    with requests.post(
-        f"{server.url}/chat/completions", json=body, headers=AUTH, stream=True, timeout=TIMEOUT
-    ) as resp, ssetally.meter(resp.iter_content(None)) as m:
+    with (
+        requests.post(
+            f"{server.url}/chat/completions", json=body, headers=AUTH, stream=True, timeout=TIMEOUT
+        ) as resp,
+        ssetally.meter(resp.iter_content(None)) as m,
+    ):
         data = b"".join(m)
     assert data.endswith(b"data: [DONE]\n\n")
     assert m.report is not None and m.report.usage is not None
@@ -109,9 +112,11 @@ def test_include_usage_strips_the_added_chunk(server: ReplayServer) -> None:
 async def test_ameter_aiohttp_iter_any(server: ReplayServer) -> None:
     body = {**CHAT, "stream_options": {"include_usage": True}}
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-        f"{server.url}/chat/completions", json=body, headers=AUTH
-    ) as resp, ssetally.ameter(resp.content.iter_any(), request=body) as m:
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{server.url}/chat/completions", json=body, headers=AUTH) as resp,
+        ssetally.ameter(resp.content.iter_any(), request=body) as m,
+    ):
         async for _chunk in m:
             pass
     assert m.report is not None and m.report.usage is not None
@@ -141,11 +146,15 @@ async def test_ameter_cancelled_gives_report(server: ReplayServer) -> None:
 
     async def consume() -> None:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            f"{server.url}/chat/completions",
-            json=CHAT,
-            headers={**AUTH, "x-replay-delay-ms": "200"},
-        ) as resp, ssetally.ameter(resp.content.iter_any(), on_report=got.append) as m:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(
+                f"{server.url}/chat/completions",
+                json=CHAT,
+                headers={**AUTH, "x-replay-delay-ms": "200"},
+            ) as resp,
+            ssetally.ameter(resp.content.iter_any(), on_report=got.append) as m,
+        ):
             async for _ in m:
                 started.set()
 

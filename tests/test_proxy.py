@@ -212,7 +212,9 @@ def test_sdk_through_proxy_one_record_per_request(tmp_path: Path, kind: str, lib
     assert records[1]["usage"]["reasoning_tokens"] > 0
     assert records[2]["usage"]["input_tokens"] == truths[2]["prompt_tokens"]
     for r in records:
-        assert r["key_fingerprint"] == key_fingerprint(KEY, proxy.app.key_salt) != key_fingerprint(KEY)
+        assert (
+            r["key_fingerprint"] == key_fingerprint(KEY, proxy.app.key_salt) != key_fingerprint(KEY)
+        )
         assert r["upstream_status"] == r["http_status"] == 200
         assert r["instance_id"] and r["time"].endswith("Z")
         assert r["timings"]["duration"] > 0 and r["bytes"]["client"] > 0
@@ -703,4 +705,3 @@ def test_model_label_values_are_bounded() -> None:
     assert metric_sum(samples, "ssetally_proxy_tokens_total", model="other", kind="input") == 102
     assert metric_sum(samples, "ssetally_proxy_tokens_total", model="model-0", kind="input") == 4
     assert metric_sum(samples, "ssetally_proxy_tokens_total", kind="output") == len(names)
-

@@ -63,5 +63,3 @@ async def test_the_limit_and_the_budget(size: int, status: int) -> None:
 
 async def test_a_client_gone_is_none() -> None:
     assert await read_body(receiver(), 0, 100, 5.0, lambda n: True) is None
-
-

@@ -75,11 +75,32 @@ class _Mapping(dict):  # type: ignore[type-arg]
 
 #: Values of every kind the walk meets, each holding the secret or not.
 VALUES: list[Any] = [
-    None, 1, 2.5, True, "", "plain", SECRET, f"x{SECRET}y", "\u00e9\u65e5" + SECRET,
-    [1, [2, [3, SECRET]]], (None, "a"), {"k": SECRET}, {SECRET: 1}, {"k": {"j": ("a", "b")}},
-    Attempt("stream", True, SECRET), _usage(raw={"a": [1, {"b": SECRET}]}),
-    _Text(SECRET), _Text("no"), _Mapping(k=SECRET), _Mapping(k="no"), "\ud800" + SECRET,
-    "\ud800", object(), 10**30, float("nan"), [[[[[[[[[[[[[[SECRET]]]]]]]]]]]]]],
+    None,
+    1,
+    2.5,
+    True,
+    "",
+    "plain",
+    SECRET,
+    f"x{SECRET}y",
+    "\u00e9\u65e5" + SECRET,
+    [1, [2, [3, SECRET]]],
+    (None, "a"),
+    {"k": SECRET},
+    {SECRET: 1},
+    {"k": {"j": ("a", "b")}},
+    Attempt("stream", True, SECRET),
+    _usage(raw={"a": [1, {"b": SECRET}]}),
+    _Text(SECRET),
+    _Text("no"),
+    _Mapping(k=SECRET),
+    _Mapping(k="no"),
+    "\ud800" + SECRET,
+    "\ud800",
+    object(),
+    10**30,
+    float("nan"),
+    [[[[[[[[[[[[[[SECRET]]]]]]]]]]]]]],
 ]
 
 

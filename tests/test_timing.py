@@ -71,9 +71,7 @@ def chat_stream(k: int, usage: str) -> tuple[list[bytes], list[bytes], list[byte
     ``usage``: ``running`` (vLLM ``continuous_usage_stats``), ``final`` (``include_usage``)."""
     running = usage == "running"
     head = [_chat({"role": "assistant", "content": ""}, 0 if running else None)]
-    body = [
-        _chat({"content": _text(k)}, k * (i + 1) if running else None) for i in range(EVENTS)
-    ]
+    body = [_chat({"content": _text(k)}, k * (i + 1) if running else None) for i in range(EVENTS)]
     total = k * EVENTS
     tail = [_chat({}, total if running else None, finish="stop")]
     final = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
@@ -484,9 +482,12 @@ def test_connect_usage(server: ScriptedServer, stream: str) -> None:
     k = 2
     path, body = request_of(stream, k)
     seen: list[float] = []
-    with httpx.Client(timeout=TIMEOUT, trust_env=False) as client, ssetally.connect_usage(
-        client, "POST", server.origin + path, json=body, include_usage=False, timeline=True
-    ) as events:
+    with (
+        httpx.Client(timeout=TIMEOUT, trust_env=False) as client,
+        ssetally.connect_usage(
+            client, "POST", server.origin + path, json=body, include_usage=False, timeline=True
+        ) as events,
+    ):
         for event in events:
             if '" ab' in event.data:
                 seen.append(time.monotonic())
@@ -548,9 +549,12 @@ def test_ameter_over_aiohttp(server: ScriptedServer) -> None:
 
         async with aiohttp.ClientSession() as session:
             sent = time.monotonic()
-            async with session.post(server.origin + path, json=body) as resp, ssetally.ameter(
-                recorded(resp.content.iter_any()), timeline=True, request_sent=sent
-            ) as chunks:
+            async with (
+                session.post(server.origin + path, json=body) as resp,
+                ssetally.ameter(
+                    recorded(resp.content.iter_any()), timeline=True, request_sent=sent
+                ) as chunks,
+            ):
                 async for _ in chunks:
                     pass
         return chunks.report, [t - sent for t, n in reads for _ in range(n)]

@@ -86,9 +86,10 @@ class Scripted:
 @contextmanager
 def proxy_of(up: Scripted, sink: Path, **options: Any) -> Iterator[httpx.Client]:
     config = ProxyConfig(upstream=up.origin, otel=False, estimate=False, **options)
-    with ProxyServer(config, f"jsonl:{sink}") as proxy, httpx.Client(
-        base_url=proxy.url, timeout=TIMEOUT, trust_env=False
-    ) as c:
+    with (
+        ProxyServer(config, f"jsonl:{sink}") as proxy,
+        httpx.Client(base_url=proxy.url, timeout=TIMEOUT, trust_env=False) as c,
+    ):
         yield c
         assert proxy.flush(TIMEOUT)
     up.close()
@@ -156,7 +157,9 @@ def test_answers_read_in_pieces_of_any_size(tmp_path: Path, size: int) -> None:
 def test_interim_answers_before_the_answer(tmp_path: Path) -> None:
     answer = HEAD + b"transfer-encoding: chunked\r\n\r\n" + chunked(SSE, 40)
     interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
-    up = Scripted([[interim + answer], [interim, answer[:10], answer[10:]], pieces(interim + answer, 3)])
+    up = Scripted(
+        [[interim + answer], [interim, answer[:10], answer[10:]], pieces(interim + answer, 3)]
+    )
     sink = tmp_path / "u.jsonl"
     with proxy_of(up, sink) as c:
         for _ in range(3):

@@ -966,19 +966,30 @@ def test_any_split_gives_the_same_reports(data: st.DataObject) -> None:
 # Texts hostile to the learned-shape fast paths (JSON string bodies): escaped quotes and
 # backslashes, ``\u0022``, ``"usage":{`` and the stream's own structure inside the string.
 HOSTILE_TEXTS = (
-    r'\"', r"\\", r'\\\"', r"\u0022", r"\u005c\u0022", r'\"usage\":{\"output_tokens\":999}',
-    r'\"}},\"usage\":{\"output_tokens\":7}}', r'\"}],\"usageMetadata\":{\"promptTokenCount\":1}}',
-    "usage", "x" * 5000 + r'\"usage\"',
+    r"\"",
+    r"\\",
+    r"\\\"",
+    r"\u0022",
+    r"\u005c\u0022",
+    r"\"usage\":{\"output_tokens\":999}",
+    r"\"}},\"usage\":{\"output_tokens\":7}}",
+    r"\"}],\"usageMetadata\":{\"promptTokenCount\":1}}",
+    "usage",
+    "x" * 5000 + r"\"usage\"",
 )
 
 
 def _hostile_stream(api: str) -> bytes:
     texts = ["Hi", " there", *HOSTILE_TEXTS]
     if api == "anthropic":
-        start = ('{"type":"message_start","message":{"id":"m1","model":"c",'
-                 '"usage":{"input_tokens":5,"output_tokens":1}}}')
-        end = ('{"type":"message_delta","delta":{"stop_reason":"end_turn"},'
-               '"usage":{"output_tokens":9}}')
+        start = (
+            '{"type":"message_start","message":{"id":"m1","model":"c",'
+            '"usage":{"input_tokens":5,"output_tokens":1}}}'
+        )
+        end = (
+            '{"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+            '"usage":{"output_tokens":9}}'
+        )
         delta = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
         events = [("message_start", start)]
         events += [("content_block_delta", f'{delta}{t}"}}}}') for t in texts]
@@ -988,8 +999,9 @@ def _hostile_stream(api: str) -> bytes:
         f'{{"candidates":[{{"content":{{"parts":[{{"text":"{t}"}}],"role":"model"}}'
         f'{finish},"index":0}}],"usageMetadata":{{"promptTokenCount":9,"candidatesTokenCount":{i},'
         f'"totalTokenCount":{9 + i}}},"modelVersion":"g","responseId":"r1"}}'
-        for i, (t, finish) in enumerate([(t, "") for t in texts] + [(".", ',"finishReason":"STOP"')],
-                                        start=1)
+        for i, (t, finish) in enumerate(
+            [(t, "") for t in texts] + [(".", ',"finishReason":"STOP"')], start=1
+        )
     ]
     return "".join(f"data: {c}\n\n" for c in chunks).encode()
 
@@ -1007,7 +1019,7 @@ def test_hostile_text_is_text_at_every_split(api: str) -> None:
     usage = report["usage"]
     expected = (5, 9, 14) if api == "anthropic" else (9, deltas, 9 + deltas)
     assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == expected
-    assert comparable(run([raw[i:i + 1] for i in range(len(raw))])) == whole
+    assert comparable(run([raw[i : i + 1] for i in range(len(raw))])) == whole
     for cut in range(0, len(raw) + 1, 7):
         assert comparable(run([raw[:cut], raw[cut:]])) == whole
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ._report import StreamReport
-from ._telemetry_sdk import SdkHandle, TelemetryError, configure_sdk
+from ._telemetry_sdk import SdkHandle, TelemetryError, configure_sdk, sdk_configured
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -332,7 +332,7 @@ class Telemetry:
     @property
     def recording(self) -> bool:
         """Whether ``record_stream`` records now (callers then skip building its arguments)."""
-        return self.enabled and (not self._global or _sdk_configured(self._trace, self._metrics))
+        return self.enabled and (not self._global or sdk_configured(self._trace, self._metrics))
 
     def record_stream(
         self,
@@ -563,24 +563,7 @@ def _chunk_intervals(report: StreamReport, given: Sequence[float] | None) -> Seq
     return (max(timings.last_content - timings.first_content, 0.0) / (chunks - 1),)
 
 
-def _sdk_configured(trace: Any, metrics: Any) -> bool:
-    """True once an SDK provider was made global (the API's defaults are proxies of no-ops);
-    the API sets a global provider once and for all, so a True answer is kept. (The modules
-    are given: an import statement per stream runs importlib's Python code.)"""
-    global _sdk_seen
-    if not _sdk_seen:
-        tracer = type(trace.get_tracer_provider()).__name__
-        meter = type(metrics.get_meter_provider()).__name__
-        _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
-    return _sdk_seen
-
-#: The provider classes the OpenTelemetry API installs before any SDK is set up.
-_API_DEFAULTS = frozenset(
-    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
-)
-
 _default: Telemetry | None = None
-_sdk_seen = False
 _default_lock = threading.Lock()
 
 

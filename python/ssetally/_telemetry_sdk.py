@@ -1,8 +1,11 @@
-"""Setting up the OpenTelemetry SDK with OTLP/HTTP exporters (``ssetally proxy --otel``)."""
+"""Setting up the OpenTelemetry SDK with OTLP/HTTP exporters (``ssetally proxy --otel``), and
+whether an SDK is set up."""
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import uuid
 from typing import Any, NamedTuple
 
@@ -79,3 +82,37 @@ def configure_sdk(*, service_name: str = "ssetally", set_global: bool = True) ->
         if meter_provider is not None:
             metrics.set_meter_provider(meter_provider)
     return SdkHandle(tracer_provider, meter_provider)
+
+
+#: The provider classes the OpenTelemetry API installs before any SDK is set up.
+_API_DEFAULTS = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+_sdk_seen = False
+
+
+def sdk_configured(trace: Any, metrics: Any) -> bool:
+    """True once an SDK provider was made global (the API's defaults are proxies of no-ops);
+    the API sets a global provider once and for all, so a True answer is kept. While neither
+    API module holds a provider and the environment named none at start, nothing is asked
+    (the API's getters read the environment at every call). The modules are given: an
+    import statement per stream runs importlib's Python code."""
+    global _sdk_seen
+    if not _sdk_seen:
+        internal = sys.modules.get("opentelemetry.metrics._internal")
+        if (
+            getattr(trace, "_TRACER_PROVIDER", 0) is None
+            and getattr(internal, "_METER_PROVIDER", 0) is None
+            and not _providers_in_environment()
+        ):
+            return False
+        tracer = type(trace.get_tracer_provider()).__name__
+        meter = type(metrics.get_meter_provider()).__name__
+        _sdk_seen = tracer not in _API_DEFAULTS or meter not in _API_DEFAULTS
+    return _sdk_seen
+
+
+@functools.cache  # read once: the API's getters load such a provider at their first call
+def _providers_in_environment() -> bool:
+    names = ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
+    return any(name in os.environ for name in names)

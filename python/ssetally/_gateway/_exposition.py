@@ -26,6 +26,7 @@ def render_metrics(metrics: ProxyMetrics) -> tuple[bytes, str]:
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return metrics.render()
+    metrics.flush()  # this worker's sink failures since the last look
     import prometheus_client
     from prometheus_client import multiprocess
 

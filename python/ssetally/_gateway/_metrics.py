@@ -38,6 +38,8 @@ _TOKEN_KINDS = (
 
 #: An ISO 4217 currency code (label values stay bounded).
 _CURRENCY = re.compile(r"[A-Z]{3}")
+#: Finished requests at most whose counts are held until a scrape (then applied at once).
+MAX_HELD = 1024
 #: Seconds between two log messages about one kind of metering fault.
 FAULT_LOG_EVERY = 30.0
 
@@ -67,18 +69,15 @@ class _ModelLabels:
     def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
         self._limit = limit
         self._seen: set[str] = set()
-        self._lock = threading.Lock()
 
     def __call__(self, model: str) -> str:
-        if not model:
+        """(Called with ``ProxyMetrics``' lock held.)"""
+        if not model or model in self._seen:
             return model
-        with self._lock:
-            if model in self._seen:
-                return model
-            if len(model) > MAX_MODEL_LABEL_LENGTH or len(self._seen) >= self._limit:
-                return OTHER_MODEL
-            self._seen.add(model)
-            return model
+        if len(model) > MAX_MODEL_LABEL_LENGTH or len(self._seen) >= self._limit:
+            return OTHER_MODEL
+        self._seen.add(model)
+        return model
 
 
 class _FaultLog:
@@ -151,6 +150,21 @@ class _SinkMirror:
                     self._seen[outcome] = stats[outcome]
             self.pending.labels(kind).set(stats["pending"])
             self.spool_depth.labels(kind).set(stats["spool_depth"])
+
+
+class _Held:
+    """The counts of finished requests not yet applied to the metrics, added up per series:
+    one update of each series per moment, not several locked updates per request."""
+
+    __slots__ = ("client_bytes", "cost", "durations", "records", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, ...], int] = {}
+        self.tokens: dict[tuple[str, ...], int] = {}
+        self.cost: dict[tuple[str, ...], float] = {}
+        self.records: dict[str, int] = {}
+        self.durations: list[tuple[str, float]] = []
+        self.client_bytes = 0
 
 
 class _Children:
@@ -259,7 +273,10 @@ _METRICS: tuple[tuple[str, str, str, str, list[str], dict[str, Any]], ...] = (
 
 
 class ProxyMetrics:
-    """The counters and histograms of one proxy, updated once per finished request."""
+    """The counters and histograms of one proxy. A finished request's counts are held, added
+    up per series, until the next scrape (``render`` applies them first, so a scrape sees
+    every request; at most ``MAX_HELD`` requests wait): one update of a series per scrape,
+    not several locked updates per request. The workers of ``--workers`` apply them at once."""
 
     requests: Counter
     tokens: Counter
@@ -288,6 +305,10 @@ class ProxyMetrics:
         self._mirror: _SinkMirror | None = None
         self._sink_failed = 0
         self._sink_lock = threading.Lock()
+        self._lock = threading.Lock()  # the held counts (and the model labels)
+        self._held = _Held()
+        self._held_count = 0
+        self._hold = not os.environ.get(_MULTIPROC_ENV)
 
     def watch(self, sink: Sink) -> None:
         """Expose ``sink``'s counters, and count the records it fails to write (a full disk,
@@ -301,7 +322,11 @@ class ProxyMetrics:
 
     def record_queued(self, queued: bool) -> None:
         """Count one record handed to the sink: ``queued``, or ``dropped`` when it was not."""
-        self._records("queued" if queued else "dropped").inc()
+        with self._lock:
+            held = self._held
+            result = "queued" if queued else "dropped"
+            held.records[result] = held.records.get(result, 0) + 1
+            self._held_one()
 
     def failure(self, stage: str, count: int = 1) -> None:
         """Count ``count`` metering faults at ``stage`` (logged, at most every 30 s a stage)."""
@@ -325,34 +350,72 @@ class ProxyMetrics:
     def observe(self, record: Mapping[str, Any]) -> None:
         """Account one finished request's record."""
         api = str(record.get("api") or "unknown")
-        self._requests(str(record.get("status")), api).inc()
         sizes = record.get("bytes") or {}
         client_bytes = sizes.get("client")
-        if isinstance(client_bytes, int) and client_bytes > 0:
-            self.client_bytes.inc(client_bytes)
         usage = record.get("usage")
-        model = self._model_label(
-            str(record.get("model") or record.get("requested_model") or "unknown")
-        )
-        if usage:
-            source = str(usage.get("source") or "stream")
-            for kind, key in _TOKEN_KINDS:
-                value = usage.get(key)
-                if isinstance(value, int) and value > 0:
-                    self._tokens(model, source, kind).inc(value)
+        model = str(record.get("model") or record.get("requested_model") or "unknown")
         duration = (record.get("timings") or {}).get("duration")
-        if record.get("stream") and isinstance(duration, (int, float)):
-            self._stream_duration(api).observe(duration)
         cost = record.get("cost")
+        amount = currency = None
         if isinstance(cost, Mapping):
             amount = _amount(cost.get("total"))
             if amount:
                 currency = str(cost.get("currency"))
                 currency = currency if _CURRENCY.fullmatch(currency) else "other"
-                self._cost(model, currency).inc(amount)
+        with self._lock:
+            held = self._held
+            key: tuple[str, ...] = (str(record.get("status")), api)
+            held.requests[key] = held.requests.get(key, 0) + 1
+            if isinstance(client_bytes, int) and client_bytes > 0:
+                held.client_bytes += client_bytes
+            model = self._model_label(model)
+            if usage:
+                source = str(usage.get("source") or "stream")
+                tokens = held.tokens
+                for kind, name in _TOKEN_KINDS:
+                    value = usage.get(name)
+                    if isinstance(value, int) and value > 0:
+                        key = (model, source, kind)
+                        tokens[key] = tokens.get(key, 0) + value
+            if record.get("stream") and isinstance(duration, (int, float)):
+                held.durations.append((api, duration))
+            if amount and currency is not None:
+                key = (model, currency)
+                held.cost[key] = held.cost.get(key, 0.0) + amount
+            self._held_one()
+        if not self._hold:
+            self._sync_sink()
+
+    def _held_one(self) -> None:
+        """One more request held (the lock is held). A worker of ``--workers`` applies it at
+        once: its metric files are what outlive it, should it be killed."""
+        self._held_count += 1
+        if not self._hold or self._held_count >= MAX_HELD:
+            self._flush_held()
+
+    def flush(self) -> None:
+        """Apply the held counts to the metrics now (each scrape does first), with the sink's
+        failures since the last look."""
+        with self._lock:
+            self._flush_held()
         self._sync_sink()
+
+    def _flush_held(self) -> None:
+        held, self._held, self._held_count = self._held, _Held(), 0
+        for key, n in held.requests.items():
+            self._requests(*key).inc(n)
+        if held.client_bytes:
+            self.client_bytes.inc(held.client_bytes)
+        for key, n in held.tokens.items():
+            self._tokens(*key).inc(n)
+        for api, duration in held.durations:
+            self._stream_duration(api).observe(duration)
+        for key, amount in held.cost.items():
+            self._cost(*key).inc(amount)
+        for result, n in held.records.items():
+            self._records(result).inc(n)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
-        self._sync_sink()
+        self.flush()
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

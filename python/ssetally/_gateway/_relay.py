@@ -297,9 +297,7 @@ async def pump_direct(
     x.ended_by = "eof"
 
 
-async def pump_stack(
-    x: Exchange, metering: Metering | None, response: Any, send: Send
-) -> None:
+async def pump_stack(x: Exchange, metering: Metering | None, response: Any, send: Send) -> None:
     """Relay an httpx/httpx2 streamed answer, through a ``Sender``."""
     sender = Sender(send)
     try:

@@ -265,8 +265,9 @@ class Sink:
             self._hurry += 1  # the writer stops lingering while someone waits
             try:
                 return self._cond.wait_for(
-                    lambda: self._settled >= self._submitted
-                    and (not spool or not self.spool_depth),
+                    lambda: (
+                        self._settled >= self._submitted and (not spool or not self.spool_depth)
+                    ),
                     timeout,
                 )
             finally:
