@@ -186,6 +186,22 @@ def test_property_the_fast_path_sanitises_as_the_walk_does(record: dict[str, Any
     )
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(record=st.one_of(_records, st.dictionaries(_texts, _values, max_size=6)))
+def test_property_a_clean_line_is_the_checked_record_s_json(record: dict[str, Any]) -> None:
+    """``clean_line`` (the JSONL sink's one walk) accepts exactly what ``record_is_clean``
+    does, and writes what ``compact_json`` writes, under the default and tight limits."""
+    from ssetally._core import clean_line, compact_json, record_is_clean
+
+    for limits in (DEFAULT_LIMITS, Limits(string=8, key=4, items=3, depth=3, budget=40, nodes=12)):
+        line = clean_line(record, limits)
+        assert (line is not None) == record_is_clean(record, limits)
+        if line is not None:
+            assert line == (compact_json(record) or "").encode("utf-8") + b"\n"
+            assert json.loads(line) == json.loads(json.dumps(record))
+            assert line.count(b"\n") == 1
+
+
 def _nested(depth: int) -> dict[str, Any]:
     value: dict[str, Any] = {}
     for _ in range(depth):

@@ -25,6 +25,7 @@ __all__ = [
     "UsageChunkStripper",
     "UsageTap",
     "__version__",
+    "clean_line",
     "compact_json",
     "head_end",
     "mentions",
@@ -334,6 +335,10 @@ def record_is_clean(record: object, limits: Any) -> bool:
     without NUL or lone surrogates, 64-bit integers, finite floats, containers of at most
     ``items`` entries nested fewer than ``depth`` deep, at most ``nodes`` values and fewer
     than ``budget`` characters in all."""
+
+def clean_line(record: object, limits: Any) -> bytes | None:
+    """The JSONL line of a record ``record_is_clean`` accepts (its ``compact_json`` text and a
+    line feed, UTF-8), made in the same walk as that check; None for a record it refuses."""
 
 def compact_json(value: object) -> str | None:
     """The compact JSON text of ``value`` (a usage record, a request body) exactly as

@@ -85,7 +85,7 @@ mod _core {
     use super::json::compact_json;
 
     #[pymodule_export]
-    use super::records::record_is_clean;
+    use super::records::{clean_line, record_is_clean};
 
     #[pymodule_export]
     use super::secrets::mentions;

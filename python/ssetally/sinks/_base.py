@@ -345,8 +345,14 @@ class Sink:
             return None
         return max(0.0, self._retry_at - time.monotonic())
 
+    def _prepare(self, record: Any) -> dict[str, Any]:
+        """A record as the writer hands it to ``_write_batch``: sanitised (``sanitize_record``).
+        A sink may return a ``dict`` subclass carrying what it made of the record already."""
+        return sanitize_record(record, self.limits)
+
     def _handle(self, batch: list[Any]) -> None:
-        records = [sanitize_record(r, self.limits) for r in batch]
+        prepare = self._prepare
+        records = [prepare(r) for r in batch]
         if self._spool is not None and (self._spool.depth or self._retry_at > time.monotonic()):
             # Keep the order: behind the records already waiting, or while backing off.
             self._to_spool(records)

@@ -1,9 +1,12 @@
 //! The sinks' check that a usage record needs no sanitising
-//! (`record_is_clean`): it runs for every record a gateway writes, so it
-//! is native; `ssetally.sinks` sanitises what it refuses.
+//! (`record_is_clean`), and the JSONL line of such a record made in the
+//! same walk (`clean_line`): they run for every record a gateway writes, so
+//! they are native; `ssetally.sinks` sanitises what they refuse.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use crate::json_out::{push_float, push_int, push_str};
 
 /// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
 /// (its attributes of the same names).
@@ -38,86 +41,165 @@ struct Bounds<'py> {
 /// characters of strings and keys in all.
 #[pyfunction]
 pub fn record_is_clean(record: &Bound<'_, PyAny>, limits: &Bound<'_, PyAny>) -> PyResult<bool> {
+    walk_record(record, limits, None)
+}
+
+/// The JSONL line of a record `record_is_clean` accepts: its
+/// `compact_json` text and a line feed, as UTF-8, made in the same walk as
+/// the check; None for a record it refuses (the sink sanitises that one).
+#[pyfunction]
+pub fn clean_line<'py>(
+    record: &Bound<'py, PyAny>,
+    limits: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let mut out = String::with_capacity(1536);
+    if !walk_record(record, limits, Some(&mut out))? {
+        return Ok(None);
+    }
+    out.push('\n');
+    Ok(Some(PyBytes::new(record.py(), out.as_bytes())))
+}
+
+/// The check, writing the record's JSON text into `out` as it goes when
+/// given one (left incomplete when the record is refused).
+fn walk_record(
+    record: &Bound<'_, PyAny>,
+    limits: &Bound<'_, PyAny>,
+    out: Option<&mut String>,
+) -> PyResult<bool> {
     if record.cast_exact::<PyDict>().is_err() {
         return Ok(false);
     }
-    let mut bounds: Bounds<'_> = limits.extract()?;
-    Ok(clean(record, 0, false, &mut bounds)? && bounds.budget > 0)
+    let bounds: Bounds<'_> = limits.extract()?;
+    let mut w = Walk { b: bounds, out };
+    Ok(w.container(record, 0, false)? && w.b.budget > 0)
 }
 
-/// Whether the container `value` (a dict or a list) at `depth` is clean;
-/// `long` when it is below a long field.
-fn clean(value: &Bound<'_, PyAny>, depth: usize, long: bool, b: &mut Bounds<'_>) -> PyResult<bool> {
-    let len = value.len()?;
-    if depth >= b.depth || len > b.items {
-        return Ok(false);
-    }
-    b.nodes -= i64::try_from(len).unwrap_or(i64::MAX);
-    if b.nodes < 0 {
-        return Ok(false);
-    }
-    if let Ok(dict) = value.cast_exact::<PyDict>() {
-        for (key, item) in dict.iter() {
-            let Ok(name) = key.cast_exact::<PyString>() else {
-                return Ok(false);
-            };
-            let chars = name.len()?;
-            if chars == 0 || chars > b.key || !clean_text(name)? {
-                return Ok(false);
-            }
-            b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-            let inner = long || b.long_fields.contains(name)?;
-            if !clean_value(&item, depth, inner, b)? {
-                return Ok(false);
-            }
-        }
-    } else if let Ok(list) = value.cast_exact::<PyList>() {
-        for item in list.iter() {
-            if !clean_value(&item, depth, long, b)? {
-                return Ok(false);
-            }
-        }
-    } else {
-        return Ok(false);
-    }
-    Ok(b.budget > 0)
+/// A walk over a record: the bounds left, and the text written so far.
+struct Walk<'py, 'o> {
+    b: Bounds<'py>,
+    out: Option<&'o mut String>,
 }
 
-fn clean_value(
-    value: &Bound<'_, PyAny>,
-    depth: usize,
-    long: bool,
-    b: &mut Bounds<'_>,
-) -> PyResult<bool> {
-    if value.is_none() {
-        return Ok(true);
+impl Walk<'_, '_> {
+    fn put(&mut self, text: &str) {
+        if let Some(out) = self.out.as_deref_mut() {
+            out.push_str(text);
+        }
     }
-    if let Ok(text) = value.cast_exact::<PyString>() {
-        let chars = text.len()?;
-        if chars > (if long { b.long_string } else { b.string }) || !clean_text(text)? {
+
+    /// Whether the container `value` (a dict or a list) at `depth` is clean;
+    /// `long` when it is below a long field.
+    fn container(&mut self, value: &Bound<'_, PyAny>, depth: usize, long: bool) -> PyResult<bool> {
+        let len = value.len()?;
+        if depth >= self.b.depth || len > self.b.items {
             return Ok(false);
         }
-        b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-        return Ok(true);
+        self.b.nodes -= i64::try_from(len).unwrap_or(i64::MAX);
+        if self.b.nodes < 0 {
+            return Ok(false);
+        }
+        if let Ok(dict) = value.cast_exact::<PyDict>() {
+            self.put("{");
+            for (i, (key, item)) in dict.iter().enumerate() {
+                let Ok(name) = key.cast_exact::<PyString>() else {
+                    return Ok(false);
+                };
+                let chars = name.len()?;
+                if chars == 0 || chars > self.b.key {
+                    return Ok(false);
+                }
+                let Some(text) = clean_text(name) else {
+                    return Ok(false);
+                };
+                self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
+                if let Some(out) = self.out.as_deref_mut() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    push_str(out, text);
+                    out.push(':');
+                }
+                let inner = long || self.b.long_fields.contains(name)?;
+                if !self.value(&item, depth, inner)? {
+                    return Ok(false);
+                }
+            }
+            self.put("}");
+        } else if let Ok(list) = value.cast_exact::<PyList>() {
+            self.put("[");
+            for (i, item) in list.iter().enumerate() {
+                if i > 0 {
+                    self.put(",");
+                }
+                if !self.value(&item, depth, long)? {
+                    return Ok(false);
+                }
+            }
+            self.put("]");
+        } else {
+            return Ok(false);
+        }
+        Ok(self.b.budget > 0)
     }
-    if value.cast_exact::<PyInt>().is_ok() {
-        return Ok(value.extract::<i64>().is_ok());
+
+    fn value(&mut self, value: &Bound<'_, PyAny>, depth: usize, long: bool) -> PyResult<bool> {
+        if value.is_none() {
+            self.put("null");
+            return Ok(true);
+        }
+        if let Ok(text) = value.cast_exact::<PyString>() {
+            let chars = text.len()?;
+            let limit = if long {
+                self.b.long_string
+            } else {
+                self.b.string
+            };
+            if chars > limit {
+                return Ok(false);
+            }
+            let Some(body) = clean_text(text) else {
+                return Ok(false);
+            };
+            self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
+            if let Some(out) = self.out.as_deref_mut() {
+                push_str(out, body);
+            }
+            return Ok(true);
+        }
+        if value.cast_exact::<PyInt>().is_ok() {
+            let Ok(number) = value.extract::<i64>() else {
+                return Ok(false);
+            };
+            if let Some(out) = self.out.as_deref_mut() {
+                push_int(out, number);
+            }
+            return Ok(true);
+        }
+        if let Ok(number) = value.cast_exact::<PyFloat>() {
+            let number = number.value();
+            return Ok(match self.out.as_deref_mut() {
+                Some(out) => push_float(out, number),
+                None => number.is_finite(),
+            });
+        }
+        if value.cast_exact::<PyDict>().is_ok() || value.cast_exact::<PyList>().is_ok() {
+            return self.container(value, depth + 1, long);
+        }
+        // `bool` is exact here: its subclass check above is `int`'s, never taken.
+        if !value.is_exact_instance_of::<PyBool>() {
+            return Ok(false);
+        }
+        let truth = value.is_truthy()?;
+        self.put(if truth { "true" } else { "false" });
+        Ok(true)
     }
-    if let Ok(number) = value.cast_exact::<PyFloat>() {
-        return Ok(number.value().is_finite());
-    }
-    if value.cast_exact::<PyDict>().is_ok() || value.cast_exact::<PyList>().is_ok() {
-        return clean(value, depth + 1, long, b);
-    }
-    // `bool` is exact here: its subclass check above is `int`'s, never taken.
-    Ok(value.is_exact_instance_of::<pyo3::types::PyBool>())
 }
 
-/// No NUL and no lone surrogate (text that does not encode as UTF-8).
-fn clean_text(text: &Bound<'_, PyString>) -> PyResult<bool> {
+/// The text of `text` when it has no NUL and no lone surrogate (text that
+/// does not encode as UTF-8).
+fn clean_text<'a>(text: &'a Bound<'_, PyString>) -> Option<&'a str> {
     // In place for ASCII text (CPython keeps a UTF-8 copy of other text).
-    Ok(match text.to_str() {
-        Ok(s) => memchr::memchr(0, s.as_bytes()).is_none(),
-        Err(_) => false,
-    })
+    let s = text.to_str().ok()?;
+    memchr::memchr(0, s.as_bytes()).is_none().then_some(s)
 }
