@@ -412,7 +412,7 @@ def choice_usages(
     usage has no ``output_tokens``."""
     usage = report.usage
     total = None if usage is None else _count(usage.output_tokens)
-    if total is None:
+    if total is None or report.output is None:  # nothing to apportion by
         return ()
     weights = _choice_weights(report, encoding)
     if weights is None:

@@ -440,17 +440,30 @@ _NATIVE_FIELDS = 19
 _TRAILING_DEFAULTS = (None, (), None)
 
 
-def report_from_core(d: tuple[Any, ...]) -> StreamReport:
+def report_from_core(d: tuple[Any, ...], stream_attempt: bool = False) -> StreamReport:
     """Build a ``StreamReport`` from the tuple the native extension returns (every field, in
-    order; usages as tuples)."""
-    usage, steps = d[0], d[15]
-    if usage is not None or steps:
-        d = (
-            None if usage is None else _new_tuple(Usage, usage),
+    order; usages as tuples); with ``stream_attempt``, its ``attempts`` start with the
+    ``stream`` attempt: whether the stream itself carried usage."""
+    usage, steps, attempts = d[0], d[15], d[16]
+    if usage is not None:
+        usage = _new_tuple(Usage, usage)
+    if stream_attempt:
+        if usage is not None:
+            first = _STREAM_USAGE
+        else:
+            first = Attempt("stream", False, f"no usage in the stream (status {d[4]})")
+        attempts = (first, *attempts)
+    return _new_tuple(
+        StreamReport,
+        (
+            usage,
             *d[1:15],
-            tuple(_new_tuple(Usage, s) for s in steps),
-            *d[16:],
-        )
-    if len(d) == _NATIVE_FIELDS:
-        d = (*d, *_TRAILING_DEFAULTS)
-    return _new_tuple(StreamReport, d)
+            tuple(_new_tuple(Usage, s) for s in steps) if steps else (),
+            attempts,
+            *d[17:],
+            *(_TRAILING_DEFAULTS if len(d) == _NATIVE_FIELDS else ()),
+        ),
+    )
+
+
+_STREAM_USAGE = Attempt("stream", True, "usage read from the stream")

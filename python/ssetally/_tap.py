@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from . import _core
-from ._report import Attempt, StreamReport, report_from_core
+from ._report import StreamReport, report_from_core
 
 #: Values ``UsageTap(api=...)`` accepts.
 APIS = (
@@ -70,12 +70,12 @@ class UsageTap(_core.UsageTap):
         The tap is reset and can meter another stream; ``output()`` stays readable until the
         next stream's bytes arrive.
         """
-        self._reports = tuple(_with_attempt(report_from_core(r)) for r in self.finish_raw())
+        self._reports = tuple(report_from_core(r, True) for r in self.finish_raw())
         return self._reports[-1]
 
     def snapshot(self) -> StreamReport:
         """The report of the response being read, without ending the stream."""
-        return _with_attempt(report_from_core(self.snapshot_raw()[-1]))
+        return report_from_core(self.snapshot_raw()[-1], True)
 
     @property
     def reports(self) -> tuple[StreamReport, ...]:
@@ -90,12 +90,3 @@ class UsageTap(_core.UsageTap):
         ``collect_output`` was set. ``outputs()`` gives one per response, in the order of
         ``reports``."""
         return super().output()
-
-
-def _with_attempt(report: StreamReport) -> StreamReport:
-    """The report with its ``stream`` attempt: whether the stream itself carried usage."""
-    if report.usage is not None:
-        attempt = Attempt("stream", True, "usage read from the stream")
-    else:
-        attempt = Attempt("stream", False, f"no usage in the stream (status {report.status})")
-    return report.replace(attempts=(attempt, *report.attempts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -35,10 +36,22 @@ def parse_json_object(body: bytes | str | None) -> dict[str, Any] | None:
     if not body:
         return None
     try:
-        obj = json.loads(body)
+        obj = json.loads(_text(body))
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _text(body: bytes | str) -> bytes | str:
+    """Plain UTF-8 as text, the rest as it came: ``json.loads`` of bytes first sniffs their
+    encoding (a BOM, or the NUL bytes of UTF-16 and UTF-32) and decodes them with
+    ``surrogatepass``, which strict UTF-8 refuses."""
+    if isinstance(body, str) or body[:3] == codecs.BOM_UTF8 or b"\x00" in body[:2]:
+        return body
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
 
 
 def json_body(kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
