@@ -57,3 +57,57 @@ def test_the_nesting_limit_gives_none() -> None:
     deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
     assert parse_json_object(deep) is None
     assert parse_json_object(deep.decode()) is None
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(codec=None, categories=None), max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(
+    value=st.dictionaries(st.text(max_size=8), _json, max_size=6),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+)
+def test_property_a_json_object_reads_as_json_loads_reads_it(
+    value: dict[str, Any], ascii_only: bool, spaced: bool
+) -> None:
+    """The native read (``_core.json_object``) gives what ``json.loads`` gives, or leaves the
+    body to it: every float bit for bit, duplicate keys, escapes, lone surrogates, big ints."""
+    from ssetally._core import json_object
+
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=1 if spaced else None)
+    want = json.loads(text)
+    for body in (text, text.encode("utf-8", "surrogatepass")):
+        got = json_object(body)
+        if got is not None:
+            assert repr(got) == repr(want)
+        assert repr(parse_json_object(body)) == repr(want)
+
+
+def test_duplicate_keys_and_numbers_read_as_json_loads_reads_them() -> None:
+    for text in (
+        '{"a":1,"b":2,"a":3}',
+        '{"x":[1e400,-1e400,1e-400,-0.0,-0,0.1,17976931348623157e292]}',
+        '{"n":9223372036854775807,"m":-9223372036854775808,"big":9223372036854775808}',
+        '{"s":"\\u00e9\\/\\ud83d\\ude00","lone":"\\udc00"}',
+        '{"nan":NaN,"inf":Infinity}',
+    ):
+        assert repr(parse_json_object(text)) == repr(json.loads(text))
+        assert repr(parse_json_object(text.encode())) == repr(json.loads(text))
+
+
+def test_a_plain_body_is_read_natively_and_the_rest_left_to_json_loads() -> None:
+    from ssetally._core import json_object
+
+    assert json_object(b'{"model":"m","stream":true}') == {"model": "m", "stream": True}
+    for left in (b"[1]", b'{"a":"\\ud800"}', b'{"a":99999999999999999999}', b"\xff\xfe{\x00}\x00"):
+        assert json_object(left) is None

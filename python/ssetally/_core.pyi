@@ -28,6 +28,7 @@ __all__ = [
     "clean_line",
     "compact_json",
     "head_end",
+    "json_object",
     "mentions",
     "record_is_clean",
 ]
@@ -339,6 +340,11 @@ def record_is_clean(record: object, limits: Any) -> bool:
 def clean_line(record: object, limits: Any) -> bytes | None:
     """The JSONL line of a record ``record_is_clean`` accepts (its ``compact_json`` text and a
     line feed, UTF-8), made in the same walk as that check; None for a record it refuses."""
+
+def json_object(data: object) -> dict[str, Any] | None:
+    """The JSON object in ``data`` (UTF-8 ``bytes`` or ``str``, read without a copy) as
+    ``json.loads`` gives it; None when it is not one, or holds what is left to ``json.loads``
+    (lone surrogates, integers past 64 bits, nesting past 64 levels, other encodings)."""
 
 def compact_json(value: object) -> str | None:
     """The compact JSON text of ``value`` (a usage record, a request body) exactly as

@@ -82,7 +82,7 @@ mod _core {
     use super::body::{head_end, UpstreamBody};
 
     #[pymodule_export]
-    use super::json::compact_json;
+    use super::json::{compact_json, json_object};
 
     #[pymodule_export]
     use super::records::{clean_line, record_is_clean};

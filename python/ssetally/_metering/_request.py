@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._core import compact_json
+from .._core import compact_json, json_object
 
 #: Endpoints whose streams only carry usage when `stream_options.include_usage` is set.
 _USAGE_OPT_IN_PATHS = ("/chat/completions", "/completions")
@@ -35,6 +35,10 @@ def parse_json_object(body: bytes | str | None) -> dict[str, Any] | None:
     """``body`` parsed as a JSON object, None if it is not one (never raises)."""
     if not body:
         return None
+    if type(body) in (bytes, str):
+        found = json_object(body)  # natively; what it leaves to json.loads, below
+        if found is not None:
+            return found
     try:
         obj = json.loads(_text(body))
     except (ValueError, RecursionError):

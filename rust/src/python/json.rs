@@ -1,11 +1,42 @@
 //! JSON text of plain Python values, natively (`compact_json`): every
 //! record a gateway writes, and the request bodies it re-encodes. The text
-//! of each value is made by `crate::json_out`.
+//! of each value is made by `crate::json_out`. And the other way, a
+//! request body's JSON object as a dict (`json_object`).
 
+use jiter::JsonValue;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
+use super::report::value_to_py;
 use crate::json_out::{push_float, push_int, push_str};
+
+/// The JSON object in `data` (UTF-8 `bytes` or `str`, read without a copy)
+/// as `json.loads` gives it, built straight from jiter's parse; None when
+/// it is not an object, or holds what jiter leaves to `json.loads` (lone
+/// surrogates, integers past 64 bits, nesting past 64, other encodings):
+/// the caller asks `json.loads` then.
+#[pyfunction]
+pub fn json_object<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let bytes = if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+        let bytes = bytes.as_bytes();
+        // jiter reads bytes: only valid UTF-8 is given it, as `json.loads` reads text.
+        if std::str::from_utf8(bytes).is_err() {
+            return Ok(None);
+        }
+        bytes
+    } else if let Ok(text) = data.cast_exact::<PyString>() {
+        match text.to_str() {
+            Ok(text) => text.as_bytes(),
+            Err(_) => return Ok(None), // a lone surrogate
+        }
+    } else {
+        return Ok(None);
+    };
+    match JsonValue::parse(bytes, true) {
+        Ok(value @ JsonValue::Object(_)) => value_to_py(data.py(), &value, 0),
+        _ => Ok(None),
+    }
+}
 
 /// Deepest nesting `compact_json` writes (records and request bodies are
 /// far shallower); deeper is left to the Python encoder.

@@ -94,7 +94,7 @@ fn json_value<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
 /// Nesting deeper than this is left to `json.loads`.
 const MAX_JSON_DEPTH: usize = 64;
 
-fn value_to_py<'py>(
+pub(super) fn value_to_py<'py>(
     py: Python<'py>,
     value: &JsonValue<'_>,
     depth: usize,
