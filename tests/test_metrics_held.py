@@ -96,3 +96,90 @@ def test_a_worker_applies_each_request_at_once(monkeypatch: pytest.MonkeyPatch) 
     metrics.observe({"api": "responses", "status": "completed", "usage": None})
     labels = {"status": "completed", "api": "responses"}
     assert metrics.registry.get_sample_value("ssetally_proxy_requests_total", labels) == 1
+
+
+def _reference(records: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], float]:
+    """What the metrics count of ``records``, by the rules written out in Python."""
+    seen: set[str] = set()
+
+    def model_label(model: str) -> str:
+        if not model or model in seen:
+            return model
+        if len(model) > 128 or len(seen) >= 256:
+            return "other"
+        seen.add(model)
+        return model
+
+    out: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def add(name: str, labels: tuple[str, ...], n: float) -> None:
+        out[(name, labels)] = out.get((name, labels), 0) + n
+
+    for r in records:
+        api = str(r.get("api") or "unknown")
+        add("requests", (str(r.get("status")), api), 1)
+        client = (r.get("bytes") or {}).get("client")
+        if isinstance(client, int) and 0 < client < 2**64:
+            add("client_bytes", (), client)
+        model = model_label(str(r.get("model") or r.get("requested_model") or "unknown"))
+        usage = r.get("usage")
+        if usage:
+            source = str(usage.get("source") or "stream")
+            for kind, key in (
+                ("input", "input_tokens"),
+                ("output", "output_tokens"),
+                ("cached_input", "cached_input_tokens"),
+                ("reasoning", "reasoning_tokens"),
+            ):
+                value = usage.get(key)
+                if isinstance(value, int) and 0 < value < 2**64:
+                    add("tokens", (model, source, kind), value)
+        duration = (r.get("timings") or {}).get("duration")
+        if r.get("stream") and isinstance(duration, (int, float)):
+            add("durations", (api,), 1)
+    return out
+
+
+_ODD = [
+    {},
+    {"status": None, "api": "", "model": "", "requested_model": None},
+    {"status": 3, "api": 0, "model": 12, "usage": {"input_tokens": True, "source": ""}},
+    {"status": "completed", "api": "chat.completions", "model": "é" * 129, "usage": {}},
+    {"usage": {"input_tokens": -5, "output_tokens": 2**64, "reasoning_tokens": 7.0}},
+    {"usage": {"input_tokens": 2**63, "cached_input_tokens": 1}, "requested_model": "asked"},
+    {"bytes": {"client": True}, "stream": 1, "timings": {"duration": True}},
+    {"bytes": {"client": -1}, "stream": "yes", "timings": {"duration": "1.5"}},
+    {"bytes": None, "stream": True, "timings": None, "model": "\ud800"},
+    {"stream": True, "timings": {"duration": 2**70}, "api": "responses"},
+]
+
+
+@pytest.mark.parametrize("extra", [0, 300])
+def test_odd_records_are_counted_by_the_written_rules(extra: int) -> None:
+    """The native count reads any field value as the rules written in Python read it (str()
+    of a label, int counts above zero within 64 bits, bools as ints, Python's truthiness),
+    and past 256 model names counts the rest as ``other``."""
+    rng = random.Random(extra)
+    records = list(_ODD) + [{**record(rng), "model": f"m-{i}"} for i in range(extra)]
+    metrics = ProxyMetrics()
+    for r in records:
+        metrics.observe(r)
+    got = scrape(metrics)
+    want = _reference(records)
+    names = {
+        "requests": ("ssetally_proxy_requests_total", ("status", "api")),
+        "tokens": ("ssetally_proxy_tokens_total", ("model", "source", "kind")),
+    }
+    for (kind, labels), n in want.items():
+        if kind in names:
+            name, keys = names[kind]
+            assert got[(name, tuple(sorted(zip(keys, labels))))] == n, (kind, labels)
+        elif kind == "client_bytes":
+            assert got[("ssetally_proxy_response_bytes_total", ())] == n
+        else:
+            key = ("ssetally_proxy_stream_duration_seconds_count", (("api", labels[0]),))
+            assert got[key] == n
+    counted = {
+        k for k in got if k[0] in ("ssetally_proxy_requests_total", "ssetally_proxy_tokens_total")
+    }
+    assert len(counted) == sum(1 for kind, _ in want if kind in names)

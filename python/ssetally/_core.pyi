@@ -21,6 +21,7 @@ __all__ = [
     "LineDecoder",
     "SSEDecoder",
     "ServerSentEvent",
+    "Tally",
     "UpstreamBody",
     "UsageChunkStripper",
     "UsageTap",
@@ -359,3 +360,31 @@ def mentions(value: object, secrets: Sequence[str]) -> bool | None:
     at any depth up to 64; ``int``, ``float``, ``bool`` and ``None`` hold none. None when
     ``value`` holds anything else (a ``str`` subclass, another mapping, a lone surrogate),
     which the caller then reads itself."""
+
+@final
+class Tally:
+    """The proxy's metric counts of finished requests, added up per series natively.
+
+    ``Tally(max_models, max_model_length)``: model names past the first ``max_models``
+    distinct ones, or longer than ``max_model_length`` characters, count as ``other``."""
+
+    def __new__(cls, max_models: int, max_model_length: int) -> Tally: ...
+    def observe(self, record: dict[str, Any], queued: bool | None = None) -> int:
+        """Count one finished request's record (requests by status and API, tokens by model,
+        source and kind, client bytes, the stream's duration) and, with ``queued``, a record
+        handed to the sink; its cost is left to the caller. Returns the counts held so far."""
+    def record(self, queued: bool) -> int:
+        """Count one record handed to the sink (queued, else dropped); the counts held."""
+    def model_label(self, model: str) -> str:
+        """The label value ``model`` is counted under: itself, or ``other`` past the bounds."""
+    def take(
+        self,
+    ) -> tuple[
+        list[tuple[tuple[str, str], int]],
+        list[tuple[tuple[str, str, str], int]],
+        list[tuple[str, float]],
+        int,
+        tuple[int, int],
+    ]:
+        """What was counted since the last call, nothing held after it: ``(requests, tokens,
+        durations, client_bytes, (queued, dropped))``."""

@@ -13,6 +13,7 @@ mod records;
 mod relay;
 mod report;
 mod secrets;
+mod tally;
 mod tap;
 
 use pyo3::create_exception;
@@ -89,4 +90,7 @@ mod _core {
 
     #[pymodule_export]
     use super::secrets::mentions;
+
+    #[pymodule_export]
+    use super::tally::Tally;
 }

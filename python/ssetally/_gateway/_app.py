@@ -579,10 +579,9 @@ class MeteringProxy:
             }
         try:
             queued = self.sink.write(record)
-            self.metrics.record_queued(queued)
             if not queued:
                 self.metrics.failure("sink")
-            self.metrics.observe(record)
+            self.metrics.observe(record, queued)
             self.records_emitted += 1
         except Exception:
             logger.exception("ssetally proxy: writing the record failed")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from .._core import Tally
 from ..sinks import Sink, SinkCollector
 
 if TYPE_CHECKING:
@@ -29,16 +30,11 @@ logger = logging.getLogger("ssetally.proxy")
 #: Stream durations (seconds): LLM streams run from well under a second to minutes.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-_TOKEN_KINDS = (
-    ("input", "input_tokens"),
-    ("output", "output_tokens"),
-    ("cached_input", "cached_input_tokens"),
-    ("reasoning", "reasoning_tokens"),
-)
 
 #: An ISO 4217 currency code (label values stay bounded).
 _CURRENCY = re.compile(r"[A-Z]{3}")
-#: Finished requests at most whose counts are held until a scrape (then applied at once).
+#: Counts at most (a finished request's, a record handed to the sink) held until a scrape;
+#: then they are applied at once.
 MAX_HELD = 1024
 #: Seconds between two log messages about one kind of metering fault.
 FAULT_LOG_EVERY = 30.0
@@ -60,24 +56,6 @@ def _import_prometheus() -> Any:
 MAX_MODEL_LABELS = 256
 #: Longer model names are counted as ``other`` too.
 MAX_MODEL_LABEL_LENGTH = 128
-OTHER_MODEL = "other"
-
-
-class _ModelLabels:
-    """The label value a model name is counted under: itself while there are few of them."""
-
-    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-
-    def __call__(self, model: str) -> str:
-        """(Called with ``ProxyMetrics``' lock held.)"""
-        if not model or model in self._seen:
-            return model
-        if len(model) > MAX_MODEL_LABEL_LENGTH or len(self._seen) >= self._limit:
-            return OTHER_MODEL
-        self._seen.add(model)
-        return model
 
 
 class _FaultLog:
@@ -152,25 +130,10 @@ class _SinkMirror:
             self.spool_depth.labels(kind).set(stats["spool_depth"])
 
 
-class _Held:
-    """The counts of finished requests not yet applied to the metrics, added up per series:
-    one update of each series per moment, not several locked updates per request."""
-
-    __slots__ = ("client_bytes", "cost", "durations", "records", "requests", "tokens")
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, ...], int] = {}
-        self.tokens: dict[tuple[str, ...], int] = {}
-        self.cost: dict[tuple[str, ...], float] = {}
-        self.records: dict[str, int] = {}
-        self.durations: list[tuple[str, float]] = []
-        self.client_bytes = 0
-
-
 class _Children:
     """The children of a labelled metric by label values, each looked up in the metric once
     (its ``labels()`` checks the values and takes a lock at every call). The label values
-    are bounded already (``_ModelLabels``); past ``limit`` tuples the metric is asked again."""
+    are bounded already (``MAX_MODEL_LABELS``); past ``limit`` tuples the metric is asked again."""
 
     def __init__(self, metric: Any, limit: int = 4096) -> None:
         self._metric = metric
@@ -294,7 +257,6 @@ class ProxyMetrics:
         for attribute, kind, name, text, labels, extra in _METRICS:
             metric = getattr(prom, kind)(name, text, labels, registry=self.registry, **extra)
             setattr(self, attribute, metric)
-        self._model_label = _ModelLabels()
         self._requests = _Children(self.requests)
         self._tokens = _Children(self.tokens)
         self._stream_duration = _Children(self.stream_duration)
@@ -305,9 +267,9 @@ class ProxyMetrics:
         self._mirror: _SinkMirror | None = None
         self._sink_failed = 0
         self._sink_lock = threading.Lock()
-        self._lock = threading.Lock()  # the held counts (and the model labels)
-        self._held = _Held()
-        self._held_count = 0
+        self._lock = threading.Lock()  # the held counts
+        self._tally = Tally(MAX_MODEL_LABELS, MAX_MODEL_LABEL_LENGTH)
+        self._cost_held: dict[tuple[str, str], float] = {}
         self._hold = not os.environ.get(_MULTIPROC_ENV)
 
     def watch(self, sink: Sink) -> None:
@@ -323,10 +285,7 @@ class ProxyMetrics:
     def record_queued(self, queued: bool) -> None:
         """Count one record handed to the sink: ``queued``, or ``dropped`` when it was not."""
         with self._lock:
-            held = self._held
-            result = "queued" if queued else "dropped"
-            held.records[result] = held.records.get(result, 0) + 1
-            self._held_one()
+            self._held(self._tally.record(queued))
 
     def failure(self, stage: str, count: int = 1) -> None:
         """Count ``count`` metering faults at ``stage`` (logged, at most every 30 s a stage)."""
@@ -347,50 +306,32 @@ class ProxyMetrics:
         if new > 0:
             self.failure("sink", new)
 
-    def observe(self, record: Mapping[str, Any]) -> None:
-        """Account one finished request's record."""
-        api = str(record.get("api") or "unknown")
-        sizes = record.get("bytes") or {}
-        client_bytes = sizes.get("client")
-        usage = record.get("usage")
-        model = str(record.get("model") or record.get("requested_model") or "unknown")
-        duration = (record.get("timings") or {}).get("duration")
+    def observe(self, record: Mapping[str, Any], queued: bool | None = None) -> None:
+        """Account one finished request's record (its counts natively, ``Tally``); with
+        ``queued``, as ``record_queued`` does too."""
+        if type(record) is not dict:
+            record = dict(record)
         cost = record.get("cost")
-        amount = currency = None
-        if isinstance(cost, Mapping):
-            amount = _amount(cost.get("total"))
-            if amount:
-                currency = str(cost.get("currency"))
-                currency = currency if _CURRENCY.fullmatch(currency) else "other"
         with self._lock:
-            held = self._held
-            key: tuple[str, ...] = (str(record.get("status")), api)
-            held.requests[key] = held.requests.get(key, 0) + 1
-            if isinstance(client_bytes, int) and client_bytes > 0:
-                held.client_bytes += client_bytes
-            model = self._model_label(model)
-            if usage:
-                source = str(usage.get("source") or "stream")
-                tokens = held.tokens
-                for kind, name in _TOKEN_KINDS:
-                    value = usage.get(name)
-                    if isinstance(value, int) and value > 0:
-                        key = (model, source, kind)
-                        tokens[key] = tokens.get(key, 0) + value
-            if record.get("stream") and isinstance(duration, (int, float)):
-                held.durations.append((api, duration))
-            if amount and currency is not None:
-                key = (model, currency)
-                held.cost[key] = held.cost.get(key, 0.0) + amount
-            self._held_one()
+            if cost is not None and isinstance(cost, Mapping):
+                self._hold_cost(record, cost)
+            self._held(self._tally.observe(record, queued))
         if not self._hold:
             self._sync_sink()
 
-    def _held_one(self) -> None:
-        """One more request held (the lock is held). A worker of ``--workers`` applies it at
-        once: its metric files are what outlive it, should it be killed."""
-        self._held_count += 1
-        if not self._hold or self._held_count >= MAX_HELD:
+    def _hold_cost(self, record: Mapping[str, Any], cost: Mapping[str, Any]) -> None:
+        amount = _amount(cost.get("total"))
+        if amount:
+            currency = str(cost.get("currency"))
+            currency = currency if _CURRENCY.fullmatch(currency) else "other"
+            model = str(record.get("model") or record.get("requested_model") or "unknown")
+            key = (self._tally.model_label(model), currency)
+            self._cost_held[key] = self._cost_held.get(key, 0.0) + amount
+
+    def _held(self, count: int) -> None:
+        """``count`` requests held now (the lock is held). A worker of ``--workers`` applies
+        them at once: its metric files are what outlive it, should it be killed."""
+        if not self._hold or count >= MAX_HELD:
             self._flush_held()
 
     def flush(self) -> None:
@@ -401,19 +342,21 @@ class ProxyMetrics:
         self._sync_sink()
 
     def _flush_held(self) -> None:
-        held, self._held, self._held_count = self._held, _Held(), 0
-        for key, n in held.requests.items():
-            self._requests(*key).inc(n)
-        if held.client_bytes:
-            self.client_bytes.inc(held.client_bytes)
-        for key, n in held.tokens.items():
-            self._tokens(*key).inc(n)
-        for api, duration in held.durations:
+        requests, tokens, durations, client_bytes, (queued, dropped) = self._tally.take()
+        cost, self._cost_held = self._cost_held, {}
+        for labels, n in requests:
+            self._requests(*labels).inc(n)
+        if client_bytes:
+            self.client_bytes.inc(client_bytes)
+        for series, n in tokens:
+            self._tokens(*series).inc(n)
+        for api, duration in durations:
             self._stream_duration(api).observe(duration)
-        for key, amount in held.cost.items():
+        for key, amount in cost.items():
             self._cost(*key).inc(amount)
-        for result, n in held.records.items():
-            self._records(result).inc(n)
+        for result, n in (("queued", queued), ("dropped", dropped)):
+            if n:
+                self._records(result).inc(n)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
