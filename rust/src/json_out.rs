@@ -7,9 +7,6 @@
 
 use std::fmt::Write;
 
-/// Appends `text` as a JSON string: `"` and `\` escaped, control
-/// characters as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00XX`, U+0085, U+2028
-/// and U+2029 as `\uXXXX`, everything else as is.
 /// `value` in decimal, as JSON (and Python) write an integer: no allocation.
 pub fn push_int(out: &mut String, value: i64) {
     let mut digits = [0u8; 20]; // i64::MIN has 19 digits
@@ -31,6 +28,9 @@ pub fn push_int(out: &mut String, value: i64) {
     }
 }
 
+/// Appends `text` as a JSON string: `"` and `\` escaped, control
+/// characters as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00XX`, U+0085, U+2028
+/// and U+2029 as `\uXXXX`, everything else as is.
 pub fn push_str(out: &mut String, text: &str) {
     out.push('"');
     push_str_body(out, text);
@@ -39,12 +39,62 @@ pub fn push_str(out: &mut String, text: &str) {
 
 /// The escaped characters of `text` as a JSON string, without its quotes.
 pub fn push_str_body(out: &mut String, text: &str) {
+    push_escaped(out, text, false);
+}
+
+/// `push_str` for text that must hold no NUL: false, with part of `text`
+/// written, if it does (the caller drops what it wrote).
+pub fn push_str_without_nul(out: &mut String, text: &str) -> bool {
+    out.push('"');
+    let ok = push_escaped(out, text, true);
+    out.push('"');
+    ok
+}
+
+/// The first byte at or after `from` that `push_escaped` must look at.
+/// Eight bytes at a time: a word with no control character, `"`, `\\` or
+/// non-ASCII byte is passed over whole.
+fn next_attention(bytes: &[u8], mut from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(word) = bytes.get(from..from + 8) {
+        let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // The classic zero-byte test: the lowest flagged byte is exact (a
+        // borrow only carries upward), which is the one taken.
+        let flagged = (w.wrapping_sub(ONES * 0x20) & !w)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | w;
+        let flagged = flagged & HIGH;
+        if flagged != 0 {
+            let at = from + (flagged.trailing_zeros() / 8) as usize;
+            if ATTENTION[usize::from(bytes[at])] {
+                return Some(at);
+            }
+            from = at + 1; // a non-ASCII byte that needs no escape
+            continue;
+        }
+        from += 8;
+    }
+    let tail = bytes.get(from..)?;
+    tail.iter()
+        .position(|&b| ATTENTION[usize::from(b)])
+        .map(|skip| from + skip)
+}
+
+/// The escaped characters of `text`; with `refuse_nul`, false at a NUL.
+fn push_escaped(out: &mut String, text: &str, refuse_nul: bool) -> bool {
     let bytes = text.as_bytes();
     let mut start = 0;
     let mut i = 0;
-    while let Some(skip) = bytes[i..].iter().position(|&b| ATTENTION[usize::from(b)]) {
-        i += skip;
+    while let Some(at) = next_attention(bytes, i) {
+        i = at;
         let b = bytes[i];
+        if b == 0 && refuse_nul {
+            return false;
+        }
         let (escape, width): (&str, usize) = match b {
             b'"' => ("\\\"", 1),
             b'\\' => ("\\\\", 1),
@@ -80,6 +130,7 @@ pub fn push_str_body(out: &mut String, text: &str) {
         start = i;
     }
     out.push_str(&text[start..]);
+    true
 }
 
 /// The bytes `push_str_body` looks at: controls, `"`, `\\`, and the lead bytes
@@ -272,5 +323,56 @@ mod tests {
             "\"\u{84}\u{2027}\u{202a}\""
         );
         assert_eq!(string(""), "\"\"");
+    }
+
+    /// The escaping of one character at a time, the reference for the word
+    /// at a time scan.
+    fn one_by_one(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\u{0}'..='\u{1f}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                }
+                _ => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn every_special_character_at_every_offset_and_length() {
+        let specials = [
+            "\"", "\\", "\u{0}", "\n", "\u{1f}", "\u{7f}", "é", "\u{85}", "\u{84}", "\u{2028}",
+            "\u{2029}", "\u{2027}", "€", "😀", " ", "~",
+        ];
+        for len in 0..40 {
+            for at in 0..=len {
+                for special in specials {
+                    for second in ["", "\"", "\u{2029}"] {
+                        let text = format!(
+                            "{}{special}{}{second}",
+                            "a".repeat(at),
+                            "b".repeat(len - at)
+                        );
+                        assert_eq!(string(&text), one_by_one(&text), "{text:?}");
+                        let mut out = String::new();
+                        let clean = push_str_without_nul(&mut out, &text);
+                        assert_eq!(clean, !text.contains('\u{0}'), "{text:?}");
+                        if clean {
+                            assert_eq!(out, one_by_one(&text));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

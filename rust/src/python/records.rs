@@ -6,7 +6,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::json_out::{push_float, push_int, push_str};
+use crate::json_out::{push_float, push_int, push_str_without_nul};
 
 /// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
 /// (its attributes of the same names).
@@ -71,14 +71,24 @@ fn walk_record(
         return Ok(false);
     }
     let bounds: Bounds<'_> = limits.extract()?;
-    let mut w = Walk { b: bounds, out };
+    let mut long_fields = Vec::new();
+    for name in bounds.long_fields.try_iter()? {
+        long_fields.push(name?.extract::<String>()?);
+    }
+    let mut w = Walk {
+        b: bounds,
+        out,
+        long_fields,
+    };
     Ok(w.container(record, 0, false)? && w.b.budget > 0)
 }
 
-/// A walk over a record: the bounds left, and the text written so far.
+/// A walk over a record: the bounds left, the text written so far, and the
+/// long fields' names (compared as text: cheaper than a set lookup a key).
 struct Walk<'py, 'o> {
     b: Bounds<'py>,
     out: Option<&'o mut String>,
+    long_fields: Vec<String>,
 }
 
 impl Walk<'_, '_> {
@@ -86,6 +96,20 @@ impl Walk<'_, '_> {
         if let Some(out) = self.out.as_deref_mut() {
             out.push_str(text);
         }
+    }
+
+    /// The text of a clean string (no NUL, no lone surrogate), written as a
+    /// JSON string when writing; None for one that is not clean.
+    fn text<'s>(&mut self, text: &'s Bound<'_, PyString>) -> PyResult<Option<&'s str>> {
+        // In place for ASCII text (CPython keeps a UTF-8 copy of other text).
+        let Ok(s) = text.to_str() else {
+            return Ok(None); // a lone surrogate
+        };
+        let clean = match self.out.as_deref_mut() {
+            Some(out) => push_str_without_nul(out, s), // the NUL check in the same scan
+            None => memchr::memchr(0, s.as_bytes()).is_none(),
+        };
+        Ok(clean.then_some(s))
     }
 
     /// Whether the container `value` (a dict or a list) at `depth` is clean;
@@ -109,18 +133,15 @@ impl Walk<'_, '_> {
                 if chars == 0 || chars > self.b.key {
                     return Ok(false);
                 }
-                let Some(text) = clean_text(name) else {
+                if i > 0 {
+                    self.put(",");
+                }
+                let Some(text) = self.text(name)? else {
                     return Ok(false);
                 };
                 self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-                if let Some(out) = self.out.as_deref_mut() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    push_str(out, text);
-                    out.push(':');
-                }
-                let inner = long || self.b.long_fields.contains(name)?;
+                self.put(":");
+                let inner = long || self.long_fields.iter().any(|f| f == text);
                 if !self.value(&item, depth, inner)? {
                     return Ok(false);
                 }
@@ -158,13 +179,10 @@ impl Walk<'_, '_> {
             if chars > limit {
                 return Ok(false);
             }
-            let Some(body) = clean_text(text) else {
+            if self.text(text)?.is_none() {
                 return Ok(false);
-            };
-            self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-            if let Some(out) = self.out.as_deref_mut() {
-                push_str(out, body);
             }
+            self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
             return Ok(true);
         }
         if value.cast_exact::<PyInt>().is_ok() {
@@ -194,12 +212,4 @@ impl Walk<'_, '_> {
         self.put(if truth { "true" } else { "false" });
         Ok(true)
     }
-}
-
-/// The text of `text` when it has no NUL and no lone surrogate (text that
-/// does not encode as UTF-8).
-fn clean_text<'a>(text: &'a Bound<'_, PyString>) -> Option<&'a str> {
-    // In place for ASCII text (CPython keeps a UTF-8 copy of other text).
-    let s = text.to_str().ok()?;
-    memchr::memchr(0, s.as_bytes()).is_none().then_some(s)
 }
