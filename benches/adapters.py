@@ -36,8 +36,9 @@ _HTTPX_REQUEST = httpx.Request("GET", _URL)
 
 def httpx_response(reads: Iterable[bytes]) -> httpx.Response:
     """An in-memory streaming ``httpx.Response`` (no network) over ``reads``."""
-    return httpx.Response(200, headers=_SSE_HEADERS, stream=_HttpxReads(reads),
-                          request=_HTTPX_REQUEST)
+    return httpx.Response(
+        200, headers=_SSE_HEADERS, stream=_HttpxReads(reads), request=_HTTPX_REQUEST
+    )
 
 
 def ssetally_decoder(reads: Iterable[bytes]) -> Iterable[Any]:
@@ -97,8 +98,9 @@ try:
     _HTTPX2_REQUEST = httpx2.Request("GET", _URL)
 
     def httpx2_eventsource(reads: Iterable[bytes]) -> Iterable[Any]:
-        response = httpx2.Response(200, headers=_SSE_HEADERS, stream=_Httpx2Reads(reads),
-                                   request=_HTTPX2_REQUEST)
+        response = httpx2.Response(
+            200, headers=_SSE_HEADERS, stream=_Httpx2Reads(reads), request=_HTTPX2_REQUEST
+        )
         return iter(httpx2.EventSource(response))
 
     ADAPTERS["httpx2.eventsource"] = httpx2_eventsource

@@ -97,8 +97,10 @@ def _usage_key(kind: str) -> str:
 
 # --------------------------------------------------------------------------- consumers
 
+
 def event_runner(adapter: adapters.Adapter, payloads: bool = False) -> Runner:
     if payloads:
+
         def run_payloads(bodies: Bodies) -> Tally:
             events = chars = 0
             for body in bodies:
@@ -120,9 +122,11 @@ def event_runner(adapter: adapters.Adapter, payloads: bool = False) -> Runner:
     return run
 
 
-def json_runner(adapter: adapters.Adapter, loads: Loads, extract: Extract,
-                payloads: bool = False) -> Runner:
+def json_runner(
+    adapter: adapters.Adapter, loads: Loads, extract: Extract, payloads: bool = False
+) -> Runner:
     if payloads:
+
         def run_payloads(bodies: Bodies) -> Tally:
             events = tokens = 0
             for body in bodies:
@@ -156,8 +160,12 @@ def usage_tap_runner(tap_class: Any) -> Runner:
                 tap.feed(read)
             report = tap.finish()
             usage = report.usage
-            if report.status != "completed" or usage is None or usage.output_tokens is None \
-                    or len(tap.reports) != 1:
+            if (
+                report.status != "completed"
+                or usage is None
+                or usage.output_tokens is None
+                or len(tap.reports) != 1
+            ):
                 bad += 1
                 continue
             tokens += usage.output_tokens
@@ -203,6 +211,7 @@ def newline_runner(kind: str) -> Runner:
 
 # --------------------------------------------------------------------------- registry
 
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -246,6 +255,7 @@ _JSON_PAIRS = (
     ("naive.lines", "orjson"),
 )
 
+
 def _loads(name: str) -> Loads | None:
     if name == "json":
         return json.loads
@@ -267,19 +277,38 @@ def all_cases() -> list[Case]:
             out.append(Case(key, label, "event", _event_maker(adapter, key == "naive.lines")))
     tap = adapters.usage_tap_class()
     if tap is not None:
-        out.append(Case("ssetally.usagetap", "ssetally UsageTap (api=auto)", "usage",
-                        lambda kind: usage_tap_runner(tap)))
+        out.append(
+            Case(
+                "ssetally.usagetap",
+                "ssetally UsageTap (api=auto)",
+                "usage",
+                lambda kind: usage_tap_runner(tap),
+            )
+        )
     for key, decoder in _JSON_PAIRS:
         adapter = adapters.ADAPTERS.get(key)
         loads = _loads(decoder)
         if adapter is not None and loads is not None:
             label = f"{labels[key]} + {decoder}.loads"
-            out.append(Case(f"{key}+{decoder}", label, "usage",
-                            _json_maker(adapter, loads, key == "naive.lines")))
-    out.append(Case("pyscan.usage", "pure-Python usage scan (find + raw_decode)", "usage",
-                    scan_runner))
-    out.append(Case("floor.newlines", 'floor: bytes.count(b"\\n") per read (no usage)', "usage",
-                    newline_runner))
+            out.append(
+                Case(
+                    f"{key}+{decoder}",
+                    label,
+                    "usage",
+                    _json_maker(adapter, loads, key == "naive.lines"),
+                )
+            )
+    out.append(
+        Case("pyscan.usage", "pure-Python usage scan (find + raw_decode)", "usage", scan_runner)
+    )
+    out.append(
+        Case(
+            "floor.newlines",
+            'floor: bytes.count(b"\\n") per read (no usage)',
+            "usage",
+            newline_runner,
+        )
+    )
     return out
 
 
@@ -287,8 +316,7 @@ def _event_maker(adapter: adapters.Adapter, payloads: bool) -> Callable[[str], R
     return lambda kind: event_runner(adapter, payloads)
 
 
-def _json_maker(adapter: adapters.Adapter, loads: Loads,
-                payloads: bool) -> Callable[[str], Runner]:
+def _json_maker(adapter: adapters.Adapter, loads: Loads, payloads: bool) -> Callable[[str], Runner]:
     return lambda kind: json_runner(adapter, loads, extractor(kind), payloads)
 
 

@@ -28,33 +28,62 @@ def write_chart(results: dict[str, Any], path: Path, kind: str = "chat") -> bool
         rows.sort(key=lambda r: (r["mode"] != "event", r["mb_s"]))
         labels = [r["label"] for r in rows]
         values = [r["mb_s"] for r in rows]
-        colors = ["tab:orange" if r["key"].startswith("ssetally") else
-                  ("tab:blue" if r["mode"] == "event" else "tab:green") for r in rows]
+        colors = [
+            "tab:orange"
+            if r["key"].startswith("ssetally")
+            else ("tab:blue" if r["mode"] == "event" else "tab:green")
+            for r in rows
+        ]
         bars.barh(range(len(rows)), values, color=colors)
         bars.set_yticks(range(len(rows)), labels, fontsize=7)
         bars.set_xscale("log")
         bars.set_xlabel("MB/s (log), median")
-        bars.set_title(f"Throughput, corpus {data.get('kind', kind)}, 1–4 KiB reads\n"
-                       "blue: events (.data read) · green: usage · orange: ssetally",
-                       fontsize=9)
+        bars.set_title(
+            f"Throughput, corpus {data.get('kind', kind)}, 1–4 KiB reads\n"
+            "blue: events (.data read) · green: usage · orange: ssetally",
+            fontsize=9,
+        )
         for i, v in enumerate(values):
             bars.text(v, i, f" {v:,.0f}", va="center", fontsize=6)
 
-    keys = dict.fromkeys(p["key"] for p in [*results.get("size_sweep", []),
-                                            *results.get("read_sweep", [])])
+    keys = dict.fromkeys(
+        p["key"] for p in [*results.get("size_sweep", []), *results.get("read_sweep", [])]
+    )
     color = {key: f"C{i}" for i, key in enumerate(keys)}
     for ax, points, xkey, ykey, scale, title, xlabel, ylabel in (
-        (sizes, results.get("size_sweep", []), "nbytes", "median_s", 1e3,
-         "Cost against stream size (one chat stream)", "stream bytes", "ms per stream"),
-        (reads, results.get("read_sweep", []), "x", "ns_per_event", 1e-3,
-         "Time per event against read size", "bytes per read (feed call)", "µs per event"),
+        (
+            sizes,
+            results.get("size_sweep", []),
+            "nbytes",
+            "median_s",
+            1e3,
+            "Cost against stream size (one chat stream)",
+            "stream bytes",
+            "ms per stream",
+        ),
+        (
+            reads,
+            results.get("read_sweep", []),
+            "x",
+            "ns_per_event",
+            1e-3,
+            "Time per event against read size",
+            "bytes per read (feed call)",
+            "µs per event",
+        ),
     ):
         for key in dict.fromkeys(p["key"] for p in points):
-            pts = sorted((p for p in points if p["key"] == key and not p.get("error")),
-                         key=lambda p: p[xkey])
-            ax.plot([p[xkey] for p in pts], [p[ykey] * scale for p in pts], marker="o",
-                    label=key, color=color[key],
-                    linewidth=2.5 if key.startswith("ssetally") else 1.2)
+            pts = sorted(
+                (p for p in points if p["key"] == key and not p.get("error")), key=lambda p: p[xkey]
+            )
+            ax.plot(
+                [p[xkey] for p in pts],
+                [p[ykey] * scale for p in pts],
+                marker="o",
+                label=key,
+                color=color[key],
+                linewidth=2.5 if key.startswith("ssetally") else 1.2,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)

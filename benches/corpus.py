@@ -46,14 +46,84 @@ BODY_POOL_BYTES = 2_000_000
 MIN_PIECES, MAX_PIECES = 20, 1500
 
 _WORDS = (
-    "the", "model", "answer", "data", "stream", "token", "usage", "request", "server", "client",
-    "event", "parser", "value", "result", "system", "network", "latency", "throughput", "buffer",
-    "response", "context", "window", "function", "argument", "python", "rust", "memory", "cache",
-    "query", "index", "vector", "search", "record", "field", "because", "however", "therefore",
-    "quickly", "simply", "first", "second", "final", "output", "input", "chunk", "report",
-    "metric", "budget", "cost", "price", "limit", "error", "retry", "status", "complete",
-    "partial", "message", "a", "an", "of", "to", "in", "on", "for", "with", "by", "from", "at",
-    "as", "is", "are", "was", "be", "it", "this", "that", "these", "those",
+    "the",
+    "model",
+    "answer",
+    "data",
+    "stream",
+    "token",
+    "usage",
+    "request",
+    "server",
+    "client",
+    "event",
+    "parser",
+    "value",
+    "result",
+    "system",
+    "network",
+    "latency",
+    "throughput",
+    "buffer",
+    "response",
+    "context",
+    "window",
+    "function",
+    "argument",
+    "python",
+    "rust",
+    "memory",
+    "cache",
+    "query",
+    "index",
+    "vector",
+    "search",
+    "record",
+    "field",
+    "because",
+    "however",
+    "therefore",
+    "quickly",
+    "simply",
+    "first",
+    "second",
+    "final",
+    "output",
+    "input",
+    "chunk",
+    "report",
+    "metric",
+    "budget",
+    "cost",
+    "price",
+    "limit",
+    "error",
+    "retry",
+    "status",
+    "complete",
+    "partial",
+    "message",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "on",
+    "for",
+    "with",
+    "by",
+    "from",
+    "at",
+    "as",
+    "is",
+    "are",
+    "was",
+    "be",
+    "it",
+    "this",
+    "that",
+    "these",
+    "those",
 )
 _RARE_WORDS = ("café", "naïve", "über", "größe", "数据", "模型", "東京", "🚀", "✓", "Ωmega")
 _ALNUM = string.ascii_letters + string.digits
@@ -125,8 +195,9 @@ class StreamSections:
     def whole(self) -> Section:
         wire = self.head.wire + self.body.wire + self.tail.wire
         truth = self.head.truth + self.body.truth + self.tail.truth
-        return Section(wire, Truth(1, truth.events, truth.data_chars, truth.output_tokens,
-                                   truth.nbytes))
+        return Section(
+            wire, Truth(1, truth.events, truth.data_chars, truth.output_tokens, truth.nbytes)
+        )
 
 
 def _rid(rng: random.Random, n: int) -> str:
@@ -144,8 +215,10 @@ def _pieces(rng: random.Random, n: int) -> list[str]:
         if r < 0.02:
             out.append("\n\n")
             continue
-        words = [rng.choice(_RARE_WORDS) if rng.random() < 0.03 else rng.choice(_WORDS)
-                 for _ in range(rng.randint(1, 4))]
+        words = [
+            rng.choice(_RARE_WORDS) if rng.random() < 0.03 else rng.choice(_WORDS)
+            for _ in range(rng.randint(1, 4))
+        ]
         piece = " " + " ".join(words)
         if r > 0.99:
             piece = f' "{piece.strip()}"'
@@ -222,10 +295,14 @@ def _responses(rng: random.Random, n: int, obfuscation: bool, tools: bool) -> St
     created = 1_760_000_000 + rng.randint(0, 10**7)
     seq = _Seq()
     head = [
-        seq.ev("response.created",
-               f'"response":{_response_obj(resp_id, created, "in_progress", "[]", "null")}'),
-        seq.ev("response.in_progress",
-               f'"response":{_response_obj(resp_id, created, "in_progress", "[]", "null")}'),
+        seq.ev(
+            "response.created",
+            f'"response":{_response_obj(resp_id, created, "in_progress", "[]", "null")}',
+        ),
+        seq.ev(
+            "response.in_progress",
+            f'"response":{_response_obj(resp_id, created, "in_progress", "[]", "null")}',
+        ),
     ]
     item_id = f"{'fc' if tools else 'msg'}_{_hex(rng, 50)}"
     pieces = _pieces(rng, n)
@@ -239,45 +316,65 @@ def _responses(rng: random.Random, n: int, obfuscation: bool, tools: bool) -> St
         frags = [prefix + '"', *escaped, '"}']
 
         def item(status: str, args: str) -> str:
-            return (f'{{"id":"{item_id}","type":"function_call","status":"{status}",'
-                    f'"arguments":{_js(args)},"call_id":"{call_id}","name":"write_file"}}')
+            return (
+                f'{{"id":"{item_id}","type":"function_call","status":"{status}",'
+                f'"arguments":{_js(args)},"call_id":"{call_id}","name":"write_file"}}'
+            )
 
-        head.append(seq.ev("response.output_item.added",
-                           f'"item":{item("in_progress", "")},"output_index":0'))
-        body = [seq.ev("response.function_call_arguments.delta",
-                       f'"delta":{_js(f)},"item_id":"{item_id}"{_obf(rng, obfuscation)},'
-                       f'"output_index":0') for f in frags]
+        head.append(
+            seq.ev(
+                "response.output_item.added", f'"item":{item("in_progress", "")},"output_index":0'
+            )
+        )
+        body = [
+            seq.ev(
+                "response.function_call_arguments.delta",
+                f'"delta":{_js(f)},"item_id":"{item_id}"{_obf(rng, obfuscation)},"output_index":0',
+            )
+            for f in frags
+        ]
         done_item = item("completed", arguments)
         tail = [
-            seq.ev("response.function_call_arguments.done",
-                   f'"arguments":{_js(arguments)},"item_id":"{item_id}","output_index":0'),
+            seq.ev(
+                "response.function_call_arguments.done",
+                f'"arguments":{_js(arguments)},"item_id":"{item_id}","output_index":0',
+            ),
             seq.ev("response.output_item.done", f'"item":{done_item},"output_index":0'),
         ]
     else:
         text = "".join(pieces)
         part_empty = '{"type":"output_text","annotations":[],"logprobs":[],"text":""}'
         part_full = f'{{"type":"output_text","annotations":[],"logprobs":[],"text":{_js(text)}}}'
-        msg = ('{{"id":"{id}","type":"message","status":"{st}","content":[{c}],'
-               '"role":"assistant"}}')
+        msg = '{{"id":"{id}","type":"message","status":"{st}","content":[{c}],"role":"assistant"}}'
         head += [
-            seq.ev("response.output_item.added",
-                   f'"item":{msg.format(id=item_id, st="in_progress", c="")},"output_index":0'),
-            seq.ev("response.content_part.added",
-                   f'"content_index":0,"item_id":"{item_id}","output_index":0,'
-                   f'"part":{part_empty}'),
+            seq.ev(
+                "response.output_item.added",
+                f'"item":{msg.format(id=item_id, st="in_progress", c="")},"output_index":0',
+            ),
+            seq.ev(
+                "response.content_part.added",
+                f'"content_index":0,"item_id":"{item_id}","output_index":0,"part":{part_empty}',
+            ),
         ]
-        body = [seq.ev("response.output_text.delta",
-                       f'"content_index":0,"delta":{_js(p)},"item_id":"{item_id}",'
-                       f'"logprobs":[]{_obf(rng, obfuscation)},"output_index":0')
-                for p in pieces]
+        body = [
+            seq.ev(
+                "response.output_text.delta",
+                f'"content_index":0,"delta":{_js(p)},"item_id":"{item_id}",'
+                f'"logprobs":[]{_obf(rng, obfuscation)},"output_index":0',
+            )
+            for p in pieces
+        ]
         done_item = msg.format(id=item_id, st="completed", c=part_full)
         tail = [
-            seq.ev("response.output_text.done",
-                   f'"content_index":0,"item_id":"{item_id}","logprobs":[],"output_index":0,'
-                   f'"text":{_js(text)}'),
-            seq.ev("response.content_part.done",
-                   f'"content_index":0,"item_id":"{item_id}","output_index":0,'
-                   f'"part":{part_full}'),
+            seq.ev(
+                "response.output_text.done",
+                f'"content_index":0,"item_id":"{item_id}","logprobs":[],"output_index":0,'
+                f'"text":{_js(text)}',
+            ),
+            seq.ev(
+                "response.content_part.done",
+                f'"content_index":0,"item_id":"{item_id}","output_index":0,"part":{part_full}',
+            ),
             seq.ev("response.output_item.done", f'"item":{done_item},"output_index":0'),
         ]
     inp = rng.randint(20, 5000)
@@ -306,22 +403,33 @@ def _anthropic(rng: random.Random, n: int) -> StreamSections:
     )
     head: list[Event] = [
         ("message_start", start),
-        ("content_block_start",
-         '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
+        (
+            "content_block_start",
+            '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+        ),
         ("ping", '{"type": "ping"}'),
     ]
     body: list[Event] = [
-        ("content_block_delta",
-         (f'{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta",'
-          f'"text":{_js(p)}}}}}')) for p in _pieces(rng, n)
+        (
+            "content_block_delta",
+            (
+                f'{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta",'
+                f'"text":{_js(p)}}}}}'
+            ),
+        )
+        for p in _pieces(rng, n)
     ]
     out = n + rng.randint(0, 2 * n)
     tail: list[Event] = [
         ("content_block_stop", '{"type":"content_block_stop","index":0}'),
-        ("message_delta",
-         (f'{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},'
-          f'"usage":{{"input_tokens":{inp},"cache_creation_input_tokens":0,'
-          f'"cache_read_input_tokens":{cache_read},"output_tokens":{out}}}}}')),
+        (
+            "message_delta",
+            (
+                f'{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},'
+                f'"usage":{{"input_tokens":{inp},"cache_creation_input_tokens":0,'
+                f'"cache_read_input_tokens":{cache_read},"output_tokens":{out}}}}}'
+            ),
+        ),
         ("message_stop", '{"type":"message_stop"}'),
     ]
     return StreamSections(_section(head), _section(body), _section(tail, out))
@@ -332,18 +440,22 @@ def _gemini(rng: random.Random, n: int) -> StreamSections:
     response_id = _rid(rng, 23)
 
     def chunk(text: str, candidates: int, finish: str = "") -> Event:
-        return (None, (
-            f'{{"candidates":[{{"content":{{"parts":[{{"text":{_js(text)}}}],"role":"model"}}'
-            f'{finish},"index":0}}],"usageMetadata":{{"promptTokenCount":{prompt},'
-            f'"candidatesTokenCount":{candidates},"totalTokenCount":{prompt + candidates},'
-            f'"promptTokensDetails":[{{"modality":"TEXT","tokenCount":{prompt}}}]}},'
-            f'"modelVersion":"gemini-2.5-flash","responseId":"{response_id}"}}'))
+        return (
+            None,
+            (
+                f'{{"candidates":[{{"content":{{"parts":[{{"text":{_js(text)}}}],"role":"model"}}'
+                f'{finish},"index":0}}],"usageMetadata":{{"promptTokenCount":{prompt},'
+                f'"candidatesTokenCount":{candidates},"totalTokenCount":{prompt + candidates},'
+                f'"promptTokensDetails":[{{"modality":"TEXT","tokenCount":{prompt}}}]}},'
+                f'"modelVersion":"gemini-2.5-flash","responseId":"{response_id}"}}'
+            ),
+        )
 
     # Gemini sends a few pieces per chunk; the running count is the piece count so far.
     pieces = _pieces(rng, n)
     body: list[Event] = []
     for at in range(0, len(pieces), 3):
-        body.append(chunk("".join(pieces[at:at + 3]), min(at + 3, len(pieces))))
+        body.append(chunk("".join(pieces[at : at + 3]), min(at + 3, len(pieces))))
     out = len(pieces) + 1
     tail = [chunk(".", out, ',"finishReason":"STOP"')]
     return StreamSections(_section([]), _section(body), _section(tail, out))
@@ -403,7 +515,7 @@ def fixed_reads(size: int) -> Chunker:
         raise ValueError("read size must be positive")
 
     def chunk(data: bytes) -> list[bytes]:
-        return [data[i:i + size] for i in range(0, len(data), size)]
+        return [data[i : i + size] for i in range(0, len(data), size)]
 
     return chunk
 
@@ -447,6 +559,7 @@ def parse_chunker(spec: str, seed: int = SEED) -> Chunker:
 
 # --------------------------------------------------------------------------- workloads
 
+
 @dataclass(frozen=True)
 class Part:
     """Chunks fed ``repeat`` times in a row."""
@@ -473,7 +586,9 @@ class Workload:
             else:
                 yield itertools.chain.from_iterable(
                     itertools.chain.from_iterable(
-                        itertools.repeat(p.chunks, p.repeat) for p in stream))
+                        itertools.repeat(p.chunks, p.repeat) for p in stream
+                    )
+                )
 
     @property
     def reads(self) -> int:

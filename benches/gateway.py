@@ -37,6 +37,7 @@ from gateway_harness import (
     WARM_CONNECTIONS,
     WARM_EVENTS,
     cpu_name,
+    cpu_rounds,
     cpu_split,
     measure,
     start_upstream,
@@ -60,6 +61,8 @@ STREAMS = {
     "quick": {1: 12, 16: 3, 64: 2, 200: 2, 500: 2},
     "full": {1: 40, 16: 10, 64: 6, 200: 5, 500: 5},
 }
+#: Streams per connection of each path in each CPU round.
+CPU_ROUND_STREAMS = 3
 #: Share of its CPU past which the load generator counts as saturated (a note says so).
 LOAD_SATURATED = 0.9
 ALL_PATHS = ("direct", "nginx", "proxy", "inject-usage", "workers-2", "no-metering", "litellm")
@@ -113,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=64, help="content chunks per stream")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="pause between chunks")
     parser.add_argument("--chunk-bytes", type=int, default=335, help="bytes per content event")
+    parser.add_argument(
+        "--cpu-rounds",
+        type=int,
+        help="paired rounds of the CPU comparison (default 5; --quick 3; 0: none)",
+    )
+    parser.add_argument(
+        "--cpu-concurrency", type=int, default=200, help="concurrency of the CPU rounds"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="bound of the run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must be 1..10000 and --delay-ms 0..1000")
     if args.streams is not None and not 1 <= args.streams <= 1000:
         parser.error("--streams must be 1..1000")
+    if not 1 <= args.cpu_concurrency <= 2000 or not 0 <= (args.cpu_rounds or 0) <= 50:
+        parser.error("--cpu-concurrency must be 1..2000 and --cpu-rounds 0..50")
     if not 1 <= args.pg_concurrency <= 2000 or not 1 <= args.max_seconds <= 24 * 3600:
         parser.error("--pg-concurrency must be 1..2000 and --max-seconds 1..86400")
     if args.sink and not args.sink.startswith(("postgresql://", "postgres://")):
@@ -175,6 +188,7 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
     started: list[GatewayPath] = []
     by_level: dict[str, list[Level]] = {}
     warm: dict[str, Level] = {}
+    extra: dict[str, list[Level]] = {}  # the CPU rounds' levels
     deadline = time.monotonic() + args.max_seconds
     upstream, up_port = start_upstream(args, harness_cpus)
     load = (upstream.pid,)
@@ -219,10 +233,27 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
                             file=sys.stderr,
                             flush=True,
                         )
+                rounds = (
+                    args.cpu_rounds if args.cpu_rounds is not None else (3 if args.quick else 5)
+                )
+                paired: dict[str, list[float]] = {}
+                if rounds > 0 and time.monotonic() < deadline:
+                    paired, extra = cpu_rounds(
+                        started, args.cpu_concurrency, CPU_ROUND_STREAMS, rounds, args, load
+                    )
             finally:
                 for path in started:
                     path.stop()  # the proxies flush their sinks
-            results = _results(args, mode, levels, plan, pinning, notes, started, by_level, warm)
+            results = _results(
+                args, mode, levels, plan, pinning, notes, started, by_level, warm, extra
+            )
+            if paired:
+                results["cpu_rounds"] = {
+                    "concurrency": args.cpu_concurrency,
+                    "streams_per_connection": CPU_ROUND_STREAMS,
+                    "cpu_s_per_1000_chunks": paired,
+                }
+                results["targets"] = targets(results)
     finally:
         stop(upstream)
     results["seconds"] = round(time.monotonic() - t0, 1)
@@ -239,13 +270,15 @@ def _results(
     started: list[GatewayPath],
     by_level: dict[str, list[Level]],
     warm: dict[str, Level],
+    extra: dict[str, list[Level]],
 ) -> dict[str, Any]:
     direct = {lv.concurrency: lv for lv in by_level.get("direct", [])}
     figures: dict[str, Any] = {}
     for path in started:
-        fig = path_figures(by_level[path.name], direct, warm.get(path.name))
+        rounds = extra.get(path.name, [])
+        fig = path_figures(by_level[path.name], direct, warm.get(path.name), rounds)
         if isinstance(path, Ssetally) and path.records and path.jsonl is not None:
-            expected = {sid: args.events for lv in by_level[path.name] for sid in lv.ids}
+            expected = {sid: args.events for lv in by_level[path.name] + rounds for sid in lv.ids}
             expected.update({sid: WARM_EVENTS for sid in warm[path.name].ids})
             fig["records"] = check_records(read_jsonl(path.jsonl), expected)
             fig["exit_code"] = path.exit_code

@@ -43,9 +43,19 @@ def local_server(kind: str, size: int, max_seconds: float) -> Iterator[str]:
     """Starts the server process and yields its base URL; always stops it."""
     script = Path(__file__).resolve().parent / "loopback_server.py"
     proc = subprocess.Popen(
-        [sys.executable, str(script), "--kind", kind, "--size", str(size),
-         "--max-seconds", str(max_seconds)],
-        stdout=subprocess.PIPE, text=True, cwd=script.parent,
+        [
+            sys.executable,
+            str(script),
+            "--kind",
+            kind,
+            "--size",
+            str(size),
+            "--max-seconds",
+            str(max_seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=script.parent,
     )
     try:
         port: list[str] = []
@@ -88,6 +98,7 @@ def _variants(kind: str) -> dict[str, PerStream]:
     out: dict[str, PerStream] = {"httpx iter_bytes, no metering": _plain}
     tap_class = usage_tap_class()
     if tap_class is not None:
+
         def tap(response: httpx.Response) -> Tally:
             meter = tap_class("auto")
             for read in response.iter_bytes():
@@ -121,8 +132,12 @@ def _summed(parts: list[Tally]) -> Tally:
     def total(values: list[int | None]) -> int | None:
         return None if any(v is None for v in values) else sum(v or 0 for v in values)
 
-    return Tally(total([p.events for p in parts]), total([p.data_chars for p in parts]),
-                 total([p.output_tokens for p in parts]), sum(p.bad_streams for p in parts))
+    return Tally(
+        total([p.events for p in parts]),
+        total([p.data_chars for p in parts]),
+        total([p.output_tokens for p in parts]),
+        sum(p.bad_streams for p in parts),
+    )
 
 
 @dataclass
@@ -139,18 +154,21 @@ class E2EResult:
         for t in self.timed:
             ok = t.ok and base.ok
             cpu = statistics.median(t.cpu_seconds) if t.cpu_seconds else float("nan")
-            out.append({
-                "variant": t.key,
-                "mb_s": self.nbytes / t.median() / 1e6 if t.ok else float("nan"),
-                "us_per_stream": t.median() / self.streams * 1e6 if t.ok else float("nan"),
-                "cpu_us_per_stream": cpu / self.streams * 1e6 if t.ok else float("nan"),
-                "overhead_pct": (ratio(t, base) - 1) * 100 if ok else float("nan"),
-                "cpu_overhead_pct": (ratio(t, base, cpu=True) - 1) * 100 if ok
-                else float("nan"),
-                "seconds": t.seconds,
-                "cpu_seconds": t.cpu_seconds,
-                "error": t.error,
-            })
+            out.append(
+                {
+                    "variant": t.key,
+                    "mb_s": self.nbytes / t.median() / 1e6 if t.ok else float("nan"),
+                    "us_per_stream": t.median() / self.streams * 1e6 if t.ok else float("nan"),
+                    "cpu_us_per_stream": cpu / self.streams * 1e6 if t.ok else float("nan"),
+                    "overhead_pct": (ratio(t, base) - 1) * 100 if ok else float("nan"),
+                    "cpu_overhead_pct": (ratio(t, base, cpu=True) - 1) * 100
+                    if ok
+                    else float("nan"),
+                    "seconds": t.seconds,
+                    "cpu_seconds": t.cpu_seconds,
+                    "error": t.error,
+                }
+            )
         return out
 
 
@@ -158,9 +176,10 @@ def run_e2e(kind: str, size: int, runs: int, max_seconds: float = 900.0) -> E2ER
     workload = many_streams(kind, size, "1-4k")
     count = len(workload.pool) * workload.repeat
     truth = workload.truth
-    with local_server(kind, size, max_seconds) as base_url, httpx.Client(
-        base_url=base_url, timeout=CLIENT_TIMEOUT, trust_env=False
-    ) as client:
+    with (
+        local_server(kind, size, max_seconds) as base_url,
+        httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT, trust_env=False) as client,
+    ):
 
         def make(per_stream: PerStream) -> Callable[[], Tally]:
             def run() -> Tally:

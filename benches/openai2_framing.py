@@ -25,9 +25,7 @@ class Openai2Event:
 
     __slots__ = ("data", "event", "id", "retry")
 
-    def __init__(
-        self, event: str | None, data: str, id: str | None, retry: int | None
-    ) -> None:
+    def __init__(self, event: str | None, data: str, id: str | None, retry: int | None) -> None:
         self.event = event
         self.data = data
         self.id = id
@@ -60,8 +58,7 @@ class _FieldInterpreter:
 
     def line(self, line: str) -> Openai2Event | None:
         if not line:
-            if self.event is None and not self.data and self.last_id is None \
-                    and self.retry is None:
+            if self.event is None and not self.data and self.last_id is None and self.retry is None:
                 return None
             out = Openai2Event(self.event, "\n".join(self.data), self.last_id, self.retry)
             self.event, self.data, self.retry = None, [], None

@@ -33,8 +33,7 @@ def _usage_object(line_from_brace: bytes) -> Any:
     return _decoder.raw_decode(line_from_brace.decode())[0]
 
 
-def scan_last_usage(reads: Iterable[bytes],
-                    needle: bytes = USAGE_NEEDLE) -> dict[str, Any] | None:
+def scan_last_usage(reads: Iterable[bytes], needle: bytes = USAGE_NEEDLE) -> dict[str, Any] | None:
     """The fastest pure-Python usage reader we know: no SSE framing at all.
 
     Searches the raw reads for the bytes ``"usage":{`` (a ``"`` inside a JSON string is

@@ -106,7 +106,10 @@ def measure(key: str, kind: str, size: int, chunking: str) -> RssResult:
     try:
         proc = subprocess.run(
             [sys.executable, str(script), "--child", key, kind, str(size), chunking],
-            capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS, check=False,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_SECONDS,
+            check=False,
             cwd=script.parent,
         )
     except subprocess.TimeoutExpired:
@@ -115,8 +118,15 @@ def measure(key: str, kind: str, size: int, chunking: str) -> RssResult:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return RssResult(key, size, float("nan"), None, None, False, tail[0])
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return RssResult(data["key"], data["nbytes"], data["seconds"], data["rss_before_kb"],
-                     data["peak_kb"], data["peak_reset"], data["error"])
+    return RssResult(
+        data["key"],
+        data["nbytes"],
+        data["seconds"],
+        data["rss_before_kb"],
+        data["peak_kb"],
+        data["peak_reset"],
+        data["error"],
+    )
 
 
 if __name__ == "__main__":

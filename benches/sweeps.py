@@ -47,8 +47,14 @@ class SweepPoint:
         ok = self.error is None and bool(self.seconds)
         t = self.median() if ok else math.nan
         return {
-            "key": self.key, "x": self.x, "nbytes": self.nbytes, "events": self.events,
-            "reads": self.reads, "seconds": self.seconds, "median_s": t, "error": self.error,
+            "key": self.key,
+            "x": self.x,
+            "nbytes": self.nbytes,
+            "events": self.events,
+            "reads": self.reads,
+            "seconds": self.seconds,
+            "median_s": t,
+            "error": self.error,
             "ns_per_byte": t / self.nbytes * 1e9 if ok else math.nan,
             "ns_per_event": t / self.events * 1e9 if ok else math.nan,
             "ns_per_read": t / self.reads * 1e9 if ok else math.nan,
@@ -56,36 +62,47 @@ class SweepPoint:
         }
 
 
-def size_sweep(sizes: Sequence[int], runs: int, kind: str = "chat",
-               chunking: str = "1-4k", max_reference_size: int = 10**12) -> list[SweepPoint]:
+def size_sweep(
+    sizes: Sequence[int],
+    runs: int,
+    kind: str = "chat",
+    chunking: str = "1-4k",
+    max_reference_size: int = 10**12,
+) -> list[SweepPoint]:
     """One stream per size; every case parses it in one go. All (size, case) pairs share
     one round robin, so a noisy stretch of machine time spreads over every point."""
     points: list[tuple[int, Workload, Timed]] = []
     for size in sizes:
         workload = long_stream(kind, size, chunking)
-        points += [(size, workload, Timed(c.key, _bind(c.make(kind), workload), workload.truth))
-                   for c in _cases(SIZE_KEYS)
-                   if c.key.startswith("ssetally") or size <= max_reference_size]
+        points += [
+            (size, workload, Timed(c.key, _bind(c.make(kind), workload), workload.truth))
+            for c in _cases(SIZE_KEYS)
+            if c.key.startswith("ssetally") or size <= max_reference_size
+        ]
     round_robin([t for _, _, t in points], runs, progress="size sweep")
     return [_point(x, w, t) for x, w, t in points]
 
 
-def read_sweep(stream_bytes: int, runs: int, kind: str = "chat",
-               read_sizes: Sequence[int] = READ_SIZES) -> list[SweepPoint]:
+def read_sweep(
+    stream_bytes: int, runs: int, kind: str = "chat", read_sizes: Sequence[int] = READ_SIZES
+) -> list[SweepPoint]:
     """The same stream cut into reads of each size, all in one round robin."""
     points: list[tuple[int, Workload, Timed]] = []
     for read in read_sizes:
         workload = long_stream(kind, stream_bytes, str(read))
-        points += [(read, workload, Timed(c.key, _bind(c.make(kind), workload), workload.truth))
-                   for c in _cases(READ_KEYS)
-                   if c.key.startswith("ssetally") or read >= REFERENCE_MIN_READ]
+        points += [
+            (read, workload, Timed(c.key, _bind(c.make(kind), workload), workload.truth))
+            for c in _cases(READ_KEYS)
+            if c.key.startswith("ssetally") or read >= REFERENCE_MIN_READ
+        ]
     round_robin([t for _, _, t in points], runs, progress="read sweep")
     return [_point(x, w, t) for x, w, t in points]
 
 
 def _point(x: int, workload: Workload, t: Timed) -> SweepPoint:
-    return SweepPoint(t.key, x, workload.truth.nbytes, workload.truth.events, workload.reads,
-                      t.seconds, t.error)
+    return SweepPoint(
+        t.key, x, workload.truth.nbytes, workload.truth.events, workload.reads, t.seconds, t.error
+    )
 
 
 def _bind(runner: Runner, workload: Workload) -> Callable[[], Tally]:
@@ -129,4 +146,3 @@ def call_overhead(number: int = 200_000) -> CallCost:
 class _Noop:
     def feed(self, data: bytes) -> None:
         return None
-

@@ -85,6 +85,11 @@ def round_robin(cases: Sequence[Timed], runs: int, progress: str | None = None) 
 def ratio(slow: Timed, fast: Timed, cpu: bool = False) -> float:
     """Median over repetitions of ``slow`` time / ``fast`` time (same-run pairs); wall
     time, or this process's CPU time with ``cpu``."""
-    pairs = [s / f for s, f in zip(slow.cpu_seconds if cpu else slow.seconds,
-                                   fast.cpu_seconds if cpu else fast.seconds) if f > 0]
+    pairs = [
+        s / f
+        for s, f in zip(
+            slow.cpu_seconds if cpu else slow.seconds, fast.cpu_seconds if cpu else fast.seconds
+        )
+        if f > 0
+    ]
     return statistics.median(pairs) if pairs else math.nan

@@ -22,7 +22,7 @@ BENCHES = Path(__file__).resolve().parent.parent / "benches"
 sys.path.insert(0, str(BENCHES))
 
 from gateway_client import Level, run_level
-from gateway_report import check_records
+from gateway_report import check_records, cpu_ratio, targets
 from gateway_upstream import usage_prompt
 
 
@@ -31,6 +31,7 @@ def test_tiny_run_checks_fidelity_and_usage(tmp_path: Path) -> None:
         sys.executable, str(BENCHES / "gateway.py"), "--concurrency", "1,4", "--streams", "2",
         "--events", "6", "--delay-ms", "5", "--paths", "direct,nginx,proxy", "--no-pin",
         "--out", str(tmp_path), "--name", "smoke", "--max-seconds", "120",
+        "--cpu-rounds", "2", "--cpu-concurrency", "2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
@@ -41,20 +42,25 @@ def test_tiny_run_checks_fidelity_and_usage(tmp_path: Path) -> None:
     assert (tmp_path / "smoke.md").read_text().startswith("# Gateway benchmark")
     paths = results["paths"]
     assert {"direct", "proxy"} <= set(paths)
+    rounds = results["cpu_rounds"]["cpu_s_per_1000_chunks"]
+    assert set(rounds) == {"nginx", "proxy"} & set(paths)
     for name, path in paths.items():
-        # 1 + 4 connections x 2 streams, plus the warm-up (4 connections x 1 stream).
-        assert path["streams"] == path["attempted"] == 2 + 8 + 4, name
+        # 1 + 4 connections x 2 streams, the warm-up (4 connections x 1 stream), and for the
+        # paths compared by CPU 2 rounds of 2 connections x 3 streams.
+        paired = 2 * 2 * 3 if name in rounds else 0
+        assert path["streams"] == path["attempted"] == 2 + 8 + 4 + paired, name
         assert path["failed"] == 0 and path["altered"] == 0, name
         assert path["levels"][str(4)]["chunks"] == 8 * 6, name
     proxy = paths["proxy"]
     assert proxy["records"] == {
-        "records": 14,
-        "streams": 14,
+        "records": 26,
+        "streams": 26,
         "lost": 0,
         "duplicated": 0,
         "unmatched": 0,
-        "exact_usage": 14,
+        "exact_usage": 26,
     }
+    assert len(rounds["proxy"]) == 2 and all(v > 0 for v in rounds["proxy"])
     assert proxy["levels"]["1"]["added_p99_ms"] is not None
     assert proxy["levels"]["1"]["cpu_s_per_1000_chunks"] is not None
     verdicts = {t["target"]: t["verdict"] for t in results["targets"]}
@@ -64,6 +70,49 @@ def test_tiny_run_checks_fidelity_and_usage(tmp_path: Path) -> None:
     assert verdicts["proxy added p99 per chunk <= 10 ms at C=200"] == "n/a"
     if "nginx" not in paths:
         assert "nginx" in results["notes"]
+
+
+def test_cpu_targets_take_the_median_of_paired_rounds() -> None:
+    """A ratio of two paths is taken within each round (measured one after the other), and
+    the median of those ratios judged; a round that failed (NaN) is left out; without rounds
+    the totals over all levels are compared."""
+    nan = float("nan")
+    results: dict[str, Any] = {
+        "paths": {
+            "proxy": {"cpu_s_per_1000_chunks": 0.03},
+            "nginx": {"cpu_s_per_1000_chunks": 0.01},
+            "no-metering": {"cpu_s_per_1000_chunks": 0.02},
+            "inject-usage": {"cpu_s_per_1000_chunks": 0.04},
+        },
+        "cpu_rounds": {
+            "concurrency": 200,
+            "streams_per_connection": 3,
+            "cpu_s_per_1000_chunks": {
+                # A slow moment in round 2 weighs on every path alike.
+                "proxy": [0.020, 0.040, 0.021, 0.019, nan],
+                "nginx": [0.010, 0.021, 0.011, 0.010, 0.010],
+                "no-metering": [0.019, 0.037, 0.019, 0.018, 0.010],
+                "inject-usage": [0.023, 0.045, 0.022, 0.021, 0.020],
+            },
+        },
+    }
+    ratio = cpu_ratio(results, "proxy", "nginx")
+    assert ratio is not None and ratio[0] == pytest.approx(1.907, abs=0.001)
+    assert "median of 4 paired rounds at C=200" in ratio[1]
+    verdicts = {t["target"]: (t["verdict"], t["value"]) for t in targets(results)}
+    assert verdicts["proxy CPU per 1,000 chunks <= 2x nginx"][0] == "PASS"
+    assert verdicts["(moonshot) proxy CPU <= 1.2x nginx"][0] == "FAIL"
+    off = verdicts["metering off: CPU per 1,000 chunks within 10% of metering on"]
+    assert off[0] == "PASS" and off[1].startswith("0.94x"), off
+    inject = verdicts["--inject-usage: CPU per 1,000 chunks within 10% of the plain proxy"]
+    assert inject[0] == "FAIL" and inject[1].startswith("1.12x"), inject
+    # Without rounds: the totals over all levels (3x, off 0.67x, inject 1.33x).
+    del results["cpu_rounds"]
+    assert cpu_ratio(results, "proxy", "nginx") == (
+        pytest.approx(3.0),
+        "0.030 vs 0.010 s, all levels",
+    )
+    assert cpu_ratio(results, "no-metering", "proxy")[0] == pytest.approx(2 / 3)
 
 
 def _record(sid: str, n: int, output: int, **extra: Any) -> dict[str, Any]:
