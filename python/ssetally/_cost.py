@@ -449,7 +449,10 @@ def price_parts(
     """What ``price_report`` fills in: ``(cost, choices, reason)``. Never raises."""
     cost: Cost | None = None
     reason: str | None = "no model name to look a price up by"
-    models = tuple(dict.fromkeys(m for m in (report.model, requested_model) if m))
+    model = report.model or requested_model
+    models: tuple[str, ...] = () if not model else (model,)
+    if model and requested_model and model != requested_model:
+        models = (model, requested_model)
     usage = report.usage
     counted = (
         usage is not None
@@ -460,8 +463,9 @@ def price_parts(
     # goes) is looked up anew.
     version = getattr(sys.modules.get("genai_prices"), "__version__", None)
     key = (models, report.api, provider, version)
-    if counted and isinstance(version, str) and key in _UNPRICED:
-        reason = _UNPRICED[key]
+    known = _UNPRICED.get(key) if counted and isinstance(version, str) else None
+    if known is not None:
+        reason = known
     else:
         for model in models:
             cost, reason = cost_of(usage, model=model, provider=provider, api=report.api, when=when)

@@ -467,3 +467,29 @@ def report_from_core(d: tuple[Any, ...], stream_attempt: bool = False) -> Stream
 
 
 _STREAM_USAGE = Attempt("stream", True, "usage read from the stream")
+
+
+def finished(
+    report: StreamReport,
+    warnings: tuple[str, ...],
+    timings: Timings,
+    cost: Cost | None,
+    choices: tuple[ChoiceUsage, ...],
+    cost_reason: str | None,
+) -> StreamReport:
+    """``report.replace(warnings=..., timings=..., cost=..., choices=..., cost_reason=...)``,
+    the final step of every metered stream, as one tuple."""
+    return _new_tuple(
+        StreamReport,
+        (
+            *report[:14],
+            warnings,
+            report[15],
+            report[16],
+            timings,
+            report[18],
+            cost,
+            choices,
+            cost_reason,
+        ),
+    )

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .._metering import redact
-from .._report import StreamReport
+from .._report import Attempt, StreamReport, Usage
 
 #: Longest subject kept: it comes from a request header.
 MAX_SUBJECT_LENGTH = 256
@@ -108,7 +108,7 @@ def _short(value: Any, limit: int = 2000) -> Any:
     return text[: limit - 3] + "..."
 
 
-def _usage_dict(usage: Any) -> dict[str, Any]:
+def _usage_dict(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -118,6 +118,13 @@ def _usage_dict(usage: Any) -> dict[str, Any]:
         "reasoning_tokens": usage.reasoning_tokens,
         "source": usage.source,
     }
+
+
+def _attempts(attempts: tuple[Attempt, ...]) -> list[dict[str, Any]]:
+    if len(attempts) == 1:  # the common case: the stream's own
+        a = attempts[0]
+        return [{"source": a.source, "ok": a.ok, "reason": a.reason}]
+    return [{"source": a.source, "ok": a.ok, "reason": a.reason} for a in attempts]
 
 
 def _status(x: Exchange, report: StreamReport | None) -> str:
@@ -177,10 +184,8 @@ def build_record(
         # Amounts as decimal strings: JSON keeps them exact.
         "cost": None if report is None or report.cost is None else report.cost.to_dict(),
         "cost_reason": None if report is None else report.cost_reason,
-        "choices": [] if report is None else [c.to_dict() for c in report.choices],
-        "attempts": []
-        if report is None
-        else [{"source": a.source, "ok": a.ok, "reason": a.reason} for a in report.attempts],
+        "choices": [c.to_dict() for c in report.choices] if report and report.choices else [],
+        "attempts": _attempts(report.attempts) if report is not None else [],
         "injected_usage": x.injected,
         "stripped_usage_chunks": x.stripped,
         "ended_by": x.ended_by,
@@ -189,7 +194,7 @@ def build_record(
             "ttfb": ttfb,
             "ttft": None if timings is None else timings.ttft,
             "duration": end - x.start,
-            "inter_token_latency": None if timings is None else timings.inter_token_latency,
+            "inter_token_latency": None if timings is None else timings.tpot,
             "output_tokens_per_s": None if timings is None else timings.output_tokens_per_s,
         },
         "bytes": {

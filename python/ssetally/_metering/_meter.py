@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from .._core import ContentDecoder, DecompressionBombError, UsageChunkStripper
 from .._cost import price_parts
-from .._report import Attempt, ChoiceUsage, Cost, StreamReport, Timings
+from .._report import Attempt, ChoiceUsage, Cost, StreamReport, Timings, finished
 from .._tap import UsageTap
 from .._telemetry import Telemetry, shared_telemetry
 from ._decode import decoder_for
@@ -409,24 +409,25 @@ class StreamMeter:
         attached, priced (``cost``, ``choices``, ``cost_reason``), and recorded to
         OpenTelemetry the first time. Never raises. (Runs the estimate when planned, and the
         pricing: CPU work, off the loop where the front-end can.)"""
-        report = apply_fallbacks(report, plan, retrieved, self.request_body)
+        if plan is not NOTHING or retrieved is not None:
+            report = apply_fallbacks(report, plan, retrieved, self.request_body)
         report = redact_report(report, self.secrets)
         timeline, problem = self._timeline(report)
         warnings = report.warnings if problem is None else (*report.warnings, problem)
         usage = report.usage
-        timings = Timings(
-            self.request_sent,
-            self.first_byte,
-            self.first_content,
-            self.last_content,
-            self.end_time,
-            None if usage is None else usage.output_tokens,
-            *timeline,
+        timings = _new_tuple(
+            Timings,
+            (
+                self.request_sent,
+                self.first_byte,
+                self.first_content,
+                self.last_content,
+                self.end_time,
+                None if usage is None else usage.output_tokens,
+                *timeline,
+            ),
         )
-        cost, choices, reason = self._priced(report)
-        report = report.replace(
-            warnings=warnings, timings=timings, cost=cost, choices=choices, cost_reason=reason
-        )
+        report = finished(report, warnings, timings, *self._priced(report))
         if not self._recorded:
             self._recorded = True
             self._record(report)
@@ -469,7 +470,7 @@ class StreamMeter:
     def _timeline(self, report: StreamReport) -> tuple[TimelineFields, str | None]:
         """The timeline fields of the final ``report`` (empty unless asked for), and why
         there is none when building it failed."""
-        timeline = TimelineFields()
+        timeline = _NO_TIMELINE
         raw = self._tap.timeline_raw()
         if raw is not None:
             model = report.model
@@ -487,6 +488,12 @@ class StreamMeter:
             except Exception as exc:  # noqa: BLE001 - the report comes, without a timeline
                 return timeline, f"no timeline: {type(exc).__name__}: {exc}"
         return timeline, None
+
+
+#: The timeline fields of a stream read without a timeline.
+_NO_TIMELINE = TimelineFields()
+#: Builds a NamedTuple from a ready tuple of all its fields without a call per field.
+_new_tuple = tuple.__new__
 
 
 def _count(value: Any) -> int:
