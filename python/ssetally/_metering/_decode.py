@@ -39,6 +39,8 @@ def decoder_for(content_encoding: str) -> ContentDecoder | None:
     Raises ``ValueError`` for an encoding that cannot be read (the stream then passes through
     unmetered).
     """
+    if not content_encoding:  # no header: identity, without making a decoder to say so
+        return None
     decoder = ContentDecoder(
         content_encoding,
         max_output_per_feed=MAX_OUTPUT_PER_FEED,

@@ -339,10 +339,17 @@ class StreamMeter:
         report = self._tap.finish()
         if self.stopped_by_client and report.status == "truncated":
             report = report.replace(status="cancelled")
-        self.responses = self._tap.reports
-        if len(self.responses) > 1:
-            report = _combined(report, self.responses)
+        self.responses = responses = self._tap.reports
+        if len(responses) > 1:
+            report = _combined(report, responses)
         usage = report.usage
+        if (
+            usage is not None
+            and len(responses) == 1
+            and not self._keep_output
+            and not self.warnings
+        ):
+            return report  # the tap's own stream attempt, and nothing to add to it
         if usage is not None:
             reason = "usage read from the stream"
         else:
