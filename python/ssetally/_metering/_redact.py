@@ -128,7 +128,8 @@ def _walk(value: Any, secrets: Sequence[str]) -> bool:
 def _echoed(report: StreamReport, secrets: tuple[str, ...]) -> bool:
     """Whether a secret occurs in what ``redact_report`` redacts (and nowhere else is read):
     one walk over all of it."""
-    usages = [(u.raw, u.note) for u in (report.usage, *report.step_usages) if u is not None]
+    # The named tuples themselves: their other fields are numbers and this package's own
+    # words (a usage's source, an attempt's source), which hold no secret.
     parts = (
         report.response_id,
         report.model,
@@ -136,9 +137,10 @@ def _echoed(report: StreamReport, secrets: tuple[str, ...]) -> bool:
         report.incomplete_reason,
         report.error,
         report.warnings,
-        [attempt.reason for attempt in report.attempts],
+        report.attempts,
         report.output,
-        usages,
+        report.usage,
+        report.step_usages,
     )
     return mentions(parts, secrets)
 
