@@ -60,7 +60,8 @@ def test_tiny_run_checks_fidelity_and_usage(tmp_path: Path) -> None:
         "unmatched": 0,
         "exact_usage": 26,
     }
-    assert len(rounds["proxy"]) == 2 and all(v > 0 for v in rounds["proxy"])
+    # CPU time comes in clock ticks: so few chunks may take none.
+    assert len(rounds["proxy"]) == 2 and all(0 <= v < 100 for v in rounds["proxy"])
     assert proxy["levels"]["1"]["added_p99_ms"] is not None
     assert proxy["levels"]["1"]["cpu_s_per_1000_chunks"] is not None
     verdicts = {t["target"]: t["verdict"] for t in results["targets"]}
