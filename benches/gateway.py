@@ -236,7 +236,7 @@ def bench(args: argparse.Namespace, levels: list[int]) -> int:
                 rounds = (
                     args.cpu_rounds if args.cpu_rounds is not None else (3 if args.quick else 5)
                 )
-                paired: dict[str, list[float]] = {}
+                paired: dict[str, list[float | None]] = {}
                 if rounds > 0 and time.monotonic() < deadline:
                     paired, extra = cpu_rounds(
                         started, args.cpu_concurrency, CPU_ROUND_STREAMS, rounds, args, load

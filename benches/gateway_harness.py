@@ -116,14 +116,14 @@ def cpu_rounds(
     rounds: int,
     args: argparse.Namespace,
     load_pids: tuple[int, ...] = (),
-) -> tuple[dict[str, list[float]], dict[str, list[Level]]]:
+) -> tuple[dict[str, list[float | None]], dict[str, list[Level]]]:
     """CPU seconds per 1,000 chunks of each of ``CPU_PATHS`` at concurrency ``c``, in
     ``rounds`` rounds that each measure every path once, one after the other (the order turns
     from round to round): a ratio of two paths is taken within a round, so that a slow moment
     of a shared machine weighs on both sides of it. Also the levels run (their streams are
     checked like the others)."""
     compared = [p for p in paths if p.name in CPU_PATHS]
-    out: dict[str, list[float]] = {p.name: [] for p in compared}
+    out: dict[str, list[float | None]] = {p.name: [] for p in compared}
     levels: dict[str, list[Level]] = {p.name: [] for p in compared}
     for r in range(rounds):
         turn = r % len(compared) if compared else 0
@@ -133,5 +133,5 @@ def cpu_rounds(
             if level.cpu_s is not None and level.chunks and not level.failed:
                 out[path.name].append(level.cpu_s / level.chunks * 1000)
             else:
-                out[path.name].append(float("nan"))
+                out[path.name].append(None)  # no CPU time, or failed streams: left out
     return out, levels

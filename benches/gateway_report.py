@@ -197,7 +197,7 @@ def cpu_ratio(results: Mapping[str, Any], a: str, b: str) -> tuple[float, str] |
     pairs = [
         x / y
         for x, y in zip(rounds.get(a) or (), rounds.get(b) or ())
-        if math.isfinite(x) and math.isfinite(y) and y > 0
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and y > 0
     ]
     if pairs:
         c = results["cpu_rounds"]["concurrency"]

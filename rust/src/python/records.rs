@@ -1,17 +1,18 @@
 //! The sinks' check that a usage record needs no sanitising
 //! (`record_is_clean`), and the JSONL line of such a record made in the
 //! same walk (`clean_line`): they run for every record a gateway writes, so
-//! they are native; `ssetally.sinks` sanitises what they refuse.
+//! they are native (`json::Walk` with the sink's bounds); `ssetally.sinks`
+//! sanitises what they refuse.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict};
 
-use crate::json_out::{push_float, push_int, push_str_without_nul};
+use super::json::{Bounds, Walk};
 
 /// The bounds of an `ssetally.sinks.Limits` that a clean record keeps
 /// (its attributes of the same names).
 #[derive(FromPyObject)]
-struct Bounds<'py> {
+struct Limits<'py> {
     #[pyo3(attribute)]
     string: usize,
     #[pyo3(attribute)]
@@ -70,146 +71,21 @@ fn walk_record(
     if record.cast_exact::<PyDict>().is_err() {
         return Ok(false);
     }
-    let bounds: Bounds<'_> = limits.extract()?;
+    let given: Limits<'_> = limits.extract()?;
     let mut long_fields = Vec::new();
-    for name in bounds.long_fields.try_iter()? {
+    for name in given.long_fields.try_iter()? {
         long_fields.push(name?.extract::<String>()?);
     }
-    let mut w = Walk {
-        b: bounds,
-        out,
+    let bounds = Bounds {
+        string: given.string,
+        long_string: given.long_string,
         long_fields,
+        key: given.key,
+        items: given.items,
+        depth: given.depth,
+        budget: given.budget,
+        nodes: given.nodes,
     };
-    Ok(w.container(record, 0, false)? && w.b.budget > 0)
-}
-
-/// A walk over a record: the bounds left, the text written so far, and the
-/// long fields' names (compared as text: cheaper than a set lookup a key).
-struct Walk<'py, 'o> {
-    b: Bounds<'py>,
-    out: Option<&'o mut String>,
-    long_fields: Vec<String>,
-}
-
-impl Walk<'_, '_> {
-    fn put(&mut self, text: &str) {
-        if let Some(out) = self.out.as_deref_mut() {
-            out.push_str(text);
-        }
-    }
-
-    /// The text of a clean string (no NUL, no lone surrogate), written as a
-    /// JSON string when writing; None for one that is not clean.
-    fn text<'s>(&mut self, text: &'s Bound<'_, PyString>) -> PyResult<Option<&'s str>> {
-        // In place for ASCII text (CPython keeps a UTF-8 copy of other text).
-        let Ok(s) = text.to_str() else {
-            return Ok(None); // a lone surrogate
-        };
-        let clean = match self.out.as_deref_mut() {
-            Some(out) => push_str_without_nul(out, s), // the NUL check in the same scan
-            None => memchr::memchr(0, s.as_bytes()).is_none(),
-        };
-        Ok(clean.then_some(s))
-    }
-
-    /// Whether the container `value` (a dict or a list) at `depth` is clean;
-    /// `long` when it is below a long field.
-    fn container(&mut self, value: &Bound<'_, PyAny>, depth: usize, long: bool) -> PyResult<bool> {
-        let len = value.len()?;
-        if depth >= self.b.depth || len > self.b.items {
-            return Ok(false);
-        }
-        self.b.nodes -= i64::try_from(len).unwrap_or(i64::MAX);
-        if self.b.nodes < 0 {
-            return Ok(false);
-        }
-        if let Ok(dict) = value.cast_exact::<PyDict>() {
-            self.put("{");
-            for (i, (key, item)) in dict.iter().enumerate() {
-                let Ok(name) = key.cast_exact::<PyString>() else {
-                    return Ok(false);
-                };
-                let chars = name.len()?;
-                if chars == 0 || chars > self.b.key {
-                    return Ok(false);
-                }
-                if i > 0 {
-                    self.put(",");
-                }
-                let Some(text) = self.text(name)? else {
-                    return Ok(false);
-                };
-                self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-                self.put(":");
-                let inner = long || self.long_fields.iter().any(|f| f == text);
-                if !self.value(&item, depth, inner)? {
-                    return Ok(false);
-                }
-            }
-            self.put("}");
-        } else if let Ok(list) = value.cast_exact::<PyList>() {
-            self.put("[");
-            for (i, item) in list.iter().enumerate() {
-                if i > 0 {
-                    self.put(",");
-                }
-                if !self.value(&item, depth, long)? {
-                    return Ok(false);
-                }
-            }
-            self.put("]");
-        } else {
-            return Ok(false);
-        }
-        Ok(self.b.budget > 0)
-    }
-
-    fn value(&mut self, value: &Bound<'_, PyAny>, depth: usize, long: bool) -> PyResult<bool> {
-        if value.is_none() {
-            self.put("null");
-            return Ok(true);
-        }
-        if let Ok(text) = value.cast_exact::<PyString>() {
-            let chars = text.len()?;
-            let limit = if long {
-                self.b.long_string
-            } else {
-                self.b.string
-            };
-            if chars > limit {
-                return Ok(false);
-            }
-            if self.text(text)?.is_none() {
-                return Ok(false);
-            }
-            self.b.budget -= i64::try_from(chars).unwrap_or(i64::MAX);
-            return Ok(true);
-        }
-        if value.cast_exact::<PyInt>().is_ok() {
-            let Ok(number) = value.extract::<i64>() else {
-                return Ok(false);
-            };
-            if let Some(out) = self.out.as_deref_mut() {
-                push_int(out, number);
-            }
-            return Ok(true);
-        }
-        if let Ok(number) = value.cast_exact::<PyFloat>() {
-            let number = number.value();
-            return Ok(match self.out.as_deref_mut() {
-                Some(out) => push_float(out, number),
-                None => number.is_finite(),
-            });
-        }
-        if value.cast_exact::<PyDict>().is_ok() || value.cast_exact::<PyList>().is_ok() {
-            return self.container(value, depth + 1, long);
-        }
-        // `bool` is exact here: its subclass check above is `int`'s, never taken.
-        if !value.is_exact_instance_of::<PyBool>() {
-            return Ok(false);
-        }
-        let truth = value.is_truthy()?;
-        self.put(if truth { "true" } else { "false" });
-        Ok(true)
-    }
+    let mut walk = Walk::new(Some(bounds), out);
+    Ok(walk.container(record, 0, false)? && walk.within_budget())
 }
